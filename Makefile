@@ -1,0 +1,52 @@
+# The commands a newcomer runs. Everything installs into .venv; nothing touches the system Python.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is installed first and pinned so pip never pulls the multi-GB CUDA build.
+TORCH := torch==2.13.0
+PROTO_FILES := $(wildcard proto/realm/v1/*.proto)
+
+.PHONY: install test lint typecheck proto proto-check demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models]"
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy realm retriever_service client tests bench
+
+# One pinned command generates the stubs and their typed .pyi (grpcio-tools and mypy-protobuf are
+# pinned in constraints.txt).
+PROTOC = $(BIN)/python -m grpc_tools.protoc -Iproto \
+	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
+protoc_into = $(PROTOC) --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTO_FILES)
+
+proto: install
+	$(call protoc_into,.)
+
+# Fails when the committed stubs differ from what the pinned generator makes of the protos.
+proto-check: install
+	@tmp=$$(mktemp -d) && \
+	$(call protoc_into,$$tmp) >/dev/null && \
+	for f in $$tmp/realm/v1/*; do \
+		cmp -s "$$f" "realm/v1/$$(basename $$f)" || { echo "stale stub: realm/v1/$$(basename $$f); run 'make proto'"; exit 1; }; \
+	done && rm -rf $$tmp && echo "stubs are current"
+
+test: install proto-check lint typecheck
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/realm demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
