@@ -1,0 +1,126 @@
+"""Lucene's BM25 over a term-major sparse matrix of precomputed score contributions.
+
+``score(q, d) = Σ_{t∈q} IDF(t) · tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl))`` with
+``IDF(t) = ln(1 + (N − df + 0.5) / (df + 0.5))``. Every (term, passage) contribution is computed
+once at build time, so a query is a sum of a few matrix rows: no per-query arithmetic over the
+corpus beyond adding postings. A query term repeated n times counts n times, as in Lucene's
+BooleanQuery and bm25s.
+"""
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from retriever_service.topk import FloatArray, IntArray
+
+_FILES = ("bm25_data.npy", "bm25_indices.npy", "bm25_indptr.npy", "bm25_doc_lengths.npy")
+VOCAB_FILE = "bm25_vocab.json"
+FILES: tuple[str, ...] = (*_FILES, VOCAB_FILE)
+
+
+@dataclass(frozen=True, slots=True)
+class BM25Params:
+    """Saturation ``k1`` and length normalisation ``b``; Lucene's defaults."""
+
+    k1: float = 1.2
+    b: float = 0.75
+
+    def __post_init__(self) -> None:
+        if not (self.k1 >= 0 and np.isfinite(self.k1)):
+            raise ValueError(f"k1={self.k1} must be a finite number >= 0; Lucene uses 1.2")
+        if not 0.0 <= self.b <= 1.0:
+            raise ValueError(f"b={self.b} must be in [0, 1]; Lucene uses 0.75")
+
+
+class BM25Index:
+    """An immutable BM25 index over ``n_docs`` token lists (rows are passage positions)."""
+
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        matrix: sp.csr_matrix,
+        doc_lengths: npt.NDArray[np.int32],
+        params: BM25Params,
+    ) -> None:
+        self.vocab = vocab
+        self.matrix = matrix
+        self.doc_lengths = doc_lengths
+        self.params = params
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @classmethod
+    def build(cls, corpus_tokens: Sequence[Sequence[str]], params: BM25Params) -> "BM25Index":
+        """Indexes token lists; the work is one pass in Python for term ids, the rest vectorised."""
+        vocab: dict[str, int] = {}
+        term_ids: list[int] = []
+        doc_lengths = np.fromiter(
+            (len(d) for d in corpus_tokens), dtype=np.int32, count=len(corpus_tokens)
+        )
+        for tokens in corpus_tokens:
+            term_ids.extend(vocab.setdefault(t, len(vocab)) for t in tokens)
+        n_docs = len(corpus_tokens)
+        terms = np.asarray(term_ids, dtype=np.int64)
+        docs = np.repeat(np.arange(n_docs, dtype=np.int64), doc_lengths)
+        # Sorting (term, doc) keys yields postings in CSR order with their term frequencies.
+        keys, tf = np.unique(terms * max(n_docs, 1) + docs, return_counts=True)
+        post_terms, post_docs = np.divmod(keys, max(n_docs, 1))
+        n_terms = len(vocab)
+        df = np.bincount(post_terms, minlength=n_terms).astype(np.float64)
+        idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
+        avgdl = float(doc_lengths.mean()) if n_docs and doc_lengths.sum() else 1.0
+        tf64 = tf.astype(np.float64)
+        norm = params.k1 * (1.0 - params.b + params.b * doc_lengths[post_docs] / avgdl)
+        weights = idf[post_terms] * tf64 * (params.k1 + 1.0) / (tf64 + norm)
+        indptr = np.zeros(n_terms + 1, dtype=np.int64)
+        np.cumsum(np.bincount(post_terms, minlength=n_terms), out=indptr[1:])
+        matrix = sp.csr_matrix(
+            (weights.astype(np.float32), post_docs.astype(np.int32), indptr),
+            shape=(n_terms, n_docs),
+        )
+        return cls(vocab, matrix, doc_lengths, params)
+
+    def scores(self, query_tokens: Sequence[str]) -> FloatArray:
+        """BM25 score of every row for the query; rows sharing no term score exactly 0."""
+        counts = Counter(self.vocab[t] for t in query_tokens if t in self.vocab)
+        if not counts:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        indptr, indices, data = self.matrix.indptr, self.matrix.indices, self.matrix.data
+        slices = [slice(indptr[t], indptr[t + 1]) for t in counts]
+        rows = np.concatenate([indices[s] for s in slices])
+        weights = np.concatenate(
+            [data[s] * np.float32(n) for s, n in zip(slices, counts.values(), strict=True)]
+        )
+        return np.bincount(rows, weights=weights, minlength=self.n_docs).astype(np.float32)
+
+    def matching_rows(self, scores: FloatArray) -> IntArray:
+        """Rows that share at least one term with the query (IDF is always positive)."""
+        return np.flatnonzero(scores > 0).astype(np.int64)
+
+    def save(self, directory: Path) -> list[Path]:
+        """Writes the arrays (no pickle) and the vocabulary; returns the files written."""
+        arrays = (self.matrix.data, self.matrix.indices, self.matrix.indptr, self.doc_lengths)
+        paths = [directory / name for name in _FILES]
+        for path, array in zip(paths, arrays, strict=True):
+            np.save(path, array, allow_pickle=False)
+        terms = sorted(self.vocab, key=self.vocab.__getitem__)
+        vocab_path = directory / VOCAB_FILE
+        vocab_path.write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
+        return [*paths, vocab_path]
+
+    @classmethod
+    def load(cls, directory: Path, params: BM25Params) -> "BM25Index":
+        data, indices, indptr, doc_lengths = (
+            np.load(directory / name, allow_pickle=False) for name in _FILES
+        )
+        terms: list[str] = json.loads((directory / VOCAB_FILE).read_text(encoding="utf-8"))
+        matrix = sp.csr_matrix((data, indices, indptr), shape=(len(terms), len(doc_lengths)))
+        return cls({t: i for i, t in enumerate(terms)}, matrix, doc_lengths, params)

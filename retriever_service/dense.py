@@ -1,0 +1,130 @@
+"""Dense passage search: Annoy for candidates, exact cosine for the final order.
+
+Vectors are unit length, so Annoy's angular distance d relates to cosine by ``cos = 1 − d²/2``;
+we still re-score candidates against the stored float32 vectors because Annoy keeps its own
+lower-precision copy and its candidate order is approximate. Annoy item ids are the row numbers of
+the generation (a dense id space we own), never document ids.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from retriever_service.topk import FloatArray, IntArray, top_k
+
+VECTORS_FILE = "dense_vectors.npy"
+ANNOY_FILE = "dense.ann"
+FILES: tuple[str, ...] = (VECTORS_FILE, ANNOY_FILE)
+METRIC: Final[Literal["angular"]] = "angular"
+
+
+@dataclass(frozen=True, slots=True)
+class AnnoyParams:
+    """Build and search effort. The defaults reach recall@10 ≥ 0.95 against exact search.
+
+    ``candidates_per_k`` sets how many Annoy neighbours are re-scored per requested result;
+    ``search_k_per_candidate`` sets how many tree nodes Annoy inspects per candidate.
+    """
+
+    n_trees: int = 32
+    candidates_per_k: int = 10
+    min_candidates: int = 100
+    search_k_per_candidate: int = 100
+    # Below this many rows, exact search is both faster and perfect; Annoy is skipped.
+    exact_below: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.n_trees < 1:
+            raise ValueError(f"annoy_trees={self.n_trees} must be >= 1")
+
+
+class DenseIndex:
+    """Unit vectors of one generation plus an Annoy forest over them (when large enough)."""
+
+    def __init__(self, vectors: FloatArray, annoy: AnnoyIndex | None, params: AnnoyParams) -> None:
+        self.vectors = vectors
+        self.annoy = annoy
+        self.params = params
+
+    @property
+    def dimension(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @classmethod
+    def build(cls, vectors: FloatArray, params: AnnoyParams, seed: int = 42) -> "DenseIndex":
+        """Builds the forest with a fixed seed, so a rebuild of the same vectors is identical."""
+        annoy = None
+        if vectors.shape[0] >= params.exact_below:
+            annoy = AnnoyIndex(vectors.shape[1], METRIC)
+            annoy.set_seed(seed)
+            for row, vector in enumerate(vectors):
+                annoy.add_item(row, vector)
+            annoy.build(params.n_trees, n_jobs=-1)
+        return cls(vectors, annoy, params)
+
+    def search(
+        self, query: FloatArray, k: int, allowed: IntArray | None = None
+    ) -> tuple[IntArray, FloatArray]:
+        """Top-``k`` rows by cosine, optionally only among ``allowed`` rows (a filter)."""
+        if self.n_rows == 0 or k <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        if self.annoy is None or (allowed is not None and len(allowed) <= self.params.exact_below):
+            return self.exact(query, k, allowed)
+        wanted = max(k * self.params.candidates_per_k, self.params.min_candidates)
+        if allowed is not None:
+            # Oversample by the filter's selectivity so enough candidates survive it.
+            wanted = min(self.n_rows, int(wanted * self.n_rows / max(len(allowed), 1)))
+        rows = np.asarray(
+            self.annoy.get_nns_by_vector(
+                query, wanted, search_k=wanted * self.params.search_k_per_candidate
+            ),
+            dtype=np.int64,
+        )
+        if allowed is not None:
+            rows = rows[np.isin(rows, allowed, assume_unique=True)]
+            if len(rows) < k:
+                return self.exact(query, k, allowed)
+        return _rescore(self.vectors, query, rows, k)
+
+    def exact(
+        self, query: FloatArray, k: int, allowed: IntArray | None = None
+    ) -> tuple[IntArray, FloatArray]:
+        """Brute-force cosine (one BLAS matrix-vector product)."""
+        if allowed is None:
+            return top_k(self.vectors @ query, k)
+        return _rescore(self.vectors, query, allowed, k)
+
+    def save(self, directory: Path) -> list[Path]:
+        vectors_path = directory / VECTORS_FILE
+        np.save(vectors_path, self.vectors, allow_pickle=False)
+        paths = [vectors_path]
+        if self.annoy is not None:
+            annoy_path = directory / ANNOY_FILE
+            self.annoy.save(str(annoy_path))
+            paths.append(annoy_path)
+        return paths
+
+    @classmethod
+    def load(cls, directory: Path, params: AnnoyParams) -> "DenseIndex":
+        """Loads vectors into memory and memory-maps the Annoy file (no rebuild, no re-encoding)."""
+        vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
+        annoy = None
+        annoy_path = directory / ANNOY_FILE
+        if annoy_path.exists():
+            annoy = AnnoyIndex(int(vectors.shape[1]), METRIC)
+            annoy.load(str(annoy_path))
+        return cls(vectors, annoy, params)
+
+
+def _rescore(
+    vectors: FloatArray, query: FloatArray, rows: IntArray, k: int
+) -> tuple[IntArray, FloatArray]:
+    best, scores = top_k(vectors[rows] @ query, k)
+    return rows[best], scores

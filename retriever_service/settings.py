@@ -1,0 +1,74 @@
+"""Per-collection settings and server-wide limits: the one typed place for retriever knobs."""
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from retriever_service.analyzer import LANGUAGES, Language
+from retriever_service.bm25 import BM25Params
+from retriever_service.chunker import ChunkerConfig
+from retriever_service.dense import AnnoyParams
+from retriever_service.embedder import DEFAULT_MODEL
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSettings:
+    """Fixed when a collection is created; stored in its ``collection.json``."""
+
+    language: Language = "en"
+    embedding_model: str = DEFAULT_MODEL
+    chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+    bm25: BM25Params = field(default_factory=BM25Params)
+    annoy: AnnoyParams = field(default_factory=AnnoyParams)
+
+    def __post_init__(self) -> None:
+        if self.language not in LANGUAGES:
+            raise ValueError(f"language={self.language!r} is not supported; use one of {LANGUAGES}")
+        if not self.embedding_model.strip():
+            raise ValueError("embedding_model is empty; give a model name or path")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "CollectionSettings":
+        return cls(
+            language=payload["language"],
+            embedding_model=payload["embedding_model"],
+            chunker=ChunkerConfig(**payload["chunker"]),
+            bm25=BM25Params(**payload["bm25"]),
+            annoy=AnnoyParams(**payload["annoy"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits enforced before any work is done (documented in docs/limits.md)."""
+
+    max_k: int = 1000
+    default_k: int = 10
+    max_query_chars: int = 4096
+    max_batch_searches: int = 64
+    max_document_chars: int = 1_000_000
+    max_documents_per_message: int = 2048
+    max_documents_per_stream: int = 200_000
+    max_id_bytes: int = 256
+    max_metadata_entries: int = 64
+    max_collections: int = 256
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_k",
+            "default_k",
+            "max_query_chars",
+            "max_batch_searches",
+            "max_document_chars",
+            "max_documents_per_message",
+            "max_id_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")

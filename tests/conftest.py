@@ -1,0 +1,62 @@
+"""Shared, expensive fixtures: one embedding model per process, one retriever server per run."""
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import Document, RetrieverClient
+from retriever_service.embedder import DEFAULT_MODEL, SentenceTransformerEncoder, load_encoder
+from tests.servers import RetrieverProcess
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CRANFIELD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cranfield"
+
+
+def fixture_documents() -> list[Document]:
+    """The small hand-written corpus the project's own tests use (English and Chinese)."""
+    with (FIXTURES / "corpus.jsonl").open(encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return [Document(r["id"], r["text"], r["title"], r["metadata"]) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def encoder() -> SentenceTransformerEncoder:
+    """The packaged default model, loaded once for every in-process test."""
+    return load_encoder(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def cranfield() -> Path:
+    if not (CRANFIELD / "corpus.jsonl").exists():
+        pytest.skip("../shared/data/cranfield is not present")
+    return CRANFIELD
+
+
+@pytest.fixture(scope="session")
+def retriever(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetrieverProcess]:
+    """One real retriever process for the whole run; tests use their own collections."""
+    data_dir = tmp_path_factory.mktemp("shared-retriever") / "data"
+    with RetrieverProcess(data_dir, "--reflection") as server:
+        yield server
+
+
+@pytest.fixture
+def client(retriever: RetrieverProcess) -> Iterator[RetrieverClient]:
+    with RetrieverClient(retriever.target, timeout=120) as connected:
+        yield connected
+
+
+@pytest.fixture
+def collection_name(request: pytest.FixtureRequest) -> str:
+    """A collection name unique to the test."""
+    return ("t-" + re.sub(r"[^A-Za-z0-9-]+", "-", request.node.name))[:64]
+
+
+@pytest.fixture
+def fixture_collection(client: RetrieverClient, collection_name: str) -> str:
+    client.create_collection(collection_name)
+    client.upsert(collection_name, fixture_documents())
+    return collection_name
