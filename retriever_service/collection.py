@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from realm.errors import InvalidArgument, NotFound, StorageError
+from realm.errors import NotFound, StorageError
 from retriever_service import dense as dense_module
 from retriever_service import fusion
 from retriever_service.analyzer import Analyzer
@@ -395,9 +395,3 @@ class Collection:
             {},
             0,
         )
-
-
-def check_mode(mode: str) -> SearchMode:
-    if mode not in ("bm25", "dense", "hybrid"):
-        raise InvalidArgument(f"mode={mode!r} is unknown; use bm25, dense or hybrid")
-    return mode  # type: ignore[return-value]

@@ -1,0 +1,154 @@
+"""The one place where domain errors become gRPC status codes, plus per-RPC access logs.
+
+Servicers and the core raise ``realm.errors`` classes; this interceptor aborts the call with the
+matching code and the error's message. Anything unexpected is logged with its traceback and
+reaches the caller as INTERNAL with only the request id, never a traceback.
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from realm import errors
+from realm.logs import request_id
+
+_LOGGER = logging.getLogger("realm.rpc")
+
+STATUS_OF: dict[type[errors.RealmError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.StorageError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(error: errors.RealmError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        code = STATUS_OF.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class _CallScope:
+    """Sets the request id, times the call and turns exceptions into statuses."""
+
+    def __init__(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
+        self.method = method
+        self.context = context
+        metadata = dict(context.invocation_metadata() or ())
+        self.rid = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> "_CallScope":
+        self.token = request_id.set(self.rid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        request_id.reset(self.token)
+
+    async def fail(self, error: BaseException) -> None:
+        if isinstance(error, errors.RealmError):
+            code, message = status_of(error), str(error)
+            if code is grpc.StatusCode.INTERNAL:
+                _LOGGER.error("%s failed: %s", self.method, message)
+        else:
+            code = grpc.StatusCode.INTERNAL
+            message = f"internal error (request id {self.rid}); the server log has the details"
+            _LOGGER.exception("%s raised", self.method)
+        self.log(code)
+        await self.context.abort(code, message)
+
+    def log(self, code: grpc.StatusCode) -> None:
+        duration = round((time.perf_counter() - self.started) * 1000, 2)
+        _LOGGER.info(
+            "%s %s",
+            self.method,
+            code.name,
+            extra={"method": self.method, "code": code.name, "duration_ms": duration},
+        )
+
+
+def _is_abort(error: BaseException) -> bool:
+    # context.abort() raises this; it already carries the status and must pass through.
+    return isinstance(error, aio.AbortError)
+
+
+class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every handler of the server (health and reflection pass through untouched)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        # grpc's handler types describe the sync API; aio handlers hold coroutines, hence Any.
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        if handler.unary_unary or handler.stream_unary:
+            return _wrap_single_response(handler, method)
+        return _wrap_streaming_response(handler, method)
+
+
+def _wrap_single_response(handler: Any, method: str) -> Any:
+    behavior = handler.unary_unary or handler.stream_unary
+
+    async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        with _CallScope(method, context) as scope:
+            try:
+                response = await behavior(request, context)
+            except Exception as error:  # cancellation (BaseException) passes through
+                if _is_abort(error):
+                    raise
+                await scope.fail(error)
+                raise
+            scope.log(grpc.StatusCode.OK)
+            return response
+
+    factory = (
+        grpc.unary_unary_rpc_method_handler
+        if handler.unary_unary
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _wrap_streaming_response(handler: Any, method: str) -> Any:
+    behavior = handler.unary_stream or handler.stream_stream
+
+    async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        with _CallScope(method, context) as scope:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as error:  # cancellation (BaseException) passes through
+                if _is_abort(error):
+                    raise
+                await scope.fail(error)
+                raise
+            scope.log(grpc.StatusCode.OK)
+
+    factory = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

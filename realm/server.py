@@ -1,0 +1,134 @@
+"""Server bootstrap shared by both services.
+
+Builds a ``grpc.aio`` server with explicit message-size and concurrency limits, the error
+interceptor, ``grpc.health.v1`` (NOT_SERVING until the service says it is ready) and optional
+reflection, then runs it until SIGTERM/SIGINT: stop accepting, let in-flight calls finish within
+the grace period, run the service's flush, exit 0.
+"""
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from realm.interceptors import ErrorInterceptor
+
+_LOGGER = logging.getLogger(__name__)
+OVERALL_HEALTH = ""  # the empty service name is the server as a whole
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]  # untyped alias
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Transport limits and lifecycle settings common to every ReaLM server."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+    grace_seconds: float = 10.0
+    reflection: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port={self.port} is outside 0..65535")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes={self.max_message_bytes} is below 1024")
+        if self.max_concurrent_rpcs < 1:
+            raise ValueError(f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be >= 1")
+
+
+class RunningServer:
+    """A started server: its bound port and the health servicer to flip when ready."""
+
+    def __init__(
+        self,
+        server: aio.Server,
+        port: int,
+        health_servicer: Any,
+        service_names: Sequence[str],
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = service_names
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in (OVERALL_HEALTH, *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def start_server(
+    options: ServerOptions,
+    register: Callable[[aio.Server], None],
+    service_names: Sequence[str],
+) -> RunningServer:
+    """Creates, binds and starts the server; health reports NOT_SERVING until ``set_serving``."""
+    server = aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.max_send_message_length", options.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+    )
+    register(server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if options.reflection:
+        reflection.enable_server_reflection(
+            (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    if port == 0:
+        raise OSError(f"could not bind {options.host}:{options.port}; is the port in use?")
+    await server.start()
+    running = RunningServer(server, port, health_servicer, service_names)
+    await running.set_serving(False)
+    _LOGGER.info("listening on %s:%d", options.host, port)
+    return running
+
+
+async def serve_until_signal(
+    options: ServerOptions,
+    register: Callable[[aio.Server], None],
+    service_names: Sequence[str],
+    load: Callable[[], Coroutine[Any, Any, None]],
+    flush: Callable[[], Coroutine[Any, Any, None]],
+) -> None:
+    """Runs a service for its whole life: start, load, serve, drain on a signal, flush."""
+    running = await start_server(options, register, service_names)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loader = asyncio.create_task(load())
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if loader in done:
+        loader.result()  # a failed load is fatal: raise it
+        await running.set_serving(True)
+        _LOGGER.info("serving")
+        await waiter
+    else:
+        loader.cancel()
+    _LOGGER.info("shutting down: draining in-flight calls for up to %.1fs", options.grace_seconds)
+    await running.stop(options.grace_seconds)
+    await flush()
+    _LOGGER.info("stopped cleanly")

@@ -1,0 +1,79 @@
+"""The collections of one data directory: create, open at start-up, look up, delete."""
+
+import logging
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+from realm.errors import AlreadyExists, NotFound, ResourceExhausted
+from retriever_service.collection import SETTINGS, Collection, EncoderLoader
+from retriever_service.settings import CollectionSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Registry:
+    """Owns every collection under ``data_dir/collections``; thread-safe."""
+
+    def __init__(self, data_dir: Path, load_encoder: EncoderLoader, max_collections: int) -> None:
+        self.root = data_dir / "collections"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._load_encoder = load_encoder
+        self._max_collections = max_collections
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+
+    def load_all(self) -> None:
+        """Opens every collection on disk; a damaged one stops start-up with a clear error."""
+        for directory in sorted(self.root.iterdir()):
+            if directory.name.startswith("."):
+                shutil.rmtree(directory, ignore_errors=True)  # a delete that was interrupted
+            elif (directory / SETTINGS).exists():
+                collection = Collection.open(directory, self._load_encoder)
+                self._collections[collection.name] = collection
+
+    def create(self, name: str, settings: CollectionSettings) -> Collection:
+        with self._lock:
+            if name in self._collections:
+                raise AlreadyExists(
+                    f"collection {name!r} exists already; pick another name or delete it"
+                )
+            if len(self._collections) >= self._max_collections:
+                raise ResourceExhausted(
+                    f"this server holds max_collections={self._max_collections}; delete one "
+                    "or raise --max-collections"
+                )
+            collection = Collection.create(name, self.root / name, settings, self._load_encoder)
+            self._collections[name] = collection
+            return collection
+
+    def get(self, name: str) -> Collection:
+        collection = self._collections.get(name)
+        if collection is None:
+            raise NotFound(
+                f"collection {name!r} does not exist; create it first (realm ingest creates it) "
+                "or check ListCollections"
+            )
+        return collection
+
+    def list(self) -> list[Collection]:
+        return [self._collections[name] for name in sorted(self._collections)]
+
+    def delete(self, name: str) -> int:
+        """Removes the collection; returns how many documents it held."""
+        with self._lock:
+            collection = self.get(name)
+            documents = collection.stats().documents
+            del self._collections[name]
+        collection.close()
+        # Rename first: a crash mid-delete leaves a dot-directory that start-up sweeps away.
+        doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
+        collection.directory.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        _LOGGER.info("deleted collection %s (%d documents)", name, documents)
+        return documents
+
+    def close(self) -> None:
+        for collection in self._collections.values():
+            collection.close()

@@ -1,0 +1,50 @@
+"""Runs the retriever service: configuration, registry, servicer and the shared bootstrap."""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grpc import aio
+
+from realm.server import ServerOptions, serve_until_signal
+from realm.v1 import retriever_pb2, retriever_pb2_grpc
+from retriever_service.embedder import DEFAULT_MODEL, load_encoder
+from retriever_service.registry import Registry
+from retriever_service.servicer import RetrieverServicer
+from retriever_service.settings import Limits
+
+_LOGGER = logging.getLogger(__name__)
+SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
+DEFAULT_PORT = 50051
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieverConfig:
+    """Everything the retriever needs to start, validated before anything binds or loads."""
+
+    data_dir: Path
+    server: ServerOptions = field(default_factory=lambda: ServerOptions(port=DEFAULT_PORT))
+    limits: Limits = field(default_factory=Limits)
+    # Loaded at start-up so the first query does not pay for it.
+    preload_model: str = DEFAULT_MODEL
+
+
+async def serve(config: RetrieverConfig) -> None:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(config.data_dir, load_encoder, config.limits.max_collections)
+    servicer = RetrieverServicer(registry, config.limits)
+
+    def register(server: aio.Server) -> None:
+        retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
+
+    async def load() -> None:
+        if config.preload_model:
+            await asyncio.to_thread(load_encoder, config.preload_model)
+        await asyncio.to_thread(registry.load_all)
+        _LOGGER.info("loaded %d collections from %s", len(registry.list()), config.data_dir)
+
+    async def flush() -> None:
+        registry.close()
+
+    await serve_until_signal(config.server, register, [SERVICE_NAME], load, flush)

@@ -1,0 +1,291 @@
+"""gRPC servicer: translates realm.v1 messages to core calls and back, nothing more.
+
+Blocking work (encoding, index builds, scoring, SQLite) runs in worker threads so the event loop
+keeps accepting calls, answering health checks and draining on shutdown.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from grpc import aio
+
+from realm.errors import InvalidArgument
+from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
+from retriever_service import validation
+from retriever_service.analyzer import LANGUAGES, Language
+from retriever_service.bm25 import BM25Params
+from retriever_service.chunker import ChunkerConfig
+from retriever_service.collection import Collection, Hit, SearchMode, SearchQuery
+from retriever_service.dense import AnnoyParams
+from retriever_service.fusion import FusionMethod
+from retriever_service.registry import Registry
+from retriever_service.settings import CollectionSettings, Limits
+from retriever_service.store import PassageRecord, StoredDocument
+
+Context = aio.ServicerContext[Any, Any]
+_MODES: dict[int, SearchMode] = {
+    common_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
+    common_pb2.SEARCH_MODE_BM25: "bm25",
+    common_pb2.SEARCH_MODE_DENSE: "dense",
+    common_pb2.SEARCH_MODE_HYBRID: "hybrid",
+}
+_FUSIONS: dict[int, FusionMethod | None] = {
+    common_pb2.FUSION_METHOD_UNSPECIFIED: None,
+    common_pb2.FUSION_METHOD_RRF: "rrf",
+    common_pb2.FUSION_METHOD_WEIGHTED: "weighted",
+}
+
+
+def _language(value: str) -> Language:
+    if value not in LANGUAGES:
+        raise ValueError(f"language={value!r} is not supported; use one of {LANGUAGES}")
+    return cast(Language, value)
+
+
+def settings_from_proto(config: retriever_pb2.CollectionConfig) -> CollectionSettings:
+    """Fills unset fields with defaults; nonsense values become INVALID_ARGUMENT."""
+    defaults = CollectionSettings()
+    try:
+        chunker = ChunkerConfig(
+            words=config.chunk_words or defaults.chunker.words,
+            overlap=config.chunk_overlap
+            if config.HasField("chunk_overlap")
+            else min(defaults.chunker.overlap, (config.chunk_words or defaults.chunker.words) // 4),
+        )
+        return CollectionSettings(
+            language=_language(config.language or defaults.language),
+            embedding_model=config.embedding_model or defaults.embedding_model,
+            chunker=chunker,
+            bm25=BM25Params(
+                k1=config.k1 if config.HasField("k1") else defaults.bm25.k1,
+                b=config.b if config.HasField("b") else defaults.bm25.b,
+            ),
+            annoy=AnnoyParams(n_trees=config.annoy_trees or defaults.annoy.n_trees),
+        )
+    except ValueError as error:
+        raise InvalidArgument(f"config: {error}") from error
+
+
+def settings_to_proto(settings: CollectionSettings) -> retriever_pb2.CollectionConfig:
+    return retriever_pb2.CollectionConfig(
+        language=settings.language,
+        embedding_model=settings.embedding_model,
+        chunk_words=settings.chunker.words,
+        chunk_overlap=settings.chunker.overlap,
+        k1=settings.bm25.k1,
+        b=settings.bm25.b,
+        annoy_trees=settings.annoy.n_trees,
+    )
+
+
+def _passage(record: PassageRecord) -> common_pb2.Passage:
+    return common_pb2.Passage(
+        passage_id=record.passage_id,
+        doc_id=record.doc_id,
+        text=record.text,
+        start=record.start,
+        end=record.end,
+    )
+
+
+def _hit(hit: Hit) -> retriever_pb2.SearchHit:
+    record = hit.passage
+    return retriever_pb2.SearchHit(
+        passage=_passage(record), score=hit.score, title=record.title, metadata=record.metadata
+    )
+
+
+class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
+    def __init__(self, registry: Registry, limits: Limits) -> None:
+        self.registry = registry
+        self.limits = limits
+
+    def _info(self, collection: Collection) -> retriever_pb2.CollectionInfo:
+        stats = collection.stats()
+        return retriever_pb2.CollectionInfo(
+            name=collection.name,
+            config=settings_to_proto(collection.settings),
+            documents=stats.documents,
+            passages=stats.passages,
+            dimension=collection.encoder.dimension,
+        )
+
+    async def CreateCollection(  # noqa: N802 -- gRPC method names are PascalCase
+        self, request: retriever_pb2.CreateCollectionRequest, context: Context
+    ) -> retriever_pb2.CreateCollectionResponse:
+        name = validation.collection_name(request.name, "name")
+        settings = settings_from_proto(request.config)
+        collection = await asyncio.to_thread(self.registry.create, name, settings)
+        return retriever_pb2.CreateCollectionResponse(collection=self._info(collection))
+
+    async def ListCollections(  # noqa: N802
+        self, request: retriever_pb2.ListCollectionsRequest, context: Context
+    ) -> retriever_pb2.ListCollectionsResponse:
+        infos = await asyncio.to_thread(lambda: [self._info(c) for c in self.registry.list()])
+        return retriever_pb2.ListCollectionsResponse(collections=infos)
+
+    async def DeleteCollection(  # noqa: N802
+        self, request: retriever_pb2.DeleteCollectionRequest, context: Context
+    ) -> retriever_pb2.DeleteCollectionResponse:
+        name = validation.collection_name(request.name, "name")
+        deleted = await asyncio.to_thread(self.registry.delete, name)
+        return retriever_pb2.DeleteCollectionResponse(documents_deleted=deleted)
+
+    async def Upsert(  # noqa: N802
+        self, request_iterator: AsyncIterator[retriever_pb2.UpsertRequest], context: Context
+    ) -> retriever_pb2.UpsertResponse:
+        name: str | None = None
+        documents: list[StoredDocument] = []
+        seen: set[str] = set()
+        message_number = 0
+        async for message in request_iterator:
+            where = f"message {message_number}"
+            if name is None:
+                name = validation.collection_name(message.collection)
+                self.registry.get(name)  # fail fast, before the client streams everything
+            elif message.collection != name:
+                raise InvalidArgument(
+                    f"{where}: collection={message.collection!r} differs from {name!r} named "
+                    "earlier in the stream; use one stream per collection"
+                )
+            batch = [
+                StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in message.documents
+            ]
+            validation.documents(batch, self.limits, f"{where}: documents")
+            for position, document in enumerate(batch):
+                if document.doc_id in seen:
+                    raise InvalidArgument(
+                        f"{where}: documents[{position}].id={document.doc_id!r} was already sent "
+                        "earlier in this stream; send each id once per stream"
+                    )
+                seen.add(document.doc_id)
+            documents.extend(batch)
+            if len(documents) > self.limits.max_documents_per_stream:
+                raise InvalidArgument(
+                    f"the stream carries more than max_documents_per_stream="
+                    f"{self.limits.max_documents_per_stream} documents; split it into several "
+                    "streams"
+                )
+            message_number += 1
+        if name is None:
+            raise InvalidArgument("the Upsert stream was empty; send at least one message")
+        collection = self.registry.get(name)
+        if not documents:
+            return retriever_pb2.UpsertResponse(generation=collection.generation)
+        result = await asyncio.to_thread(collection.upsert, documents)
+        return retriever_pb2.UpsertResponse(
+            inserted=result.inserted,
+            replaced=result.replaced,
+            passages=result.passages,
+            generation=result.generation,
+        )
+
+    async def Delete(  # noqa: N802
+        self, request: retriever_pb2.DeleteRequest, context: Context
+    ) -> retriever_pb2.DeleteResponse:
+        collection = self.registry.get(validation.collection_name(request.collection))
+        ids = list(dict.fromkeys(request.ids))
+        if not ids:
+            raise InvalidArgument("ids is empty; name at least one document to delete")
+        deleted, missing = await asyncio.to_thread(collection.delete, ids)
+        return retriever_pb2.DeleteResponse(deleted=deleted, not_found=missing)
+
+    def _query(
+        self, request: retriever_pb2.SearchRequest, field: str
+    ) -> tuple[Collection, SearchQuery]:
+        collection = self.registry.get(
+            validation.collection_name(request.collection, f"{field}collection")
+        )
+        mode = _MODES.get(request.mode)
+        if mode is None:
+            raise InvalidArgument(
+                f"{field}mode={request.mode} is unknown; use BM25, DENSE or HYBRID"
+            )
+        if request.fusion not in _FUSIONS:
+            raise InvalidArgument(f"{field}fusion={request.fusion} is unknown; use RRF or WEIGHTED")
+        fusion_method = _FUSIONS[request.fusion]
+        dense_weight = request.dense_weight if request.HasField("dense_weight") else None
+        if dense_weight is not None and not 0.0 <= dense_weight <= 1.0:
+            raise InvalidArgument(f"{field}dense_weight={dense_weight} must be in [0, 1]")
+        for key in request.filter:
+            if not key:
+                raise InvalidArgument(f"{field}filter has an empty key; name the metadata field")
+        query = SearchQuery(
+            text=validation.query_text(request.query, self.limits, f"{field}query"),
+            k=validation.result_count(request.k, self.limits, f"{field}k"),
+            mode=mode,
+            filter=tuple(sorted(request.filter.items())),
+            fusion_method=fusion_method,
+            dense_weight=dense_weight,
+        )
+        return collection, query
+
+    @staticmethod
+    def _search(collection: Collection, query: SearchQuery) -> retriever_pb2.SearchResponse:
+        generation = collection.generation
+        hits = collection.search(query)
+        return retriever_pb2.SearchResponse(hits=[_hit(h) for h in hits], generation=generation)
+
+    async def Search(  # noqa: N802
+        self, request: retriever_pb2.SearchRequest, context: Context
+    ) -> retriever_pb2.SearchResponse:
+        collection, query = self._query(request, "")
+        return await asyncio.to_thread(self._search, collection, query)
+
+    async def BatchSearch(  # noqa: N802
+        self, request: retriever_pb2.BatchSearchRequest, context: Context
+    ) -> retriever_pb2.BatchSearchResponse:
+        if not request.requests:
+            raise InvalidArgument("requests is empty; send at least one search")
+        if len(request.requests) > self.limits.max_batch_searches:
+            raise InvalidArgument(
+                f"requests has {len(request.requests)} searches, above max_batch_searches="
+                f"{self.limits.max_batch_searches}; split the batch"
+            )
+        queries = [self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
+        responses = await asyncio.to_thread(lambda: [self._search(c, q) for c, q in queries])
+        return retriever_pb2.BatchSearchResponse(responses=responses)
+
+    async def GetDocument(  # noqa: N802
+        self, request: retriever_pb2.GetDocumentRequest, context: Context
+    ) -> retriever_pb2.GetDocumentResponse:
+        collection = self.registry.get(validation.collection_name(request.collection))
+        if not request.id:
+            raise InvalidArgument("id is empty; name the document to fetch")
+        document, passages = await asyncio.to_thread(collection.get, request.id)
+        return retriever_pb2.GetDocumentResponse(
+            document=common_pb2.Document(
+                id=document.doc_id,
+                text=document.text,
+                title=document.title,
+                metadata=document.metadata,
+            ),
+            passages=[_passage(p) for p in passages],
+        )
+
+    async def Stats(  # noqa: N802
+        self, request: retriever_pb2.StatsRequest, context: Context
+    ) -> retriever_pb2.StatsResponse:
+        if request.collection:
+            collections = [self.registry.get(validation.collection_name(request.collection))]
+        else:
+            collections = self.registry.list()
+
+        def gather() -> list[retriever_pb2.CollectionStats]:
+            out = []
+            for collection in collections:
+                stats = collection.stats()
+                out.append(
+                    retriever_pb2.CollectionStats(
+                        name=collection.name,
+                        documents=stats.documents,
+                        passages=stats.passages,
+                        generation=stats.generation,
+                        vocabulary=stats.vocabulary,
+                        index_bytes=stats.index_bytes,
+                    )
+                )
+            return out
+
+        return retriever_pb2.StatsResponse(collections=await asyncio.to_thread(gather))
