@@ -1,0 +1,51 @@
+"""Typed exceptions for gRPC status codes, carrying the server's message."""
+
+import grpc
+
+
+class RealmClientError(Exception):
+    """A call failed; ``code`` is the gRPC status, the message is the server's explanation."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidArgument(RealmClientError):
+    pass
+
+
+class NotFound(RealmClientError):
+    pass
+
+
+class AlreadyExists(RealmClientError):
+    pass
+
+
+class ResourceExhausted(RealmClientError):
+    pass
+
+
+class Unavailable(RealmClientError):
+    pass
+
+
+class DeadlineExceeded(RealmClientError):
+    pass
+
+
+_BY_CODE: dict[grpc.StatusCode, type[RealmClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> RealmClientError:
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or code.name
+    return _BY_CODE.get(code, RealmClientError)(code, details)

@@ -1,0 +1,298 @@
+"""Synchronous client for the retriever service.
+
+Connection options live in one place (``RetrieverClient.__init__``): target, timeout and gRPC's
+own retry policy for UNAVAILABLE with exponential backoff, so callers never write retry loops.
+"""
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from types import TracebackType
+from typing import Literal
+
+import grpc
+
+from client.errors import from_rpc_error
+from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
+
+Mode = Literal["bm25", "dense", "hybrid"]
+_MODES: dict[str, common_pb2.SearchMode.ValueType] = {
+    "bm25": common_pb2.SEARCH_MODE_BM25,
+    "dense": common_pb2.SEARCH_MODE_DENSE,
+    "hybrid": common_pb2.SEARCH_MODE_HYBRID,
+}
+_FUSIONS: dict[str, common_pb2.FusionMethod.ValueType] = {
+    "rrf": common_pb2.FUSION_METHOD_RRF,
+    "weighted": common_pb2.FUSION_METHOD_WEIGHTED,
+}
+DEFAULT_TARGET = "localhost:50051"
+_RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [{"service": "realm.v1.RetrieverService"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    doc_id: str
+    passage_id: str
+    score: float
+    text: str
+    start: int
+    end: int
+    title: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    name: str
+    documents: int
+    passages: int
+    language: str
+    embedding_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertSummary:
+    inserted: int
+    replaced: int
+    passages: int
+    generation: int
+
+
+class RetrieverClient:
+    """Talks to one retriever target (``host:port``, or ``dns:///name`` for several replicas)."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 30.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", json.dumps(_RETRY_POLICY)),
+                ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = retriever_pb2_grpc.RetrieverServiceStub(self._channel)
+
+    def __enter__(self) -> "RetrieverClient":
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def create_collection(
+        self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
+    ) -> CollectionInfo:
+        request = retriever_pb2.CreateCollectionRequest(
+            name=name,
+            config=retriever_pb2.CollectionConfig(
+                language=language, embedding_model=embedding_model, chunk_words=chunk_words
+            ),
+        )
+        with _translated_errors():
+            response = self._stub.CreateCollection(request, timeout=self.timeout)
+        return _collection_info(response.collection)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with _translated_errors():
+            response = self._stub.ListCollections(
+                retriever_pb2.ListCollectionsRequest(), timeout=self.timeout
+            )
+        return [_collection_info(c) for c in response.collections]
+
+    def delete_collection(self, name: str) -> int:
+        with _translated_errors():
+            response = self._stub.DeleteCollection(
+                retriever_pb2.DeleteCollectionRequest(name=name), timeout=self.timeout
+            )
+        return int(response.documents_deleted)
+
+    def upsert(
+        self,
+        collection: str,
+        documents: Iterable[Document],
+        *,
+        batch_size: int = 256,
+        progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> UpsertSummary:
+        """Streams ``documents`` in batches; ``progress`` gets the count of each batch sent.
+
+        The server applies the whole stream at once when it ends (and encodes new passages
+        then), so the default deadline is none: large corpora take minutes on a CPU.
+        """
+
+        def batches() -> Iterator[retriever_pb2.UpsertRequest]:
+            iterator = iter(documents)
+            while batch := list(islice(iterator, batch_size)):
+                yield retriever_pb2.UpsertRequest(
+                    collection=collection,
+                    documents=[
+                        common_pb2.Document(
+                            id=d.id, text=d.text, title=d.title, metadata=dict(d.metadata)
+                        )
+                        for d in batch
+                    ],
+                )
+                if progress is not None:
+                    progress(len(batch))
+
+        with _translated_errors():
+            response = self._stub.Upsert(batches(), timeout=timeout)
+        return UpsertSummary(
+            int(response.inserted),
+            int(response.replaced),
+            int(response.passages),
+            int(response.generation),
+        )
+
+    def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
+        """Deletes documents; returns ``(deleted, ids_not_found)``."""
+        with _translated_errors():
+            response = self._stub.Delete(
+                retriever_pb2.DeleteRequest(collection=collection, ids=list(ids)),
+                timeout=self.timeout,
+            )
+        return int(response.deleted), list(response.not_found)
+
+    def get(self, collection: str, doc_id: str) -> Document:
+        with _translated_errors():
+            response = self._stub.GetDocument(
+                retriever_pb2.GetDocumentRequest(collection=collection, id=doc_id),
+                timeout=self.timeout,
+            )
+        d = response.document
+        return Document(d.id, d.text, d.title, dict(d.metadata))
+
+    def search(
+        self,
+        collection: str,
+        query: str,
+        *,
+        k: int = 10,
+        mode: Mode = "hybrid",
+        filter: Mapping[str, str] | None = None,
+        fusion: Literal["rrf", "weighted"] | None = None,
+        dense_weight: float | None = None,
+    ) -> list[SearchHit]:
+        request = search_request(
+            collection,
+            query,
+            k=k,
+            mode=mode,
+            filter=filter,
+            fusion=fusion,
+            dense_weight=dense_weight,
+        )
+        with _translated_errors():
+            response = self._stub.Search(request, timeout=self.timeout)
+        return hits_from_proto(response)
+
+    def batch_search(self, requests: list[retriever_pb2.SearchRequest]) -> list[list[SearchHit]]:
+        with _translated_errors():
+            response = self._stub.BatchSearch(
+                retriever_pb2.BatchSearchRequest(requests=requests), timeout=self.timeout
+            )
+        return [hits_from_proto(r) for r in response.responses]
+
+    def stats(self, collection: str = "") -> list[retriever_pb2.CollectionStats]:
+        with _translated_errors():
+            response = self._stub.Stats(
+                retriever_pb2.StatsRequest(collection=collection), timeout=self.timeout
+            )
+        return list(response.collections)
+
+
+def search_request(
+    collection: str,
+    query: str,
+    *,
+    k: int = 10,
+    mode: Mode = "hybrid",
+    filter: Mapping[str, str] | None = None,
+    fusion: Literal["rrf", "weighted"] | None = None,
+    dense_weight: float | None = None,
+) -> retriever_pb2.SearchRequest:
+    """Builds a search message (also what ``batch_search`` takes)."""
+    if mode not in _MODES:
+        raise ValueError(f"mode={mode!r} is unknown; use bm25, dense or hybrid")
+    request = retriever_pb2.SearchRequest(
+        collection=collection, query=query, k=k, mode=_MODES[mode], filter=dict(filter or {})
+    )
+    if fusion is not None:
+        request.fusion = _FUSIONS[fusion]
+    if dense_weight is not None:
+        request.dense_weight = dense_weight
+    return request
+
+
+def hits_from_proto(response: retriever_pb2.SearchResponse) -> list[SearchHit]:
+    return [
+        SearchHit(
+            doc_id=h.passage.doc_id,
+            passage_id=h.passage.passage_id,
+            score=h.score,
+            text=h.passage.text,
+            start=h.passage.start,
+            end=h.passage.end,
+            title=h.title,
+            metadata=dict(h.metadata),
+        )
+        for h in response.hits
+    ]
+
+
+def _collection_info(info: retriever_pb2.CollectionInfo) -> CollectionInfo:
+    return CollectionInfo(
+        name=info.name,
+        documents=int(info.documents),
+        passages=int(info.passages),
+        language=info.config.language,
+        embedding_model=info.config.embedding_model,
+    )
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None

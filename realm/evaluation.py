@@ -1,0 +1,33 @@
+"""Runs a BEIR query set against a retriever and scores it with trec_eval's measures."""
+
+from itertools import islice
+from pathlib import Path
+
+from client.retriever import Mode, RetrieverClient, search_request
+from realm.beir import read_qrels, read_queries
+from realm.metrics import Run, evaluate
+
+PASSAGES_PER_QUERY = 500  # enough passages that the best 100 documents are almost always found
+DOCUMENTS_PER_QUERY = 100
+BATCH = 16
+
+
+def evaluate_retrieval(
+    client: RetrieverClient, collection: str, beir: Path, mode: Mode
+) -> dict[str, float]:
+    """Ranks documents by their best passage and returns ``ndcg@10``, ``recall@100``, ``mrr@10``."""
+    queries = read_queries(beir / "queries.jsonl")
+    qrels = read_qrels(beir / "qrels" / "test.tsv")
+    judged = [q for q in qrels if q in queries]
+    run: Run = {}
+    iterator = iter(judged)
+    while batch := list(islice(iterator, BATCH)):
+        requests = [
+            search_request(collection, queries[q], k=PASSAGES_PER_QUERY, mode=mode) for q in batch
+        ]
+        for query_id, hits in zip(batch, client.batch_search(requests), strict=True):
+            best: dict[str, float] = {}
+            for hit in hits:  # best first, so the first passage of a document is its best
+                best.setdefault(hit.doc_id, hit.score)
+            run[query_id] = dict(islice(best.items(), DOCUMENTS_PER_QUERY))
+    return evaluate({q: qrels[q] for q in judged}, run)
