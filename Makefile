@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,demo]"
 	touch $(STAMP)
 
 lint: install

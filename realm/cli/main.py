@@ -241,5 +241,93 @@ def eval_retrieval(
         json_out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
 
+@app.command()
+def demo(
+    corpus: Annotated[
+        Path | None, typer.Option(exists=True, help="Your own files instead.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Wikipedia summaries to index; 0 = all.")] = 500,
+    data_dir: Annotated[Path, typer.Option(envvar="REALM_DEMO_DIR")] = Path(".realm/demo"),
+    port: Annotated[int, typer.Option(help="Retriever port; 0 picks a free one.")] = 0,
+    collection: CollectionOpt = "wiki",
+    wait: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = True,
+) -> None:
+    """Start a retriever, index the embedded corpus (or --corpus), search it, keep serving."""
+    from realm import demo as demo_steps
+
+    try:
+        documents = (
+            demo_steps.wiki_summaries(limit)
+            if corpus is None
+            else [d for d in read_documents(corpus) if isinstance(d, Document)]
+        )
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error), code=2)
+    server = demo_steps.start_retriever(
+        data_dir / "index", port or _free_port(), data_dir / "retriever.log"
+    )
+    try:
+        with console.status("starting the retriever (loading the embedding model)"):
+            demo_steps.wait_until_serving(server)
+        with _client_errors(), RetrieverClient(server.target, timeout=60) as client:
+            _index_missing(client, collection, documents)
+            if corpus is None:
+                for question in demo_steps.SAMPLE_QUESTIONS:
+                    _show_answers(client, collection, question)
+        console.print(
+            f"\nThe retriever serves [bold]{server.target}[/] (log: {data_dir / 'retriever.log'}). "
+            f'Ask your own:\n  realm search "your question" --collection {collection} '
+            f"--target {server.target}"
+        )
+        if wait:
+            console.print("Press Ctrl-C to stop.")
+            demo_steps.wait_for_interrupt()
+    finally:
+        code = demo_steps.stop(server)
+    if code != 0:
+        fail(f"the retriever exited with code {code}; see {data_dir / 'retriever.log'}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _index_missing(client: RetrieverClient, collection: str, documents: list[Document]) -> None:
+    """Indexes what the persisted collection lacks, so a second run starts in seconds."""
+    _ensure_collection(client, collection)
+    indexed = client.stats(collection)[0].documents
+    missing = documents
+    if indexed:
+        missing = []
+        for document in documents:
+            try:
+                client.get(collection, document.id)
+            except NotFound:
+                missing.append(document)
+    if missing:
+        summary = _upload(client, collection, missing, 256)
+        console.print(
+            f"indexed {summary.inserted + summary.replaced} documents ({summary.passages} passages)"
+        )
+    else:
+        console.print(f"index found: {indexed} documents in {collection!r}")
+
+
+def _show_answers(client: RetrieverClient, collection: str, question: str) -> None:
+    hits = client.search(collection, question, k=3)
+    console.print(f"\n[bold]{question}[/]")
+    for rank, hit in enumerate(hits, start=1):
+        snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
+        console.print(
+            f"  [{rank}] [cyan]{hit.title or hit.doc_id}[/] ({hit.score:.3f}) {snippet}",
+            highlight=False,
+        )
+
+
 if __name__ == "__main__":
     app()

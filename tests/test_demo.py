@@ -1,0 +1,41 @@
+"""`realm demo`, the main job, end to end on a small slice of the packaged corpus."""
+
+from pathlib import Path
+
+import pytest
+
+from realm.demo import SAMPLE_QUESTIONS, wiki_summaries
+from tests.conftest import FIXTURES
+from tests.test_cli import realm
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_indexes_answers_and_restarts_from_the_persisted_index(tmp_path: Path) -> None:
+    first = realm("demo", "--no-wait", "--limit", "25", "--data-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "indexed 25 documents" in first.stdout
+    for question, article in SAMPLE_QUESTIONS.items():
+        assert question in first.stdout
+        assert f"[1] {article} " in first.stdout  # the article that answers it ranks first
+    assert "realm search" in first.stdout
+
+    second = realm("demo", "--no-wait", "--limit", "25", "--data-dir", str(tmp_path))
+    assert second.returncode == 0, second.stderr
+    assert "index found: 25 documents" in second.stdout
+
+
+def test_demo_on_your_own_files(tmp_path: Path) -> None:
+    result = realm(
+        "demo", "--no-wait", "--corpus", str(FIXTURES / "texts"), "--data-dir", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "indexed 2 documents" in result.stdout
+
+
+def test_the_packaged_corpus_puts_the_sample_articles_first() -> None:
+    documents = wiki_summaries(10)
+    assert [d.id for d in documents[: len(SAMPLE_QUESTIONS)]] == list(SAMPLE_QUESTIONS.values())
+    assert len(documents) == 10
+    assert all(d.text.strip() and d.metadata.get("topic") for d in documents)
+    assert len(wiki_summaries(0)) > 9000
