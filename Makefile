@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy realm retriever_service client tests bench
+	$(BIN)/mypy realm retriever_service client tests $(wildcard bench)
 
 # One pinned command generates the stubs and their typed .pyi (grpcio-tools and mypy-protobuf are
 # pinned in constraints.txt).
@@ -37,7 +37,7 @@ proto: install
 # Fails when the committed stubs differ from what the pinned generator makes of the protos.
 proto-check: install
 	@tmp=$$(mktemp -d) && \
-	$(call protoc_into,$$tmp) >/dev/null && \
+	$(call protoc_into,$$tmp) >/dev/null 2>&1 && \
 	for f in $$tmp/realm/v1/*; do \
 		cmp -s "$$f" "realm/v1/$$(basename $$f)" || { echo "stale stub: realm/v1/$$(basename $$f); run 'make proto'"; exit 1; }; \
 	done && rm -rf $$tmp && echo "stubs are current"
