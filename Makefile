@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PROTO_FILES := $(wildcard proto/realm/v1/*.proto)
 
-.PHONY: install test lint typecheck proto proto-check demo clean
+.PHONY: install test lint typecheck proto proto-check docs demo clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ proto-check: install
 	for f in $$tmp/realm/v1/*; do \
 		cmp -s "$$f" "realm/v1/$$(basename $$f)" || { echo "stale stub: realm/v1/$$(basename $$f); run 'make proto'"; exit 1; }; \
 	done && rm -rf $$tmp && echo "stubs are current"
+
+# docs/api.md is rendered from the protos' comments (a test keeps it current).
+docs: install
+	$(BIN)/python -m realm.protodoc
 
 test: install proto-check lint typecheck
 	$(BIN)/python -m pytest -q

@@ -10,13 +10,13 @@ from tests.conftest import FIXTURES
 from tests.servers import REPO, RetrieverProcess
 
 
-def realm(*args: str) -> subprocess.CompletedProcess[str]:
+def realm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "realm.cli.main", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
 

@@ -17,7 +17,8 @@ from retriever_service.chunker import ChunkerConfig, chunk
 from tests.servers import RetrieverProcess
 from tests.test_cli import realm
 
-pytestmark = [pytest.mark.quality, pytest.mark.slow]
+# Indexing Cranfield encodes ~2,200 passages on the CPU: about two minutes on 2 cores.
+pytestmark = [pytest.mark.quality, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _bm25s_ndcg(cranfield: Path) -> float:
@@ -67,6 +68,7 @@ def test_cranfield_bm25_matches_bm25s_and_hybrid_beats_both(
             str(out),
             "--target",
             retriever.target,
+            timeout=1500,
         )
         assert result.returncode == 0, result.stderr
         metrics[mode] = json.loads(out.read_text())
