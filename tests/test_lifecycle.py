@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
-from client import Document, NotFound, RetrieverClient, Unavailable, UpsertSummary
+from client import (
+    Document,
+    NotFound,
+    ResourceExhausted,
+    RetrieverClient,
+    Unavailable,
+    UpsertSummary,
+)
 from tests.conftest import fixture_documents
 from tests.servers import RetrieverProcess, health_status
 
@@ -110,3 +117,18 @@ def test_kill_9_during_a_build_keeps_the_last_committed_state(tmp_path: Path) ->
         assert client.search("c", "Gustave Eiffel", k=1)[0].doc_id == "eiffel"
         summary = client.upsert("c", _many(3, "after"))
         assert (summary.inserted, summary.generation) == (3, 2)
+
+
+def test_calls_beyond_the_concurrency_limit_are_refused_at_once(tmp_path: Path) -> None:
+    with (
+        RetrieverProcess(tmp_path / "data", "--max-concurrent-rpcs", "1") as server,
+        RetrieverClient(server.target, timeout=120) as client,
+    ):
+        client.create_collection("c")
+        busy = threading.Thread(target=lambda: client.upsert("c", _many(300, "d")))
+        busy.start()
+        time.sleep(1.0)  # the upsert holds the only slot while it encodes
+        with pytest.raises(ResourceExhausted):  # refused, not queued behind the upsert
+            client.list_collections()
+        busy.join(120)
+        assert client.stats("c")[0].documents == 300  # the slot frees up again
