@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PROTO_FILES := $(wildcard proto/realm/v1/*.proto)
 
-.PHONY: install test lint typecheck proto proto-check docs demo clean
+.PHONY: install test lint typecheck proto proto-check docs demo bench clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ test: install proto-check lint typecheck
 
 demo: install
 	$(BIN)/realm demo
+
+# Benchmarks against peer libraries; ARGS="bm25 --quick" runs a subset at small sizes.
+bench: install
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,demo,bench]"
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -10,6 +10,7 @@ import pytest
 from realm.beir import read_corpus, read_queries
 from retriever_service.analyzer import Analyzer
 from retriever_service.bm25 import BM25Index, BM25Params
+from retriever_service.topk import top_k
 from tests.conftest import fixture_documents
 
 
@@ -93,3 +94,24 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 def test_nonsense_parameters_are_refused(k1: float, b: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         BM25Params(k1=k1, b=b)
+
+
+def test_top_10_ids_equal_bm25s_on_a_zipfian_corpus() -> None:
+    rng = np.random.default_rng(5)
+    weights = 1.0 / np.arange(1, 2_001) ** 1.1
+    weights /= weights.sum()
+    corpus = [
+        [f"t{t}" for t in rng.choice(2_000, size=int(rng.integers(5, 40)), p=weights)]
+        for _ in range(3_000)
+    ]
+    ours = BM25Index.build(corpus, BM25Params())
+    reference = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
+    reference.index(corpus, show_progress=False)
+    for query in ([f"t{t}" for t in rng.choice(2_000, size=3, p=weights)] for _ in range(100)):
+        scores = ours.scores(query)
+        rows, best = top_k(scores, 10, ours.matching_rows(scores))
+        theirs, their_scores = reference.retrieve([query], k=10, show_progress=False)
+        np.testing.assert_allclose(best, their_scores[0][: len(best)] * 2.2, atol=1e-5)
+        # Ids agree except where two documents tie exactly (each library orders ties its own way).
+        for mine, other, score in zip(rows, theirs[0], best, strict=False):
+            assert mine == other or np.isclose(scores[other], score, atol=1e-5)

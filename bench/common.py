@@ -1,0 +1,121 @@
+"""What every benchmark shares: timing, machine facts, result rows and the report file."""
+
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One comparison: ReaLM's figure against a peer's, and the bar it must reach."""
+
+    benchmark: str
+    realm: float
+    peer: str
+    peer_value: float
+    unit: str
+    bar: float
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.realm / self.peer_value if self.peer_value else float("inf")
+        return self.peer_value / self.realm if self.realm else float("inf")
+
+    @property
+    def meets_bar(self) -> bool:
+        return self.ratio >= self.bar
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "realm": self.realm,
+            "peer": self.peer,
+            "peer_value": self.peer_value,
+            "ratio": self.ratio,
+            "bar": self.bar,
+            "unit": self.unit,
+        }
+
+
+def median_seconds(work: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``work`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        cpu = found.group(1).strip() if found else cpu
+    memory = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        found = re.search(r"MemTotal:\s*(\d+)", meminfo.read_text())
+        memory = f", {int(found.group(1)) / 2**20:.0f} GiB RAM" if found else ""
+    return f"{os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
+
+
+def versions(*packages: str) -> str:
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join(found)
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| benchmark | ReaLM | peer | peer value | ratio | bar | meets |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.benchmark} | {row.realm:,.4g} {row.unit} | {row.peer} | "
+            f"{row.peer_value:,.4g} {row.unit} | {row.ratio:.2f}x | {row.bar:g}x | "
+            f"{'yes' if row.meets_bar else 'NO'} |"
+        )
+    notes = [f"- {row.benchmark}: {row.note}" for row in rows if row.note]
+    return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replaces this benchmark's section of docs/benchmarks.md (others are left as they are)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = REPORT.read_text(encoding="utf-8") if REPORT.exists() else _HEADER
+    section = f"{start}\n{body.strip()}\n{end}"
+    if start in text:
+        text = re.sub(
+            re.escape(start) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S
+        )
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    REPORT.write_text(text, encoding="utf-8")
+
+
+_HEADER = """# Benchmarks
+
+Each section is written by `python -m bench NAME` (see `bench/`), with the command, the machine
+and the library versions of the run. Ratios compare ReaLM with a peer measured in the same run;
+the bars are those of the benchmark issue. Nothing here is asserted in tests: tests check
+correctness (identical top-10, recall), benchmarks measure speed.
+"""
