@@ -90,12 +90,16 @@ def table(rows: list[Row]) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row.benchmark} | {row.realm:,.4g} {row.unit} | {row.peer} | "
-            f"{row.peer_value:,.4g} {row.unit} | {row.ratio:.2f}x | {row.bar:g}x | "
+            f"| {row.benchmark} | {_figure(row.realm)} {row.unit} | {row.peer} | "
+            f"{_figure(row.peer_value)} {row.unit} | {row.ratio:.2f}x | {row.bar:g}x | "
             f"{'yes' if row.meets_bar else 'NO'} |"
         )
     notes = [f"- {row.benchmark}: {row.note}" for row in rows if row.note]
     return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def write_section(name: str, body: str) -> None:

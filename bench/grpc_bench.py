@@ -1,0 +1,94 @@
+"""Search over gRPC against an in-process call of the same core, at 16 concurrent clients.
+
+The in-process peer calls ``Collection.search`` from 16 threads; the gRPC side sends the same
+queries from an asyncio client with 16 requests in flight to a real server process. The ratio is
+what the transport, serialisation and servicer cost.
+"""
+
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from bench.common import Row
+from bench.load import run_load, summary
+from realm.demo import wiki_summaries
+from realm.supervisor import ServiceProcess
+from realm.v1 import common_pb2, retriever_pb2
+from retriever_service.collection import Collection, SearchMode, SearchQuery
+from retriever_service.embedder import load_encoder
+from retriever_service.settings import CollectionSettings
+from retriever_service.store import StoredDocument
+
+CONCURRENCY = 16
+_PROTO_MODE: dict[SearchMode, common_pb2.SearchMode.ValueType] = {
+    "bm25": common_pb2.SEARCH_MODE_BM25,
+    "hybrid": common_pb2.SEARCH_MODE_HYBRID,
+}
+
+
+def _in_process(
+    collection: Collection, queries: list[str], mode: SearchMode
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+
+    def one(text: str) -> None:
+        started = time.perf_counter()
+        collection.search(SearchQuery(text, 10, mode))
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(one, queries))
+    return len(queries) / (time.perf_counter() - started), latencies
+
+
+def run(quick: bool) -> list[Row]:
+    documents = wiki_summaries(1_000 if quick else 5_000)
+    queries = [d.metadata.get("description") or d.title for d in documents][
+        : 400 if quick else 2_000
+    ]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        encoder = load_encoder(CollectionSettings().embedding_model)
+        collection = Collection.create(
+            "bench", data_dir / "collections" / "bench", CollectionSettings(), lambda _: encoder
+        )
+        collection.upsert(
+            [StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in documents]
+        )
+        local: dict[str, tuple[float, list[float]]] = {}
+        with threadpool_limits(1, user_api="blas"):  # as the server does
+            for mode in _PROTO_MODE:
+                _in_process(collection, queries[:50], mode)  # warm-up
+                local[mode] = _in_process(collection, queries, mode)
+        collection.close()
+        with ServiceProcess(
+            "retriever", Path(tmp) / "retriever.log", "--data-dir", str(data_dir)
+        ) as server:
+            for mode, proto_mode in _PROTO_MODE.items():
+                requests = [
+                    retriever_pb2.SearchRequest(collection="bench", query=q, k=10, mode=proto_mode)
+                    for q in queries
+                ]
+                run_load(server.target, requests[:50], CONCURRENCY)  # warm-up
+                remote = run_load(server.target, requests, CONCURRENCY)
+                local_qps, local_latencies = local[mode]
+                rows.append(
+                    Row(
+                        f"{mode} search, {CONCURRENCY} concurrent clients, {len(documents):,} docs",
+                        remote.qps,
+                        "in-process Collection.search",
+                        local_qps,
+                        "q/s",
+                        0.75,
+                        note=f"gRPC: {summary(remote)}; in-process: p50 "
+                        f"{statistics.median(local_latencies):.1f} ms. The load generator shares "
+                        "the 2 cores with the server; the in-process peer pays no client",
+                    )
+                )
+    return rows
