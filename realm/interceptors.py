@@ -120,16 +120,7 @@ def _wrap_single_response(handler: Any, method: str) -> Any:
             scope.log(grpc.StatusCode.OK)
             return response
 
-    factory = (
-        grpc.unary_unary_rpc_method_handler
-        if handler.unary_unary
-        else grpc.stream_unary_rpc_method_handler
-    )
-    return factory(
-        wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return _same_kind(handler, wrapped)
 
 
 def _wrap_streaming_response(handler: Any, method: str) -> Any:
@@ -147,13 +138,21 @@ def _wrap_streaming_response(handler: Any, method: str) -> Any:
                 raise
             scope.log(grpc.StatusCode.OK)
 
-    factory = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream
-        else grpc.stream_stream_rpc_method_handler
-    )
+    return _same_kind(handler, wrapped)
+
+
+def _same_kind(handler: Any, behavior: Any) -> Any:
+    """A handler of the same streaming kind and codecs as ``handler``, running ``behavior``."""
+    if handler.unary_unary:
+        factory = grpc.unary_unary_rpc_method_handler
+    elif handler.stream_unary:
+        factory = grpc.stream_unary_rpc_method_handler
+    elif handler.unary_stream:
+        factory = grpc.unary_stream_rpc_method_handler
+    else:
+        factory = grpc.stream_stream_rpc_method_handler
     return factory(
-        wrapped,
+        behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
