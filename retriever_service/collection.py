@@ -158,8 +158,12 @@ class Collection:
         return self._current.number
 
     # ----------------------------------------------------------------- reads
-    def search(self, query: SearchQuery) -> list[Hit]:
-        generation = self._current  # one snapshot for the whole query
+    def snapshot(self) -> Generation:
+        """The generation served now; pass it to ``search`` to know which one answered."""
+        return self._current
+
+    def search(self, query: SearchQuery, generation: Generation | None = None) -> list[Hit]:
+        generation = generation or self._current  # one snapshot for the whole query
         if generation.pids.size == 0:
             return []
         allowed = generation.allowed_rows(query.filter)
@@ -358,7 +362,7 @@ class Collection:
         pids = np.load(directory / PIDS_FILE, allow_pickle=False)
         bm25 = BM25Index.load(directory, self.settings.bm25)
         dense = DenseIndex.load(directory, self.settings.annoy)
-        metadata = {r.pid: r.metadata for r in self.store.index_rows(number)}
+        metadata = self.store.passage_metadata(number)
         filters = _filter_index([metadata.get(int(p), {}) for p in pids])
         size = sum((self.directory / name).stat().st_size for name in manifest["files"])
         _LOGGER.info(

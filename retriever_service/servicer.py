@@ -223,9 +223,11 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
 
     @staticmethod
     def _search(collection: Collection, query: SearchQuery) -> retriever_pb2.SearchResponse:
-        generation = collection.generation
-        hits = collection.search(query)
-        return retriever_pb2.SearchResponse(hits=[_hit(h) for h in hits], generation=generation)
+        generation = collection.snapshot()  # report the generation that actually answered
+        hits = collection.search(query, generation)
+        return retriever_pb2.SearchResponse(
+            hits=[_hit(h) for h in hits], generation=generation.number
+        )
 
     async def Search(  # noqa: N802
         self, request: retriever_pb2.SearchRequest, context: Context

@@ -201,6 +201,17 @@ class DocumentStore:
             for pid, title, text, metadata in rows
         ]
 
+    def passage_metadata(self, generation: int) -> dict[int, dict[str, str]]:
+        """Metadata of every live passage of ``generation``, without reading any text."""
+        rows = self._db().execute(
+            """
+            SELECT p.pid, d.metadata FROM passages p JOIN documents d ON p.doc_key = d.doc_key
+            WHERE d.born_gen <= ?1 AND (d.dead_gen IS NULL OR d.dead_gen > ?1)
+            """,
+            (generation,),
+        )
+        return {pid: json.loads(metadata) for pid, metadata in rows}
+
     def passages(self, pids: Sequence[int]) -> dict[int, PassageRecord]:
         """Hydrates search hits. Rows stay readable until purged, so old generations still work."""
         if not pids:

@@ -144,6 +144,8 @@ def test_reopened_collection_serves_the_same_results_without_re_encoding(
         assert [h.passage.passage_id for h in old] == [h.passage.passage_id for h in new]
         np.testing.assert_allclose([h.score for h in old], [h.score for h in new], rtol=1e-6)
     assert reopened.generation == collection.generation
+    filtered = reopened.search(SearchQuery("caffeine tower", 5, "hybrid", (("topic", "food"),)))
+    assert sorted(h.passage.doc_id for h in filtered) == ["coffee", "zh-tea"]  # filters survive
 
 
 def test_a_failed_build_changes_nothing(
