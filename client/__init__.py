@@ -9,19 +9,33 @@ from client.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from client.generator import (
+    Answer,
+    CitationSpan,
+    ExtractedField,
+    GeneratorClient,
+    Source,
+    generate_request,
+)
 from client.retriever import CollectionInfo, Document, RetrieverClient, SearchHit, UpsertSummary
 
 __all__ = [
     "AlreadyExists",
+    "Answer",
+    "CitationSpan",
     "CollectionInfo",
     "DeadlineExceeded",
     "Document",
+    "ExtractedField",
+    "GeneratorClient",
     "InvalidArgument",
     "NotFound",
     "RealmClientError",
     "ResourceExhausted",
     "RetrieverClient",
     "SearchHit",
+    "Source",
     "Unavailable",
     "UpsertSummary",
+    "generate_request",
 ]

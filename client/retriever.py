@@ -18,7 +18,7 @@ from client.errors import from_rpc_error
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
 Mode = Literal["bm25", "dense", "hybrid"]
-_MODES: dict[str, common_pb2.SearchMode.ValueType] = {
+SEARCH_MODES: dict[str, common_pb2.SearchMode.ValueType] = {
     "bm25": common_pb2.SEARCH_MODE_BM25,
     "dense": common_pb2.SEARCH_MODE_DENSE,
     "hybrid": common_pb2.SEARCH_MODE_HYBRID,
@@ -252,10 +252,10 @@ def search_request(
     dense_weight: float | None = None,
 ) -> retriever_pb2.SearchRequest:
     """Builds a search message (also what ``batch_search`` takes)."""
-    if mode not in _MODES:
+    if mode not in SEARCH_MODES:
         raise ValueError(f"mode={mode!r} is unknown; use bm25, dense or hybrid")
     request = retriever_pb2.SearchRequest(
-        collection=collection, query=query, k=k, mode=_MODES[mode], filter=dict(filter or {})
+        collection=collection, query=query, k=k, mode=SEARCH_MODES[mode], filter=dict(filter or {})
     )
     if fusion is not None:
         request.fusion = _FUSIONS[fusion]

@@ -30,6 +30,10 @@ class Unavailable(RealmError):
     """The service cannot serve right now, e.g. still loading (-> UNAVAILABLE)."""
 
 
+class DeadlineExceeded(RealmError):
+    """The caller's deadline ran out while waiting on another service (-> DEADLINE_EXCEEDED)."""
+
+
 class FailedPrecondition(RealmError):
     """The system is not in a state that allows the operation (-> FAILED_PRECONDITION)."""
 

@@ -1,4 +1,4 @@
-"""Shared, expensive fixtures: one embedding model per process, one retriever server per run."""
+"""Shared, expensive fixtures: one model of each kind per process, one server of each per run."""
 
 import json
 import re
@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from client import Document, RetrieverClient
+from client import Document, GeneratorClient, RetrieverClient
+from generator_service.models import LoadedModel, load_model
+from generator_service.settings import ModelSettings
 from retriever_service.embedder import DEFAULT_MODEL, SentenceTransformerEncoder, load_encoder
-from tests.servers import RetrieverProcess
+from tests.servers import GeneratorProcess, RetrieverProcess
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CRANFIELD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cranfield"
@@ -41,6 +43,36 @@ def retriever(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetrieverPro
     data_dir = tmp_path_factory.mktemp("shared-retriever") / "data"
     with RetrieverProcess(data_dir, "--reflection") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def generator(
+    retriever: RetrieverProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GeneratorProcess]:
+    """One real generator process with the packaged default model, calling ``retriever``."""
+    with GeneratorProcess(tmp_path_factory.mktemp("generator"), retriever.target) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def answer_collection(retriever: RetrieverProcess) -> str:
+    """The fixture corpus in one collection shared by the generator tests (read-only)."""
+    with RetrieverClient(retriever.target, timeout=120) as connected:
+        connected.create_collection("answers")
+        connected.upsert("answers", fixture_documents())
+    return "answers"
+
+
+@pytest.fixture
+def generator_client(generator: GeneratorProcess) -> Iterator[GeneratorClient]:
+    with GeneratorClient(generator.target, timeout=300) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="session")
+def default_generator() -> LoadedModel:
+    """The packaged default generator loaded in the test process, for in-process engine tests."""
+    return load_model(ModelSettings())
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The generator service: grounded answers with citations from a Hugging Face Transformer."""

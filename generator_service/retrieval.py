@@ -1,0 +1,111 @@
+"""The generator's connection to the retriever service.
+
+grpc.aio does not carry a caller's deadline into the calls a servicer makes, so every search gets
+an explicit timeout: the smaller of the configured bound and what the generator's own caller has
+left. UNAVAILABLE is retried by gRPC's retry policy with a short backoff, so a retriever that is
+down is reported within a fraction of a second instead of after the caller's whole deadline; the
+reconnect backoff is capped low too, so a restarted retriever is found again quickly.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+
+from generator_service.prompts import RetrievedPassage
+from realm import errors
+from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
+
+_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": "realm.v1.RetrieverService"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSpec:
+    collection: str
+    query: str
+    k: int
+    mode: common_pb2.SearchMode.ValueType
+    filter: Mapping[str, str]
+
+
+class RetrieverGateway:
+    """Searches one retriever target (``host:port`` or ``dns:///name`` with round-robin)."""
+
+    def __init__(self, target: str, timeout_s: float) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+                ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._stub = retriever_pb2_grpc.RetrieverServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+    async def search(self, spec: SearchSpec, time_left: float | None) -> list[RetrievedPassage]:
+        timeout = self.timeout_s if time_left is None else min(self.timeout_s, time_left)
+        if timeout <= 0:
+            raise errors.DeadlineExceeded("the deadline ran out before retrieval could start")
+        request = retriever_pb2.SearchRequest(
+            collection=spec.collection,
+            query=spec.query,
+            k=spec.k,
+            mode=spec.mode,
+            filter=dict(spec.filter),
+        )
+        try:
+            response = await self._stub.Search(request, timeout=timeout)
+        except aio.AioRpcError as error:
+            raise self._translate(error, timeout) from None
+        return [
+            RetrievedPassage(
+                doc_id=hit.passage.doc_id,
+                passage_id=hit.passage.passage_id,
+                text=hit.passage.text,
+                start=hit.passage.start,
+                end=hit.passage.end,
+                score=hit.score,
+                title=hit.title,
+            )
+            for hit in response.hits
+        ]
+
+    def _translate(self, error: aio.AioRpcError, timeout: float) -> errors.RealmError:
+        code, details = error.code(), error.details() or ""
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return errors.DeadlineExceeded(
+                f"retrieval from {self.target} did not finish within {timeout:.3f}s"
+            )
+        if code is grpc.StatusCode.NOT_FOUND:
+            return errors.NotFound(details)
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            return errors.InvalidArgument(details)
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return errors.ResourceExhausted(f"the retriever is at capacity: {details}")
+        return errors.Unavailable(
+            f"the retriever at {self.target} is unavailable ({code.name}: {details}); "
+            "retry later, or set allow_no_context to answer without passages"
+        )

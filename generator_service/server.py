@@ -1,0 +1,43 @@
+"""Runs the generator service: model, engine, retriever connection and the shared bootstrap."""
+
+import asyncio
+import logging
+
+from grpc import aio
+
+from generator_service.engine import GenerationEngine
+from generator_service.models import load_model
+from generator_service.pipeline import Pipeline
+from generator_service.prompts import PromptBuilder
+from generator_service.retrieval import RetrieverGateway
+from generator_service.servicer import GeneratorServicer
+from generator_service.settings import GeneratorConfig
+from realm.server import serve_until_signal
+from realm.v1 import generator_pb2, generator_pb2_grpc
+
+_LOGGER = logging.getLogger(__name__)
+SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+
+
+async def serve(config: GeneratorConfig) -> None:
+    servicer = GeneratorServicer(config.limits, config.model.max_batch_size)
+    gateway = RetrieverGateway(config.retriever_target, config.retrieval_timeout_s)
+    engines: list[GenerationEngine] = []
+
+    def register(server: aio.Server) -> None:
+        generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
+
+    async def load() -> None:
+        loaded = await asyncio.to_thread(load_model, config.model)
+        engine = GenerationEngine(loaded, config.model.max_batch_size)
+        engine.start()
+        engines.append(engine)
+        prompts = PromptBuilder(loaded.tokenizer, loaded.context_tokens)
+        servicer.attach(Pipeline(gateway, engine, prompts), loaded)
+
+    async def flush() -> None:
+        for engine in engines:
+            await asyncio.to_thread(engine.stop)
+        await gateway.close()
+
+    await serve_until_signal(config.server, register, [SERVICE_NAME], load, flush)

@@ -1,0 +1,210 @@
+"""The generator end to end: real retriever and generator processes, the packaged default model."""
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from client import GeneratorClient, InvalidArgument, generate_request
+from client.generator import Answer
+from generator_service.engine import Finished, GenerationEngine, SamplingParams
+from generator_service.models import LoadedModel
+from generator_service.prompts import PromptBuilder, RetrievedPassage
+
+EIFFEL = "When was the Eiffel Tower completed?"
+
+
+def _final(events: list[str | Answer]) -> Answer:
+    answer = events[-1]
+    assert isinstance(answer, Answer)
+    return answer
+
+
+def test_answer_from_the_corpus_cites_the_passage_it_came_from(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    answer = generator_client.ask(generate_request(EIFFEL, answer_collection, k=3))
+    assert "1889" in answer.text
+    assert answer.context_used
+    assert [s.citation for s in answer.sources] == list(range(1, len(answer.sources) + 1))
+    assert answer.citations, "the answer carries no citation"
+    for citation in answer.citations:
+        assert 1 <= citation.citation <= len(answer.sources)
+        assert 0 <= citation.start < citation.end <= len(answer.text)
+    cited_docs = {s.doc_id for s in answer.cited_sources}
+    assert cited_docs == {"eiffel"}
+    eiffel = next(s for s in answer.sources if s.doc_id == "eiffel")
+    assert "1889" in eiffel.text
+    assert eiffel.end > eiffel.start
+    assert answer.timings_ms["retrieval"] > 0
+    assert answer.timings_ms["time_to_first_token"] >= answer.timings_ms["retrieval"]
+    assert answer.completion_tokens > 0
+    assert answer.prompt_tokens > 0
+
+
+def test_streamed_deltas_join_to_the_unary_answer(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    request = generate_request(
+        "What does photosynthesis produce?", answer_collection, k=2, max_new_tokens=40
+    )
+    events = list(generator_client.ask_stream(request))
+    deltas = [e for e in events[:-1] if isinstance(e, str)]
+    assert len(deltas) == len(events) - 1, "the final answer must be the last message only"
+    assert len(deltas) > 3, "tokens should arrive as they are produced, not in one piece"
+    streamed = _final(events)
+    assert "".join(deltas) == streamed.text
+    assert generator_client.ask(request).text == streamed.text
+
+
+def test_cancelling_a_stream_stops_generation(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    request = generate_request(
+        "Write a very long essay about the history of Rome.",
+        answer_collection,
+        max_new_tokens=1000,
+        stop=["\u2603"],  # never produced: only cancellation can end this early
+    )
+    stream = generator_client.ask_stream(request)
+    first = next(stream)
+    assert isinstance(first, str)
+    assert generator_client.info().sequences_decoding >= 1
+    stream.close()  # cancels the call
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = generator_client.info()
+        if info.sequences_decoding == 0 and info.requests_in_progress == 0:
+            break
+        time.sleep(0.1)
+    info = generator_client.info()
+    assert (info.sequences_decoding, info.requests_in_progress) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"temperature": 5.0}, "parameters.temperature"),
+        ({"top_p": 0.0}, "parameters.top_p"),
+        ({"max_new_tokens": 100_000}, "parameters.max_new_tokens"),
+        ({"max_new_tokens": 0}, "parameters.max_new_tokens"),
+        ({"k": 1000}, "k"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "parameters.stop"),
+        ({"task": "extract"}, "fields"),
+        ({"fields": ["year"]}, "fields"),
+        ({"task": "extract", "fields": ["bad{name"]}, "fields"),
+    ],
+)
+def test_bad_parameters_are_invalid_argument_naming_the_field(
+    generator_client: GeneratorClient,
+    answer_collection: str,
+    options: dict[str, object],
+    field: str,
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        generator_client.ask(generate_request(EIFFEL, answer_collection, **options))  # type: ignore[arg-type]
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert field in str(caught.value)
+
+
+def test_empty_question_and_bad_collection_are_invalid_argument(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    with pytest.raises(InvalidArgument, match="question"):
+        generator_client.ask(generate_request("  ", answer_collection))
+    with pytest.raises(InvalidArgument, match="question"):
+        generator_client.ask(generate_request("x" * 2001, answer_collection))
+    with pytest.raises(InvalidArgument, match="collection"):
+        generator_client.ask(generate_request(EIFFEL, "no such/collection"))
+
+
+def test_extract_returns_exactly_the_requested_fields(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    answer = generator_client.ask(
+        generate_request(
+            "Eiffel Tower", answer_collection, k=2, task="extract", fields=["designer", "city"]
+        )
+    )
+    assert list(answer.extracted) == ["designer", "city"]
+    assert [f.name for f in answer.fields] == ["designer", "city"]
+    city = answer.fields[1]
+    assert city.found
+    assert "Paris" in city.value
+    assert answer.sources[city.citation - 1].doc_id == "eiffel"
+
+
+def test_stop_sequence_ends_the_answer_before_it(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    free = generator_client.ask(generate_request(EIFFEL, answer_collection, k=2))
+    cut_at = free.text.split()[2]
+    stopped = generator_client.ask(generate_request(EIFFEL, answer_collection, k=2, stop=[cut_at]))
+    assert stopped.finish_reason == "stop_sequence"
+    assert stopped.text == free.text[: free.text.index(cut_at)]
+
+
+def test_unknown_collection_is_not_found(generator_client: GeneratorClient) -> None:
+    with pytest.raises(Exception, match="missing-collection") as caught:
+        generator_client.ask(generate_request(EIFFEL, "missing-collection"))
+    assert getattr(caught.value, "code", None) is grpc.StatusCode.NOT_FOUND
+
+
+def test_info_reports_the_model_and_limits(generator_client: GeneratorClient) -> None:
+    info = generator_client.info()
+    assert info.model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert info.architecture == "causal"
+    assert info.max_new_tokens >= 256
+    assert info.context_tokens == 2048
+
+
+def _prompts(loaded: LoadedModel) -> list[list[int]]:
+    builder = PromptBuilder(loaded.tokenizer, loaded.context_tokens)
+    passage = RetrievedPassage("d", "d#0", "Bees make honey from nectar.", 0, 28, 1.0, "Bees")
+    questions = ["What do bees make?", "Name a colour.", "Who wrote Hamlet?", "What is 2+2?"]
+    return [builder.build("answer", q, [passage], [], 24).token_ids for q in questions]
+
+
+async def test_greedy_output_is_the_same_alone_and_batched(
+    default_generator: LoadedModel,
+) -> None:
+    engine = GenerationEngine(default_generator, max_batch_size=4)
+    engine.start()
+    try:
+        params = SamplingParams(max_new_tokens=24)
+
+        async def run(ids: list[int]) -> str:
+            async for event in engine.generate(ids, params):
+                if isinstance(event, Finished):
+                    return event.text
+            raise AssertionError("no Finished event")
+
+        prompts = _prompts(default_generator)
+        alone = [await run(ids) for ids in prompts]
+        assert engine.max_rows_seen == 1
+        together = await asyncio.gather(*(run(ids) for ids in prompts))
+        assert engine.max_rows_seen > 1, "the concurrent requests were not batched"
+        assert together == alone
+    finally:
+        engine.stop()
+
+
+async def test_seeded_sampling_is_reproducible(default_generator: LoadedModel) -> None:
+    engine = GenerationEngine(default_generator, max_batch_size=4)
+    engine.start()
+    try:
+        prompt = _prompts(default_generator)[1]
+
+        async def run(seed: int) -> str:
+            params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
+            async for event in engine.generate(prompt, params):
+                if isinstance(event, Finished):
+                    return event.text
+            raise AssertionError("no Finished event")
+
+        first, again, other = await run(1), await run(1), await run(2)
+        assert first == again
+        assert first != other
+    finally:
+        engine.stop()

@@ -1,0 +1,162 @@
+"""The generator when its retriever is slow, overloaded with callers, or killed.
+
+A stand-in retriever process (``tests/stub_retriever.py``: real gRPC, scripted delay) sits on a
+fixed port in front of a second generator process, so the tests can slow it down and kill it
+without disturbing the shared servers.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import (
+    Answer,
+    DeadlineExceeded,
+    GeneratorClient,
+    ResourceExhausted,
+    Unavailable,
+    generate_request,
+)
+from realm.supervisor import free_port
+from tests.servers import REPO, GeneratorProcess
+
+pytestmark = pytest.mark.slow
+QUESTION = "When was the Eiffel Tower completed?"
+
+
+class StubRetriever:
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.record = workdir / f"stub-{port}.txt"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, delay: float) -> None:
+        self.record.unlink(missing_ok=True)
+        self.record.with_suffix(".ready").unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.stub_retriever",
+                "--port",
+                str(self.port),
+                "--delay",
+                str(delay),
+                "--record",
+                str(self.record),
+            ],
+            cwd=REPO,
+        )
+        deadline = time.monotonic() + 30
+        while not self.record.with_suffix(".ready").exists():
+            assert time.monotonic() < deadline, "the stub retriever did not start"
+            assert self.process.poll() is None, "the stub retriever exited"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def deadlines_seen(self) -> list[float]:
+        return [float(line) for line in self.record.read_text().split() if line != "none"]
+
+
+def _ask_once_the_retriever_is_back(client: GeneratorClient) -> Answer:
+    """A restarted retriever is found within the generator's reconnect backoff (<= 1 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return client.ask(generate_request(QUESTION, "any", max_new_tokens=24))
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubRetriever]:
+    retriever = StubRetriever(free_port(), tmp_path_factory.mktemp("stub"))
+    yield retriever
+    retriever.kill()
+
+
+@pytest.fixture(scope="module")
+def lonely_generator(
+    stub: StubRetriever, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GeneratorProcess]:
+    with GeneratorProcess(
+        tmp_path_factory.mktemp("lonely-generator"),
+        f"127.0.0.1:{stub.port}",
+        "--max-pending-requests",
+        "2",
+        "--max-batch-size",
+        "2",
+    ) as server:
+        yield server
+
+
+def test_caller_deadline_reaches_the_retriever_and_expires_promptly(
+    stub: StubRetriever, lonely_generator: GeneratorProcess
+) -> None:
+    stub.start(delay=5.0)
+    try:
+        with GeneratorClient(lonely_generator.target, timeout=1.0) as client:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                client.ask(generate_request(QUESTION, "any"))
+            assert time.monotonic() - started < 2.0
+        seen = stub.deadlines_seen()
+        assert seen, "the retriever was never called"
+        assert all(0 < remaining <= 1.0 for remaining in seen), seen
+    finally:
+        stub.kill()
+
+
+def test_past_the_pending_limit_callers_get_resource_exhausted_at_once(
+    stub: StubRetriever, lonely_generator: GeneratorProcess
+) -> None:
+    stub.start(delay=0.0)
+    try:
+        long_request = generate_request(
+            "Write a very long essay about towers.", "any", max_new_tokens=400, stop=["\u2603"]
+        )
+        with GeneratorClient(lonely_generator.target, timeout=120) as client:
+            _ask_once_the_retriever_is_back(client)
+            streams = [client.ask_stream(long_request) for _ in range(2)]
+            for stream in streams:
+                assert isinstance(next(stream), str)  # both admitted and generating
+            started = time.monotonic()
+            with pytest.raises(ResourceExhausted, match="max_pending_requests"):
+                client.ask(long_request)
+            assert time.monotonic() - started < 1.0
+            for stream in streams:
+                stream.close()
+    finally:
+        stub.kill()
+
+
+def test_killed_retriever_gives_unavailable_within_a_second_or_a_flagged_answer(
+    stub: StubRetriever, lonely_generator: GeneratorProcess
+) -> None:
+    stub.start(delay=0.0)
+    with GeneratorClient(lonely_generator.target, timeout=120, max_attempts=1) as client:
+        working = _ask_once_the_retriever_is_back(client)
+        assert working.context_used
+        stub.kill()
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="retriever"):
+            client.ask(generate_request(QUESTION, "any", max_new_tokens=24))
+        assert time.monotonic() - started < 1.0
+        flagged = client.ask(
+            generate_request(QUESTION, "any", max_new_tokens=24, allow_no_context=True)
+        )
+        assert not flagged.context_used
+        assert "retrieval failed" in flagged.no_context_reason
+        assert flagged.sources == []
+        assert flagged.text

@@ -1,0 +1,114 @@
+"""The generator's pure parts: citations, extraction, prompt packing, QA scores, stream safety."""
+
+import json
+
+import pytest
+
+from generator_service.citations import find_citations, sentence_spans
+from generator_service.engine import _stable_length
+from generator_service.extraction import parse_fields, to_json, validate_fields
+from generator_service.models import LoadedModel
+from generator_service.prompts import PromptBuilder, RetrievedPassage, passage_block
+from realm.errors import InvalidArgument
+from realm.qa_metrics import contains, exact_match, normalize, token_f1
+
+
+def _passage(doc: str, text: str, title: str = "") -> RetrievedPassage:
+    return RetrievedPassage(doc, f"{doc}#0", text, 0, len(text), 1.0, title)
+
+
+PASSAGES = [
+    _passage("eiffel", "The Eiffel Tower in Paris was completed in 1889.", "Eiffel Tower"),
+    _passage("rome", "The Colosseum in Rome held 50,000 spectators.", "Colosseum"),
+]
+
+
+def test_model_citations_are_parsed_and_unknown_numbers_dropped() -> None:
+    answer = "It was completed in 1889 [1]. Rome had a big arena [2][7]. Nothing here [9]."
+    found = [(c.number, c.origin) for c in find_citations(answer, PASSAGES)]
+    assert found == [(1, "model"), (2, "model")]
+
+
+def test_citation_lists_and_markers_after_the_full_stop() -> None:
+    answer = "Both were big. [1, 2]"
+    citations = find_citations(answer, PASSAGES)
+    assert [c.number for c in citations] == [1, 2]
+    assert all(answer[c.start : c.end] == answer for c in citations)
+
+
+def test_sentences_without_markers_are_attributed_by_shared_words() -> None:
+    answer = "The Eiffel Tower was completed in 1889. The Colosseum held 50,000 people."
+    found = find_citations(answer, PASSAGES)
+    assert [(c.number, c.origin) for c in found] == [(1, "attributed"), (2, "attributed")]
+    assert answer[found[0].start : found[0].end] == "The Eiffel Tower was completed in 1889."
+
+
+def test_unsupported_sentences_get_no_citation() -> None:
+    assert find_citations("Bananas are yellow and curved.", PASSAGES) == []
+
+
+def test_sentence_spans_cover_the_text() -> None:
+    text = "One. Two!\nThree?"
+    assert [text[a:b] for a, b in sentence_spans(text)] == ["One.", "Two!", "Three?"]
+
+
+def test_fields_are_exactly_those_requested_with_their_sources() -> None:
+    text = "City: Paris, year: 1889\nyear: 1889\nbuilder: unknown\nextra: ignored\n"
+    fields = parse_fields(text, ["city", "year", "builder"], PASSAGES)
+    assert [(f.name, f.value, f.found, f.citation) for f in fields] == [
+        ("city", "Paris", True, 1),
+        ("year", "1889", True, 1),
+        ("builder", "", False, 0),
+    ]
+    assert json.loads(to_json(fields)) == {"city": "Paris", "year": "1889", "builder": None}
+
+
+def test_a_value_no_passage_supports_has_no_source() -> None:
+    [field] = parse_fields("year: 1989", ["year"], PASSAGES)
+    assert (field.found, field.citation) == (True, 0)
+
+
+@pytest.mark.parametrize("fields", [[], ["ok", "o{k"], ["a"] * 17, ["same", "Same"]])
+def test_bad_field_lists_are_refused(fields: list[str]) -> None:
+    with pytest.raises(InvalidArgument, match="fields"):
+        validate_fields(fields, max_fields=16)
+
+
+def test_held_back_text_never_includes_a_partial_stop_or_character() -> None:
+    assert _stable_length("Hello wor", ("world",)) == len("Hello ")
+    assert _stable_length("Hello", ()) == 5
+    assert _stable_length("caf\ufffd", ()) == 3
+    assert _stable_length("Hello END", ("END",)) == len("Hello END")  # a whole stop is cut later
+
+
+def test_squad_scores() -> None:
+    assert normalize("The  Eiffel Tower!") == "eiffel tower"
+    assert exact_match("the Eiffel tower", ["Eiffel Tower"]) == 1.0
+    assert token_f1("built in 1889", ["1889"]) == pytest.approx(0.5)
+    assert token_f1("nothing", ["1889"]) == 0.0
+    assert contains("It was finished in 1889.", ["1889"]) == 1.0
+    assert contains("It was finished in 18890.", ["1889"]) == 0.0
+
+
+def test_prompt_packs_best_passages_first_within_the_token_budget(
+    default_generator: LoadedModel,
+) -> None:
+    tokenizer = default_generator.tokenizer
+    long_text = " ".join(["tower"] * 300)
+    passages = [_passage(f"d{i}", f"{i} {long_text}") for i in range(10)]
+    builder = PromptBuilder(tokenizer, context_tokens=1024)
+    prompt = builder.build("answer", "What about towers?", passages, [], max_new_tokens=128)
+    assert len(prompt.token_ids) <= 1024 - 128
+    assert 1 <= len(prompt.passages) < len(passages)
+    assert prompt.passages == passages[: len(prompt.passages)]
+    rendered = tokenizer.decode(prompt.token_ids)
+    assert passage_block(1, passages[0])[:40] in rendered
+    assert "[" + str(len(prompt.passages) + 1) + "]" not in rendered
+
+
+def test_prompt_refuses_an_answer_budget_larger_than_the_context(
+    default_generator: LoadedModel,
+) -> None:
+    builder = PromptBuilder(default_generator.tokenizer, context_tokens=512)
+    with pytest.raises(InvalidArgument, match="max_new_tokens"):
+        builder.build("answer", "Why?", PASSAGES, [], max_new_tokens=500)
