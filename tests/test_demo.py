@@ -1,4 +1,5 @@
-"""`realm demo`, the main job, end to end on a small slice of the packaged corpus."""
+"""`realm demo`, the main job, end to end on a small slice of the packaged corpus: two real
+service processes, indexing, cited answers from the packaged generator, restart from disk."""
 
 from pathlib import Path
 
@@ -15,10 +16,16 @@ def test_demo_indexes_answers_and_restarts_from_the_persisted_index(tmp_path: Pa
     first = realm("demo", "--no-wait", "--limit", "25", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert "indexed 25 documents" in first.stdout
-    for question, article in SAMPLE_QUESTIONS.items():
-        assert question in first.stdout
-        assert f"[1] {article} " in first.stdout  # the article that answers it ranks first
-    assert "realm search" in first.stdout
+    blocks = first.stdout.split("Q: ")[1:]
+    assert len(blocks) == len(SAMPLE_QUESTIONS)
+    for block, (question, article) in zip(blocks, SAMPLE_QUESTIONS.items(), strict=True):
+        assert block.startswith(question)
+        answer = block.splitlines()[1]
+        assert answer.strip()
+        assert not answer.startswith("Sources")
+        assert f"[1] {article} " in block  # the article that answers it is source [1]
+    assert "cited" in first.stdout
+    assert "realm ask" in first.stdout
 
     second = realm("demo", "--no-wait", "--limit", "25", "--data-dir", str(tmp_path))
     assert second.returncode == 0, second.stderr

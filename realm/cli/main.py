@@ -1,7 +1,8 @@
 """``realm``: run the services and use them from a shell.
 
-Client subcommands take ``--target`` (or ``REALM_RETRIEVER``); server subcommands take their
-settings as flags or ``REALM_*`` environment variables. Errors print one line and exit non-zero.
+Client subcommands take ``--target`` (or ``REALM_RETRIEVER`` / ``REALM_GENERATOR``); server
+subcommands take their settings as flags or ``REALM_*`` environment variables. Errors print one
+line and exit non-zero.
 """
 
 import asyncio
@@ -22,7 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client import NotFound, RealmClientError, RetrieverClient
+from client import Answer, GeneratorClient, NotFound, RealmClientError, RetrieverClient
+from client.generator import Task, generate_request
 from client.retriever import Document, Mode, UpsertSummary
 from realm import logs
 from realm.cli.output import console, fail, print_json
@@ -37,6 +39,9 @@ app.add_typer(eval_app, name="eval")
 
 Target = Annotated[
     str, typer.Option("--target", envvar="REALM_RETRIEVER", help="Retriever address HOST:PORT.")
+]
+GeneratorTarget = Annotated[
+    str, typer.Option("--target", envvar="REALM_GENERATOR", help="Generator address HOST:PORT.")
 ]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="bm25, dense or hybrid.")]
@@ -100,6 +105,183 @@ def serve_retriever(
     except ValueError as error:
         fail(str(error), code=2)
     asyncio.run(serve(config))
+
+
+@serve_app.command("generator")
+def serve_generator(
+    retriever: Annotated[
+        str, typer.Option(envvar="REALM_RETRIEVER", help="Retriever address HOST:PORT.")
+    ],
+    model: Annotated[
+        str, typer.Option(envvar="REALM_MODEL", help="Hugging Face name, local path or .gguf.")
+    ] = "HuggingFaceTB/SmolLM2-135M-Instruct",
+    device: Annotated[str, typer.Option(envvar="REALM_DEVICE", help="auto, cpu, cuda:0…")] = "auto",
+    host: Annotated[str, typer.Option(envvar="REALM_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="REALM_PORT", help="0 picks a free port.")] = 50052,
+    context_tokens: Annotated[int, typer.Option(envvar="REALM_CONTEXT_TOKENS")] = 2048,
+    max_batch_size: Annotated[int, typer.Option(envvar="REALM_MAX_BATCH_SIZE")] = 8,
+    max_pending_requests: Annotated[int, typer.Option(envvar="REALM_MAX_PENDING_REQUESTS")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(envvar="REALM_MAX_NEW_TOKENS")] = 1024,
+    retrieval_timeout: Annotated[float, typer.Option(envvar="REALM_RETRIEVAL_TIMEOUT")] = 10.0,
+    cache_dir: Annotated[
+        Path | None, typer.Option(envvar="REALM_CACHE_DIR", help="Converted-model cache.")
+    ] = None,
+    reflection: Annotated[bool, typer.Option(envvar="REALM_REFLECTION")] = False,
+    grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 30.0,
+    log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Serve the generator until SIGTERM/SIGINT."""
+    from generator_service.server import serve
+    from generator_service.settings import (
+        GeneratorConfig,
+        GeneratorLimits,
+        ModelSettings,
+        default_cache_dir,
+    )
+    from realm.server import ServerOptions
+
+    logs.configure(log_level)
+    try:
+        config = GeneratorConfig(
+            retriever_target=retriever,
+            server=ServerOptions(
+                host=host, port=port, reflection=reflection, grace_seconds=grace_seconds
+            ),
+            model=ModelSettings(
+                name_or_path=model,
+                device=device,
+                context_tokens=context_tokens,
+                cache_dir=cache_dir or default_cache_dir(),
+                max_batch_size=max_batch_size,
+            ),
+            limits=GeneratorLimits(
+                max_new_tokens=max_new_tokens,
+                default_max_new_tokens=min(256, max_new_tokens),
+                max_pending_requests=max_pending_requests,
+            ),
+            retrieval_timeout_s=retrieval_timeout,
+        )
+    except ValueError as error:
+        fail(str(error), code=2)
+    asyncio.run(serve(config))
+
+
+_TASK_NAMES: dict[str, Task] = {"answer": "answer", "summarize": "summarize", "extract": "extract"}
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question (or topic, or subject).")],
+    collection: CollectionOpt,
+    target: GeneratorTarget = "localhost:50052",
+    mode: ModeOpt = "hybrid",
+    k: Annotated[int, typer.Option("-k", help="Passages to retrieve; 0 = server default.")] = 0,
+    task: Annotated[str, typer.Option(help="answer, summarize or extract.")] = "answer",
+    field: Annotated[
+        list[str] | None, typer.Option("--field", help="A field to extract (repeat).")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate at most.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    allow_no_context: Annotated[
+        bool, typer.Option(help="Answer without passages if retrieval fails.")
+    ] = False,
+    stream: Annotated[bool, typer.Option(help="Print the answer as it is generated.")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final response as JSON.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0,
+) -> None:
+    """Ask the generator; prints the answer (streamed), then its numbered sources."""
+    if task not in _TASK_NAMES:
+        fail(f"--task {task!r} is unknown; use answer, summarize or extract", code=2)
+    request = generate_request(
+        question,
+        collection,
+        k=k,
+        mode=_mode(mode),
+        task=_TASK_NAMES[task],
+        fields=field or [],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        allow_no_context=allow_no_context,
+    )
+    with _client_errors(), GeneratorClient(target, timeout=timeout) as client:
+        if as_json or not stream:
+            answer = client.ask(request)
+            if as_json:
+                print_json(answer_json(answer))
+                return
+            console.print(answer.text, highlight=False, markup=False)
+        else:
+            answer = _print_stream(client.ask_stream(request))
+    show_sources(answer)
+
+
+def _print_stream(events: Iterator[str | Answer]) -> Answer:
+    for event in events:
+        if not isinstance(event, str):
+            console.print()
+            return event
+        console.print(event, end="", highlight=False, markup=False, soft_wrap=True)
+    return fail("the stream ended without a final answer")
+
+
+def answer_json(answer: Answer) -> dict[str, object]:
+    """The ``--json`` shape: stable keys for scripts."""
+    payload: dict[str, object] = {
+        "answer": answer.text,
+        "sources": [
+            {
+                "citation": s.citation,
+                "doc_id": s.doc_id,
+                "title": s.title,
+                "score": s.score,
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "cited": s.cited,
+            }
+            for s in answer.sources
+        ],
+        "citations": [
+            {"citation": c.citation, "start": c.start, "end": c.end, "origin": c.origin}
+            for c in answer.citations
+        ],
+        "context_used": answer.context_used,
+        "no_context_reason": answer.no_context_reason,
+        "finish_reason": answer.finish_reason,
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+        },
+        "timings": answer.timings_ms,
+        "model": answer.model,
+    }
+    if answer.fields:
+        payload["fields"] = answer.extracted
+    return payload
+
+
+def show_sources(answer: Answer, limit: int | None = None) -> None:
+    """The numbered sources under an answer; cited ones first and marked."""
+    if not answer.context_used:
+        console.print(f"[yellow]answered without sources:[/] {answer.no_context_reason}")
+        return
+    for field_ in answer.fields:
+        where = f" [{field_.citation}]" if field_.citation else ""
+        console.print(f"  {field_.name}: {field_.value if field_.found else '—'}{where}")
+    console.print("[bold]Sources[/]")
+    ordered = sorted(answer.sources, key=lambda s: (not s.cited, s.citation))
+    for source in ordered[:limit]:
+        mark = "[green]cited[/]" if source.cited else "[dim]not cited[/]"
+        snippet = source.text if len(source.text) <= 160 else source.text[:157] + "..."
+        console.print(
+            f"  [{source.citation}] [cyan]{source.title or source.doc_id}[/] {mark} "
+            f"({source.score:.3f}) {snippet}",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -242,6 +424,46 @@ def eval_retrieval(
         json_out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
 
+@eval_app.command("qa")
+def eval_qa(
+    questions: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help='JSONL: {"id","question","answers"}.')
+    ],
+    collection: CollectionOpt,
+    target: GeneratorTarget = "localhost:50052",
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Questions in flight.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores here.")] = None,
+) -> None:
+    """Exact match, token F1 and contains over a question set, asked concurrently."""
+    from realm.qa_evaluation import evaluate_qa, read_questions
+
+    try:
+        items = read_questions(questions)
+    except ValueError as error:
+        fail(str(error), code=2)
+    with (
+        _client_errors(),
+        GeneratorClient(target, timeout=600) as client,
+        Progress(
+            TextColumn("asking"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        ) as progress,
+    ):
+        bar = progress.add_task("asking", total=len(items))
+        scores = evaluate_qa(
+            client, collection, items, concurrency, max_new_tokens, lambda: progress.advance(bar)
+        )
+    table = Table(title=f"{questions.name} / {collection}")
+    for name in ("em", "f1", "contains", "questions"):
+        table.add_column(name)
+    table.add_row(
+        *(f"{scores[n]:.4f}" for n in ("em", "f1", "contains")), str(int(scores["questions"]))
+    )
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+
+
 @app.command()
 def demo(
     corpus: Annotated[
@@ -249,11 +471,12 @@ def demo(
     ] = None,
     limit: Annotated[int, typer.Option(min=0, help="Wikipedia summaries to index; 0 = all.")] = 500,
     data_dir: Annotated[Path, typer.Option(envvar="REALM_DEMO_DIR")] = Path(".realm/demo"),
-    port: Annotated[int, typer.Option(help="Retriever port; 0 picks a free one.")] = 0,
     collection: CollectionOpt = "wiki",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length in tokens.")] = 80,
     wait: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = True,
 ) -> None:
-    """Start a retriever, index the embedded corpus (or --corpus), search it, keep serving."""
+    """Start a retriever and a generator, index the embedded corpus (or --corpus), answer the
+    sample questions with sources, keep serving."""
     from realm import demo as demo_steps
 
     try:
@@ -264,29 +487,81 @@ def demo(
         )
     except (FileNotFoundError, ValueError) as error:
         fail(str(error), code=2)
-    server = demo_steps.start_retriever(
-        data_dir / "index", port or free_port(), data_dir / "retriever.log"
+    retriever = demo_steps.start_retriever(
+        data_dir / "index", free_port(), data_dir / "retriever.log"
+    )
+    generator = demo_steps.start_generator(
+        retriever.target, free_port(), data_dir / "generator.log"
     )
     try:
-        with console.status("starting the retriever (loading the embedding model)"):
-            server.wait_serving()
-        with _client_errors(), RetrieverClient(server.target, timeout=60) as client:
+        with console.status("starting the retriever and the generator (loading their models)"):
+            retriever.wait_serving()
+            generator.wait_serving()
+        with _client_errors(), RetrieverClient(retriever.target, timeout=60) as client:
             _index_missing(client, collection, documents)
-            if corpus is None:
-                for question in demo_steps.SAMPLE_QUESTIONS:
-                    _show_answers(client, collection, question)
+        if corpus is None:
+            with _client_errors(), GeneratorClient(generator.target, timeout=600) as answers:
+                _answer_samples(
+                    answers, collection, list(demo_steps.SAMPLE_QUESTIONS), max_new_tokens
+                )
         console.print(
-            f"\nThe retriever serves [bold]{server.target}[/] (log: {data_dir / 'retriever.log'}). "
-            f'Ask your own:\n  realm search "your question" --collection {collection} '
-            f"--target {server.target}"
+            f"\nRetriever: [bold]{retriever.target}[/]  generator: [bold]{generator.target}[/] "
+            f"(logs in {data_dir}). Ask your own:\n"
+            f'  realm ask "your question" --collection {collection} --target {generator.target}\n'
+            f"  realm chat --collection {collection} --target {generator.target}"
         )
         if wait:
             console.print("Press Ctrl-C to stop.")
             demo_steps.wait_for_interrupt()
     finally:
-        code = server.stop()
-    if code != 0:
-        fail(f"the retriever exited with code {code}; see {data_dir / 'retriever.log'}")
+        codes = {"generator": generator.stop(), "retriever": retriever.stop()}
+    for service, code in codes.items():
+        if code != 0:
+            fail(f"the {service} exited with code {code}; see {data_dir / (service + '.log')}")
+
+
+def _answer_samples(
+    client: GeneratorClient, collection: str, questions: list[str], max_new_tokens: int
+) -> None:
+    """Asks every question at once (the generator batches them) and prints them in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask_one(question: str) -> Answer:
+        return client.ask(
+            generate_request(question, collection, k=3, max_new_tokens=max_new_tokens)
+        )
+
+    with (
+        console.status(f"asking {len(questions)} sample questions together"),
+        ThreadPoolExecutor(max_workers=len(questions)) as pool,
+    ):
+        answers = list(pool.map(ask_one, questions))
+    for question, answer in zip(questions, answers, strict=True):
+        console.print(f"\n[bold]Q: {question}[/]")
+        console.print(answer.text.strip(), highlight=False, markup=False)
+        show_sources(answer, limit=3)
+
+
+@app.command()
+def chat(
+    collection: CollectionOpt,
+    target: GeneratorTarget = "localhost:50052",
+    k: Annotated[int, typer.Option("-k", help="Passages to retrieve; 0 = server default.")] = 0,
+) -> None:
+    """An interactive prompt: each line is a question, answered as it streams. Ctrl-D quits."""
+    with GeneratorClient(target, timeout=600) as client:
+        while True:
+            try:
+                question = console.input("[bold]? [/]")
+            except (EOFError, KeyboardInterrupt):
+                console.print()
+                return
+            if not question.strip():
+                continue
+            with _client_errors():
+                show_sources(
+                    _print_stream(client.ask_stream(generate_request(question, collection, k=k)))
+                )
 
 
 def _index_missing(client: RetrieverClient, collection: str, documents: list[Document]) -> None:
@@ -308,17 +583,6 @@ def _index_missing(client: RetrieverClient, collection: str, documents: list[Doc
         )
     else:
         console.print(f"index found: {indexed} documents in {collection!r}")
-
-
-def _show_answers(client: RetrieverClient, collection: str, question: str) -> None:
-    hits = client.search(collection, question, k=3)
-    console.print(f"\n[bold]{question}[/]")
-    for rank, hit in enumerate(hits, start=1):
-        snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
-        console.print(
-            f"  [{rank}] [cyan]{hit.title or hit.doc_id}[/] ({hit.score:.3f}) {snippet}",
-            highlight=False,
-        )
 
 
 if __name__ == "__main__":
