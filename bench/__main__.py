@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import bm25_bench, dense_bench, encode_bench, grpc_bench
+from bench import bm25_bench, dense_bench, encode_bench, generate_bench, grpc_bench
 from bench.common import Row, machine, table, versions, write_section
 
 BENCHMARKS: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
     "dense": (dense_bench.run, ("annoy", "hnswlib", "numpy")),
     "encode": (encode_bench.run, ("sentence-transformers", "torch")),
     "grpc": (grpc_bench.run, ("grpcio", "protobuf")),
+    "generate": (generate_bench.run, ("transformers", "torch")),
 }
 
 

@@ -1,0 +1,112 @@
+"""Generation throughput: ReaLM's batching engine against sequential ``model.generate``.
+
+The same grounded prompts (a Wikipedia summary and a question about it), the same packaged model,
+greedy decoding and the same token limit. The peer is what a user writes without a server: each
+request through ``model.generate`` one after another. ReaLM's engine runs 1, 4, 8 and 16 requests
+at once; the bar is on 8.
+"""
+
+import asyncio
+import statistics
+import time
+
+import torch
+
+from bench.common import Row
+from generator_service.engine import Delta, Finished, GenerationEngine, SamplingParams
+from generator_service.models import LoadedModel, load_model
+from generator_service.prompts import PromptBuilder, RetrievedPassage
+from generator_service.settings import ModelSettings
+from realm.demo import wiki_summaries
+
+CONCURRENCY = (1, 4, 8, 16)
+BAR_AT = 8
+
+
+def _prompts(loaded: LoadedModel, count: int) -> list[list[int]]:
+    builder = PromptBuilder(loaded.tokenizer, loaded.context_tokens)
+    prompts = []
+    for document in wiki_summaries(count):
+        text = " ".join(document.text.split()[:120])
+        passage = RetrievedPassage(
+            document.id, document.id, text, 0, len(text), 1.0, document.title
+        )
+        question = f"What is {document.title}?"
+        prompts.append(builder.build("answer", question, [passage], [], 64).token_ids)
+    return prompts
+
+
+def _sequential_generate(
+    loaded: LoadedModel, prompts: list[list[int]], new_tokens: int
+) -> tuple[int, float]:
+    model = loaded.model
+    generated = 0
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for ids in prompts:
+            tensor = torch.tensor([ids], device=loaded.device)
+            out = model.generate(  # type: ignore[operator]
+                tensor,
+                attention_mask=torch.ones_like(tensor),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+            )
+            generated += out.shape[1] - tensor.shape[1]
+    return generated, time.perf_counter() - started
+
+
+async def _engine_run(
+    engine: GenerationEngine, prompts: list[list[int]], new_tokens: int
+) -> tuple[int, float, list[float]]:
+    params = SamplingParams(max_new_tokens=new_tokens)
+    first_token: list[float] = []
+
+    async def one(ids: list[int]) -> int:
+        submitted = time.perf_counter()
+        seen_first = False
+        async for event in engine.generate(ids, params):
+            if isinstance(event, Delta) and not seen_first:
+                seen_first = True
+                first_token.append(time.perf_counter() - submitted)
+            if isinstance(event, Finished):
+                return event.completion_tokens
+        raise AssertionError("no Finished event")
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(one(ids) for ids in prompts))
+    return sum(counts), time.perf_counter() - started, first_token
+
+
+def run(quick: bool) -> list[Row]:
+    new_tokens = 32 if quick else 64
+    loaded = load_model(ModelSettings())
+    prompts = _prompts(loaded, max(CONCURRENCY))
+    engine = GenerationEngine(loaded, max_batch_size=max(CONCURRENCY))
+    engine.start()
+    try:
+        asyncio.run(_engine_run(engine, prompts[:1], 4))  # warm-up
+        peer_tokens, peer_seconds = _sequential_generate(loaded, prompts[:BAR_AT], new_tokens)
+        peer_rate = peer_tokens / peer_seconds
+        rows = []
+        for concurrency in CONCURRENCY:
+            tokens, seconds, ttft = asyncio.run(
+                _engine_run(engine, prompts[:concurrency], new_tokens)
+            )
+            rows.append(
+                Row(
+                    f"generation, {concurrency} concurrent, {new_tokens} new tokens",
+                    tokens / seconds,
+                    f"sequential model.generate ({BAR_AT} requests)",
+                    peer_rate,
+                    "tokens/s",
+                    3.0 if concurrency == BAR_AT else 0.0,
+                    note=(
+                        f"time to first token median {statistics.median(ttft) * 1000:,.0f} ms, "
+                        f"max {max(ttft) * 1000:,.0f} ms"
+                    ),
+                )
+            )
+        return rows
+    finally:
+        engine.stop()
