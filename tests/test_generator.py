@@ -2,15 +2,25 @@
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import pytest
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from client import GeneratorClient, InvalidArgument, generate_request
 from client.generator import Answer
 from generator_service.engine import Finished, GenerationEngine, SamplingParams
-from generator_service.models import LoadedModel
+from generator_service.models import LoadedModel, load_model
 from generator_service.prompts import PromptBuilder, RetrievedPassage
+from generator_service.settings import ModelSettings
 
 EIFFEL = "When was the Eiffel Tower completed?"
 
@@ -206,5 +216,78 @@ async def test_seeded_sampling_is_reproducible(default_generator: LoadedModel) -
         first, again, other = await run(1), await run(1), await run(2)
         assert first == again
         assert first != other
+    finally:
+        engine.stop()
+
+
+def _tiny_model(directory: Path, default: LoadedModel, seq2seq: bool) -> Path:
+    """A randomly initialised model saved to disk with the default model's tokenizer: exercises
+    loading by local path (the hub code path, minus the download) in a second."""
+    vocab = len(default.tokenizer)
+    pad = default.tokenizer.pad_token_id
+    config: PretrainedConfig
+    if seq2seq:
+        config = T5Config(
+            vocab_size=vocab,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=pad,
+            eos_token_id=default.tokenizer.eos_token_id,
+        )
+        config.decoder_start_token_id = pad
+        model: PreTrainedModel = T5ForConditionalGeneration(config)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=pad,
+            eos_token_id=default.tokenizer.eos_token_id,
+        )
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    default.tokenizer.save_pretrained(directory)
+    return directory
+
+
+async def _collect(
+    engine: GenerationEngine, ids: list[int], params: SamplingParams
+) -> tuple[str, Finished]:
+    pieces: list[str] = []
+    async for event in engine.generate(ids, params):
+        if isinstance(event, Finished):
+            return "".join(pieces), event
+        pieces.append(event.text)
+    raise AssertionError("no Finished event")
+
+
+@pytest.mark.parametrize("seq2seq", [False, True], ids=["causal", "seq2seq"])
+async def test_a_local_model_of_either_architecture_loads_and_streams(
+    default_generator: LoadedModel, tmp_path: Path, seq2seq: bool
+) -> None:
+    path = _tiny_model(tmp_path / "tiny", default_generator, seq2seq)
+    loaded = load_model(ModelSettings(name_or_path=str(path), context_tokens=512))
+    assert loaded.architecture == ("seq2seq" if seq2seq else "causal")
+    assert loaded.context_tokens == 512
+    engine = GenerationEngine(loaded, max_batch_size=4)
+    assert engine.batching is not seq2seq
+    engine.start()
+    try:
+        ids = (
+            PromptBuilder(loaded.tokenizer, 512).build("answer", "Why?", [], [], 8, False).token_ids
+        )
+        params = SamplingParams(max_new_tokens=6)
+        streamed, finished = await _collect(engine, ids, params)
+        assert streamed == finished.text
+        assert 1 <= finished.completion_tokens <= 6
+        again = await asyncio.gather(*(_collect(engine, ids, params) for _ in range(3)))
+        assert all(result[1].text == finished.text for result in again)
     finally:
         engine.stop()
