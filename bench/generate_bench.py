@@ -41,7 +41,8 @@ def _prompts(loaded: LoadedModel, count: int) -> list[list[int]]:
 def _sequential_generate(
     loaded: LoadedModel, prompts: list[list[int]], new_tokens: int
 ) -> list[tuple[int, float]]:
-    """``(tokens, seconds)`` of each request, run one after another with ``generate``."""
+    """``(tokens, seconds)`` of each request, run one after another with ``generate`` on the
+    model exactly as transformers loads it (what a user's loop would run)."""
     model = loaded.model
     stops = torch.tensor(sorted(loaded.eos_token_ids), device=loaded.device)
     measured = []
@@ -90,13 +91,14 @@ def run(quick: bool) -> list[Row]:
     new_tokens = 64 if quick else 128
     levels = QUICK_CONCURRENCY if quick else CONCURRENCY
     loaded = load_model(ModelSettings())
+    plain = load_model(ModelSettings(pack_cpu_weights=False))
     prompts = _prompts(loaded, max(levels))
     engine = GenerationEngine(loaded, max_batch_size=max(levels))
     engine.start()
     try:
         asyncio.run(_engine_run(engine, prompts[:1], 4))  # warm-up
         # The peer runs every request once; each row compares against the same requests.
-        peer = _sequential_generate(loaded, prompts, new_tokens)
+        peer = _sequential_generate(plain, prompts, new_tokens)
         rows = []
         for concurrency in levels:
             peer_tokens = sum(tokens for tokens, _ in peer[:concurrency])

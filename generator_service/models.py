@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from generator_service.cpu_kernels import pack_linear_layers
 from generator_service.settings import DEFAULT_MODEL, ModelSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -158,6 +159,9 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         target, local_files_only=is_local, dtype=_dtype_for(device)
     ).to(device)
     model.eval()
+    if settings.pack_cpu_weights and device.type == "cpu":
+        packed = pack_linear_layers(model, settings.max_batch_size)
+        _LOGGER.info("packed %d linear layers for oneDNN", packed)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model_limit = int(

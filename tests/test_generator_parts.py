@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from generator_service.citations import find_citations, sentence_spans
+from generator_service.cpu_kernels import PackedLinear, pack_linear_layers, packed_linear_available
 from generator_service.engine import _stable_length
 from generator_service.extraction import parse_fields, to_json, validate_fields
 from generator_service.models import LoadedModel
@@ -112,3 +114,19 @@ def test_prompt_refuses_an_answer_budget_larger_than_the_context(
     builder = PromptBuilder(default_generator.tokenizer, context_tokens=512)
     with pytest.raises(InvalidArgument, match="max_new_tokens"):
         builder.build("answer", "Why?", PASSAGES, [], max_new_tokens=500)
+
+
+def test_packed_linear_layers_compute_what_the_originals_did() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    inputs = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        expected = model(inputs)
+        weight = model[2].weight
+        replaced = pack_linear_layers(model, batch_hint=8)
+        if not packed_linear_available():
+            pytest.skip("this torch build has no oneDNN packed linear kernels")
+        assert replaced == 2
+        assert isinstance(model[0], PackedLinear)
+        assert model[2].weight is weight  # tied weights stay tied
+        torch.testing.assert_close(model(inputs), expected, rtol=1e-4, atol=1e-5)
