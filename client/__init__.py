@@ -1,5 +1,6 @@
 """Python client for ReaLM's gRPC services: typed results, typed errors, no protobufs to handle."""
 
+from client.connection import ConnectionOptions
 from client.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -7,6 +8,7 @@ from client.errors import (
     NotFound,
     RealmClientError,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from client.generator import (
@@ -17,24 +19,29 @@ from client.generator import (
     Source,
     generate_request,
 )
+from client.realm_client import AsyncRealmClient, RealmClient
 from client.retriever import CollectionInfo, Document, RetrieverClient, SearchHit, UpsertSummary
 
 __all__ = [
     "AlreadyExists",
     "Answer",
+    "AsyncRealmClient",
     "CitationSpan",
     "CollectionInfo",
+    "ConnectionOptions",
     "DeadlineExceeded",
     "Document",
     "ExtractedField",
     "GeneratorClient",
     "InvalidArgument",
     "NotFound",
+    "RealmClient",
     "RealmClientError",
     "ResourceExhausted",
     "RetrieverClient",
     "SearchHit",
     "Source",
+    "Unauthenticated",
     "Unavailable",
     "UpsertSummary",
     "generate_request",

@@ -35,6 +35,10 @@ class DeadlineExceeded(RealmClientError):
     pass
 
 
+class Unauthenticated(RealmClientError):
+    """The server wants a bearer token (``ConnectionOptions.bearer_token``) or a different one."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[RealmClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -42,6 +46,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RealmClientError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
 

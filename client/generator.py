@@ -1,7 +1,8 @@
 """Synchronous client for the generator service: answers with sources, whole or streamed.
 
 Results are dataclasses, not protobufs, so callers never depend on generated code. UNAVAILABLE
-is retried by gRPC's own retry policy (a streamed call only until its first message arrives).
+is retried by gRPC's own retry policy (a streamed call only until its first message arrives);
+connection settings come from ``client.connection.ConnectionOptions``.
 """
 
 import json
@@ -12,6 +13,7 @@ from typing import Literal
 
 import grpc
 
+from client.connection import GENERATOR_SERVICE, ConnectionOptions, Target, sync_channel
 from client.errors import from_rpc_error
 from client.retriever import SEARCH_MODES, Mode
 from realm.v1 import generator_pb2, generator_pb2_grpc
@@ -28,23 +30,6 @@ _FINISH = {
     generator_pb2.FINISH_REASON_LENGTH: "length",
     generator_pb2.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
 }
-
-
-def _retry_policy(max_attempts: int) -> dict[str, object]:
-    return {
-        "methodConfig": [
-            {
-                "name": [{"service": "realm.v1.GeneratorService"}],
-                "retryPolicy": {
-                    "maxAttempts": max_attempts,
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,23 +170,18 @@ class GeneratorClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_GENERATOR_TARGET,
+        target: Target = DEFAULT_GENERATOR_TARGET,
         *,
-        timeout: float | None = 120.0,
-        max_attempts: int = 3,
+        timeout: float | None = None,
+        options: ConnectionOptions | None = None,
     ) -> None:
-        """``max_attempts`` counts the first try; UNAVAILABLE is retried with backoff (set 1 to
-        see a replica's own failure at once)."""
-        self.timeout = timeout
-        retries = max_attempts > 1
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.enable_retries", int(retries)),
-                ("grpc.service_config", json.dumps(_retry_policy(max(2, max_attempts)))),
-                ("grpc.lb_policy_name", "round_robin"),
-            ],
-        )
+        """``options`` holds TLS, token, retries and keepalive (``max_attempts=1`` shows a
+        replica's own failure at once); ``timeout`` overrides its ``generate_timeout``."""
+        options = options or ConnectionOptions()
+        self.timeout = options.generate_timeout if timeout is None else timeout
+        self._info_timeout = options.timeout
+        self._metadata = options.metadata
+        self._channel = sync_channel(target, [GENERATOR_SERVICE], options)
         self._stub = generator_pb2_grpc.GeneratorServiceStub(self._channel)
 
     def __enter__(self) -> "GeneratorClient":
@@ -221,7 +201,9 @@ class GeneratorClient:
     def ask(self, request: generator_pb2.GenerateRequest) -> Answer:
         """The whole answer at once (build ``request`` with ``generate_request``)."""
         try:
-            return answer_from_proto(self._stub.Generate(request, timeout=self.timeout))
+            return answer_from_proto(
+                self._stub.Generate(request, timeout=self.timeout, metadata=self._metadata)
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -230,7 +212,7 @@ class GeneratorClient:
     ) -> Generator[str | Answer, None, None]:
         """Text pieces as they are generated, then the ``Answer``. Closing the iterator (or
         breaking out of the loop) cancels the call, which stops generation on the server."""
-        call = self._stub.GenerateStream(request, timeout=self.timeout)
+        call = self._stub.GenerateStream(request, timeout=self.timeout, metadata=self._metadata)
         try:
             for message in call:
                 if message.HasField("final"):
@@ -244,6 +226,8 @@ class GeneratorClient:
 
     def info(self) -> generator_pb2.InfoResponse:
         try:
-            return self._stub.Info(generator_pb2.InfoRequest(), timeout=self.timeout)
+            return self._stub.Info(
+                generator_pb2.InfoRequest(), timeout=self._info_timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

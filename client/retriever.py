@@ -1,10 +1,9 @@
 """Synchronous client for the retriever service.
 
-Connection options live in one place (``RetrieverClient.__init__``): target, timeout and gRPC's
-own retry policy for UNAVAILABLE with exponential backoff, so callers never write retry loops.
+Connection options (TLS, token, retries of UNAVAILABLE, keepalive) come from
+``client.connection.ConnectionOptions``, shared with every other client.
 """
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Literal
 
 import grpc
 
+from client.connection import RETRIEVER_SERVICE, ConnectionOptions, Target, sync_channel
 from client.errors import from_rpc_error
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
@@ -28,20 +28,6 @@ _FUSIONS: dict[str, common_pb2.FusionMethod.ValueType] = {
     "weighted": common_pb2.FUSION_METHOD_WEIGHTED,
 }
 DEFAULT_TARGET = "localhost:50051"
-_RETRY_POLICY = {
-    "methodConfig": [
-        {
-            "name": [{"service": "realm.v1.RetrieverService"}],
-            "retryPolicy": {
-                "maxAttempts": 4,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +72,17 @@ class RetrieverClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: Target = DEFAULT_TARGET,
         *,
-        timeout: float | None = 30.0,
-        max_message_bytes: int = 64 * 1024 * 1024,
+        timeout: float | None = None,
+        options: ConnectionOptions | None = None,
     ) -> None:
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.enable_retries", 1),
-                ("grpc.service_config", json.dumps(_RETRY_POLICY)),
-                ("grpc.lb_policy_name", "round_robin"),
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        """``options`` holds TLS, token, retries and keepalive; ``timeout`` overrides its
+        per-call timeout (the common case, hence its own argument)."""
+        options = options or ConnectionOptions()
+        self.timeout = options.timeout if timeout is None else timeout
+        self._metadata = options.metadata
+        self._channel = sync_channel(target, [RETRIEVER_SERVICE], options)
         self._stub = retriever_pb2_grpc.RetrieverServiceStub(self._channel)
 
     def __enter__(self) -> "RetrieverClient":
@@ -128,20 +109,26 @@ class RetrieverClient:
             ),
         )
         with _translated_errors():
-            response = self._stub.CreateCollection(request, timeout=self.timeout)
-        return _collection_info(response.collection)
+            response = self._stub.CreateCollection(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
+        return collection_info(response.collection)
 
     def list_collections(self) -> list[CollectionInfo]:
         with _translated_errors():
             response = self._stub.ListCollections(
-                retriever_pb2.ListCollectionsRequest(), timeout=self.timeout
+                retriever_pb2.ListCollectionsRequest(),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
-        return [_collection_info(c) for c in response.collections]
+        return [collection_info(c) for c in response.collections]
 
     def delete_collection(self, name: str) -> int:
         with _translated_errors():
             response = self._stub.DeleteCollection(
-                retriever_pb2.DeleteCollectionRequest(name=name), timeout=self.timeout
+                retriever_pb2.DeleteCollectionRequest(name=name),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
         return int(response.documents_deleted)
 
@@ -164,25 +151,14 @@ class RetrieverClient:
             iterator = iter(documents)
             while batch := list(islice(iterator, batch_size)):
                 yield retriever_pb2.UpsertRequest(
-                    collection=collection,
-                    documents=[
-                        common_pb2.Document(
-                            id=d.id, text=d.text, title=d.title, metadata=dict(d.metadata)
-                        )
-                        for d in batch
-                    ],
+                    collection=collection, documents=[document_message(d) for d in batch]
                 )
                 if progress is not None:
                     progress(len(batch))
 
         with _translated_errors():
-            response = self._stub.Upsert(batches(), timeout=timeout)
-        return UpsertSummary(
-            int(response.inserted),
-            int(response.replaced),
-            int(response.passages),
-            int(response.generation),
-        )
+            response = self._stub.Upsert(batches(), timeout=timeout, metadata=self._metadata)
+        return upsert_summary(response)
 
     def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         """Deletes documents; returns ``(deleted, ids_not_found)``."""
@@ -190,6 +166,7 @@ class RetrieverClient:
             response = self._stub.Delete(
                 retriever_pb2.DeleteRequest(collection=collection, ids=list(ids)),
                 timeout=self.timeout,
+                metadata=self._metadata,
             )
         return int(response.deleted), list(response.not_found)
 
@@ -198,6 +175,7 @@ class RetrieverClient:
             response = self._stub.GetDocument(
                 retriever_pb2.GetDocumentRequest(collection=collection, id=doc_id),
                 timeout=self.timeout,
+                metadata=self._metadata,
             )
         d = response.document
         return Document(d.id, d.text, d.title, dict(d.metadata))
@@ -223,20 +201,24 @@ class RetrieverClient:
             dense_weight=dense_weight,
         )
         with _translated_errors():
-            response = self._stub.Search(request, timeout=self.timeout)
+            response = self._stub.Search(request, timeout=self.timeout, metadata=self._metadata)
         return hits_from_proto(response)
 
     def batch_search(self, requests: list[retriever_pb2.SearchRequest]) -> list[list[SearchHit]]:
         with _translated_errors():
             response = self._stub.BatchSearch(
-                retriever_pb2.BatchSearchRequest(requests=requests), timeout=self.timeout
+                retriever_pb2.BatchSearchRequest(requests=requests),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
         return [hits_from_proto(r) for r in response.responses]
 
     def stats(self, collection: str = "") -> list[retriever_pb2.CollectionStats]:
         with _translated_errors():
             response = self._stub.Stats(
-                retriever_pb2.StatsRequest(collection=collection), timeout=self.timeout
+                retriever_pb2.StatsRequest(collection=collection),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
         return list(response.collections)
 
@@ -280,7 +262,22 @@ def hits_from_proto(response: retriever_pb2.SearchResponse) -> list[SearchHit]:
     ]
 
 
-def _collection_info(info: retriever_pb2.CollectionInfo) -> CollectionInfo:
+def document_message(document: Document) -> common_pb2.Document:
+    return common_pb2.Document(
+        id=document.id, text=document.text, title=document.title, metadata=dict(document.metadata)
+    )
+
+
+def upsert_summary(response: retriever_pb2.UpsertResponse) -> UpsertSummary:
+    return UpsertSummary(
+        int(response.inserted),
+        int(response.replaced),
+        int(response.passages),
+        int(response.generation),
+    )
+
+
+def collection_info(info: retriever_pb2.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         name=info.name,
         documents=int(info.documents),

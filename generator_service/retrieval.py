@@ -4,34 +4,20 @@ grpc.aio does not carry a caller's deadline into the calls a servicer makes, so 
 an explicit timeout: the smaller of the configured bound and what the generator's own caller has
 left. UNAVAILABLE is retried by gRPC's retry policy with a short backoff, so a retriever that is
 down is reported within a fraction of a second instead of after the caller's whole deadline; the
-reconnect backoff is capped low too, so a restarted retriever is found again quickly.
+channel (``client.connection``, shared with the client library) caps the reconnect backoff, so
+a restarted retriever is found again quickly.
 """
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from grpc import aio
 
+from client.connection import RETRIEVER_SERVICE, ConnectionOptions, aio_channel
 from generator_service.prompts import RetrievedPassage
 from realm import errors
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
-
-_SERVICE_CONFIG = {
-    "methodConfig": [
-        {
-            "name": [{"service": "realm.v1.RetrieverService"}],
-            "retryPolicy": {
-                "maxAttempts": 3,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "0.2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +32,13 @@ class SearchSpec:
 class RetrieverGateway:
     """Searches one retriever target (``host:port`` or ``dns:///name`` with round-robin)."""
 
-    def __init__(self, target: str, timeout_s: float) -> None:
+    def __init__(self, target: str, timeout_s: float, options: ConnectionOptions) -> None:
+        """``options`` carries TLS and the bearer token. Retries are three quick attempts, so a
+        retriever that is down is reported in well under a second."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.enable_retries", 1),
-                ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
-                ("grpc.lb_policy_name", "round_robin"),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        self._options = replace(options, max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
+        self._channel = aio_channel(target, [RETRIEVER_SERVICE], self._options)
         self._stub = retriever_pb2_grpc.RetrieverServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -77,7 +56,9 @@ class RetrieverGateway:
             filter=dict(spec.filter),
         )
         try:
-            response = await self._stub.Search(request, timeout=timeout)
+            response = await self._stub.Search(
+                request, timeout=timeout, metadata=self._options.metadata
+            )
         except aio.AioRpcError as error:
             raise self._translate(error, timeout) from None
         return [

@@ -21,7 +21,9 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 
 async def serve(config: GeneratorConfig) -> None:
     servicer = GeneratorServicer(config.limits, config.model.max_batch_size)
-    gateway = RetrieverGateway(config.retriever_target, config.retrieval_timeout_s)
+    gateway = RetrieverGateway(
+        config.retriever_target, config.retrieval_timeout_s, config.retriever_connection
+    )
     engines: list[GenerationEngine] = []
 
     def register(server: aio.Server) -> None:

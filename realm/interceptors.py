@@ -5,6 +5,7 @@ matching code and the error's message. Anything unexpected is logged with its tr
 reaches the caller as INTERNAL with only the request id, never a traceback.
 """
 
+import hmac
 import logging
 import time
 import uuid
@@ -140,6 +141,49 @@ def _wrap_streaming_response(handler: Any, method: str) -> Any:
             scope.log(grpc.StatusCode.OK)
 
     return _same_kind(handler, wrapped)
+
+
+class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED). Health and
+    reflection stay open, so probes and load balancers need no secret."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        presented = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(presented, self._expected):
+            return handler
+        return _same_kind(handler, _refusal(handler))
+
+
+def _refusal(handler: Any) -> Any:
+    message = "missing or wrong bearer token; send 'authorization: Bearer <token>'"
+    if handler.unary_unary or handler.stream_unary:
+
+        async def refuse(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        return refuse
+
+    async def refuse_stream(
+        request: Any, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        nothing: tuple[Any, ...] = ()
+        for item in nothing:  # makes this an async generator, like the handler it replaces
+            yield item
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return refuse_stream
 
 
 def _same_kind(handler: Any, behavior: Any) -> Any:

@@ -11,13 +11,15 @@ import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from realm.interceptors import ErrorInterceptor
+from realm.interceptors import BearerTokenInterceptor, ErrorInterceptor
 
 _LOGGER = logging.getLogger(__name__)
 OVERALL_HEALTH = ""  # the empty service name is the server as a whole
@@ -34,6 +36,11 @@ class ServerOptions:
     max_concurrent_rpcs: int = 256
     grace_seconds: float = 10.0
     reflection: bool = False
+    # TLS: PEM certificate chain and private key; both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # When set, every call but health and reflection must carry "authorization: Bearer <token>".
+    auth_token: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -42,6 +49,20 @@ class ServerOptions:
             raise ValueError(f"max_message_bytes={self.max_message_bytes} is below 1024")
         if self.max_concurrent_rpcs < 1:
             raise ValueError(f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be >= 1")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both a certificate file and a key file")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        if self.auth_token is not None and len(self.auth_token) < 16:
+            raise ValueError("auth_token is shorter than 16 characters; use a long random secret")
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return grpc.ssl_server_credentials(
+            [(self.tls_key_file.read_bytes(), self.tls_cert_file.read_bytes())]
+        )
 
 
 class RunningServer:
@@ -79,12 +100,20 @@ async def start_server(
     service_names: Sequence[str],
 ) -> RunningServer:
     """Creates, binds and starts the server; health reports NOT_SERVING until ``set_serving``."""
+    interceptors: list[aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    if options.auth_token:
+        interceptors.append(BearerTokenInterceptor(options.auth_token))
+    interceptors.append(ErrorInterceptor())
     server = aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Clients send keepalive pings every 60 s (client.connection); accept them rather
+            # than closing the connection with "too many pings".
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
@@ -95,7 +124,12 @@ async def start_server(
         reflection.enable_server_reflection(
             (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    address = f"{options.host}:{options.port}"
+    credentials = options.credentials()
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {options.host}:{options.port}; is the port in use?")
     await server.start()

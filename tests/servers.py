@@ -1,12 +1,16 @@
-"""The retriever as a real child process, for tests (the same supervisor ``realm demo`` uses)."""
+"""The services as real child processes, for tests (the same supervisor ``realm demo`` uses)."""
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from realm.supervisor import ServiceProcess, free_port, health_status
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["REPO", "GeneratorProcess", "RetrieverProcess", "health_status"]
+__all__ = ["REPO", "GeneratorProcess", "RetrieverProcess", "StubRetriever", "health_status"]
 
 
 class RetrieverProcess(ServiceProcess):
@@ -46,3 +50,43 @@ class GeneratorProcess(ServiceProcess):
     def __enter__(self) -> "GeneratorProcess":
         self.start().wait_serving()
         return self
+
+
+class StubRetriever:
+    """``tests/stub_retriever.py`` on a fixed port: real gRPC, scripted delay, killable."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.record = workdir / f"stub-{port}.txt"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, delay: float) -> None:
+        self.record.unlink(missing_ok=True)
+        self.record.with_suffix(".ready").unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.stub_retriever",
+                "--port",
+                str(self.port),
+                "--delay",
+                str(delay),
+                "--record",
+                str(self.record),
+            ],
+            cwd=REPO,
+        )
+        deadline = time.monotonic() + 30
+        while not self.record.with_suffix(".ready").exists():
+            assert time.monotonic() < deadline, "the stub retriever did not start"
+            assert self.process.poll() is None, "the stub retriever exited"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def deadlines_seen(self) -> list[float]:
+        return [float(line) for line in self.record.read_text().split() if line != "none"]

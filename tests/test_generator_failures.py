@@ -5,12 +5,8 @@ fixed port in front of a second generator process, so the tests can slow it down
 without disturbing the shared servers.
 """
 
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,49 +18,12 @@ from client import (
     Unavailable,
     generate_request,
 )
+from client.connection import ConnectionOptions
 from realm.supervisor import free_port
-from tests.servers import REPO, GeneratorProcess
+from tests.servers import GeneratorProcess, StubRetriever
 
 pytestmark = pytest.mark.slow
 QUESTION = "When was the Eiffel Tower completed?"
-
-
-class StubRetriever:
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.record = workdir / f"stub-{port}.txt"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, delay: float) -> None:
-        self.record.unlink(missing_ok=True)
-        self.record.with_suffix(".ready").unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.stub_retriever",
-                "--port",
-                str(self.port),
-                "--delay",
-                str(delay),
-                "--record",
-                str(self.record),
-            ],
-            cwd=REPO,
-        )
-        deadline = time.monotonic() + 30
-        while not self.record.with_suffix(".ready").exists():
-            assert time.monotonic() < deadline, "the stub retriever did not start"
-            assert self.process.poll() is None, "the stub retriever exited"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def deadlines_seen(self) -> list[float]:
-        return [float(line) for line in self.record.read_text().split() if line != "none"]
 
 
 def _ask_once_the_retriever_is_back(client: GeneratorClient) -> Answer:
@@ -145,7 +104,9 @@ def test_killed_retriever_gives_unavailable_within_a_second_or_a_flagged_answer(
     stub: StubRetriever, lonely_generator: GeneratorProcess
 ) -> None:
     stub.start(delay=0.0)
-    with GeneratorClient(lonely_generator.target, timeout=120, max_attempts=1) as client:
+    with GeneratorClient(
+        lonely_generator.target, timeout=120, options=ConnectionOptions(max_attempts=1)
+    ) as client:
         working = _ask_once_the_retriever_is_back(client)
         assert working.context_used
         stub.kill()

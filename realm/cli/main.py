@@ -7,6 +7,7 @@ line and exit non-zero.
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from client import Answer, GeneratorClient, NotFound, RealmClientError, RetrieverClient
+from client.connection import ConnectionOptions
 from client.generator import Task, generate_request
 from client.retriever import Document, Mode, UpsertSummary
 from realm import logs
@@ -57,6 +59,22 @@ def _mode(value: str) -> Mode:
     return mode
 
 
+def _connection(timeout: float | None) -> ConnectionOptions:
+    """Client connection settings: TLS and token come from the environment, so scripts and
+    people set them once (``REALM_TLS_CA``: PEM file to verify servers; ``REALM_TOKEN``)."""
+    ca = os.environ.get("REALM_TLS_CA")
+    try:
+        return ConnectionOptions(
+            timeout=timeout,
+            generate_timeout=timeout,
+            tls=bool(ca),
+            tls_root_certificate=Path(ca).read_bytes() if ca else None,
+            bearer_token=os.environ.get("REALM_TOKEN") or None,
+        )
+    except OSError as error:
+        return fail(f"REALM_TLS_CA: cannot read {ca}: {error.strerror}", code=2)
+
+
 @contextmanager
 def _client_errors() -> Iterator[None]:
     try:
@@ -79,6 +97,16 @@ def serve_retriever(
     * 1024,
     max_concurrent_rpcs: Annotated[int, typer.Option(envvar="REALM_MAX_CONCURRENT_RPCS")] = 256,
     grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 10.0,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="REALM_TLS_CERT", help="PEM certificate chain (TLS).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="REALM_TLS_KEY", help="PEM private key (TLS).")
+    ] = None,
+    auth_token: Annotated[
+        str | None,
+        typer.Option(envvar="REALM_AUTH_TOKEN", help="Require 'authorization: Bearer TOKEN'."),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the retriever until SIGTERM/SIGINT."""
@@ -97,6 +125,9 @@ def serve_retriever(
                 max_message_bytes=max_message_bytes,
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 grace_seconds=grace_seconds,
+                tls_cert_file=tls_cert,
+                tls_key_file=tls_key,
+                auth_token=auth_token,
             ),
             limits=Limits(
                 max_k=max_k, max_query_chars=max_query_chars, max_document_chars=max_document_chars
@@ -120,6 +151,9 @@ def serve_generator(
     port: Annotated[int, typer.Option(envvar="REALM_PORT", help="0 picks a free port.")] = 50052,
     context_tokens: Annotated[int, typer.Option(envvar="REALM_CONTEXT_TOKENS")] = 2048,
     max_batch_size: Annotated[int, typer.Option(envvar="REALM_MAX_BATCH_SIZE")] = 8,
+    pack_cpu_weights: Annotated[
+        bool, typer.Option(envvar="REALM_PACK_CPU_WEIGHTS", help="oneDNN-packed CPU weights.")
+    ] = True,
     max_pending_requests: Annotated[int, typer.Option(envvar="REALM_MAX_PENDING_REQUESTS")] = 64,
     max_new_tokens: Annotated[int, typer.Option(envvar="REALM_MAX_NEW_TOKENS")] = 1024,
     retrieval_timeout: Annotated[float, typer.Option(envvar="REALM_RETRIEVAL_TIMEOUT")] = 10.0,
@@ -128,6 +162,23 @@ def serve_generator(
     ] = None,
     reflection: Annotated[bool, typer.Option(envvar="REALM_REFLECTION")] = False,
     grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 30.0,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="REALM_TLS_CERT", help="PEM certificate chain (TLS).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="REALM_TLS_KEY", help="PEM private key (TLS).")
+    ] = None,
+    auth_token: Annotated[
+        str | None,
+        typer.Option(envvar="REALM_AUTH_TOKEN", help="Require 'authorization: Bearer TOKEN'."),
+    ] = None,
+    retriever_tls_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="REALM_RETRIEVER_TLS_CA", help="PEM file to verify the retriever."),
+    ] = None,
+    retriever_token: Annotated[
+        str | None, typer.Option(envvar="REALM_RETRIEVER_TOKEN", help="Token for the retriever.")
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the generator until SIGTERM/SIGINT."""
@@ -145,7 +196,13 @@ def serve_generator(
         config = GeneratorConfig(
             retriever_target=retriever,
             server=ServerOptions(
-                host=host, port=port, reflection=reflection, grace_seconds=grace_seconds
+                host=host,
+                port=port,
+                reflection=reflection,
+                grace_seconds=grace_seconds,
+                tls_cert_file=tls_cert,
+                tls_key_file=tls_key,
+                auth_token=auth_token,
             ),
             model=ModelSettings(
                 name_or_path=model,
@@ -153,6 +210,7 @@ def serve_generator(
                 context_tokens=context_tokens,
                 cache_dir=cache_dir or default_cache_dir(),
                 max_batch_size=max_batch_size,
+                pack_cpu_weights=pack_cpu_weights,
             ),
             limits=GeneratorLimits(
                 max_new_tokens=max_new_tokens,
@@ -160,8 +218,13 @@ def serve_generator(
                 max_pending_requests=max_pending_requests,
             ),
             retrieval_timeout_s=retrieval_timeout,
+            retriever_connection=ConnectionOptions(
+                tls=retriever_tls_ca is not None,
+                tls_root_certificate=retriever_tls_ca.read_bytes() if retriever_tls_ca else None,
+                bearer_token=retriever_token,
+            ),
         )
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         fail(str(error), code=2)
     asyncio.run(serve(config))
 
@@ -207,7 +270,7 @@ def ask(
         seed=seed,
         allow_no_context=allow_no_context,
     )
-    with _client_errors(), GeneratorClient(target, timeout=timeout) as client:
+    with _client_errors(), GeneratorClient(target, options=_connection(timeout)) as client:
         if as_json or not stream:
             answer = client.ask(request)
             if as_json:
@@ -304,7 +367,7 @@ def ingest(
                 documents.append(item)
     except ValueError as error:
         fail(str(error), code=2)
-    with _client_errors(), RetrieverClient(target) as client:
+    with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
         _ensure_collection(client, collection)
         summary = _upload(client, collection, documents, batch_size)
     console.print(
@@ -357,7 +420,7 @@ def search(
     target: Target = "localhost:50051",
 ) -> None:
     """Search a collection and print the best passages."""
-    with _client_errors(), RetrieverClient(target) as client:
+    with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
         hits = client.search(collection, query, k=k, mode=_mode(mode))
     if as_json:
         print_json(
@@ -400,7 +463,7 @@ def eval_retrieval(
     from realm.evaluation import evaluate_retrieval
 
     search_mode = _mode(mode)
-    with _client_errors(), RetrieverClient(target) as client:
+    with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
         try:
             empty = client.stats(collection)[0].documents == 0
         except NotFound:
@@ -444,7 +507,7 @@ def eval_qa(
         fail(str(error), code=2)
     with (
         _client_errors(),
-        GeneratorClient(target, timeout=600) as client,
+        GeneratorClient(target, options=_connection(600.0)) as client,
         Progress(
             TextColumn("asking"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
         ) as progress,
@@ -487,6 +550,9 @@ def demo(
         )
     except (FileNotFoundError, ValueError) as error:
         fail(str(error), code=2)
+    missing = demo_steps.generator_model_missing()
+    if missing:
+        fail(missing, code=2)
     retriever = demo_steps.start_retriever(
         data_dir / "index", free_port(), data_dir / "retriever.log"
     )
@@ -549,7 +615,7 @@ def chat(
     k: Annotated[int, typer.Option("-k", help="Passages to retrieve; 0 = server default.")] = 0,
 ) -> None:
     """An interactive prompt: each line is a question, answered as it streams. Ctrl-D quits."""
-    with GeneratorClient(target, timeout=600) as client:
+    with GeneratorClient(target, options=_connection(600.0)) as client:
         while True:
             try:
                 question = console.input("[bold]? [/]")
