@@ -10,7 +10,9 @@ from tests.conftest import FIXTURES
 from tests.servers import REPO, GeneratorProcess, RetrieverProcess
 
 
-def realm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def realm(
+    *args: str, timeout: float = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "realm.cli.main", *args],
         cwd=REPO,
@@ -18,6 +20,7 @@ def realm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
         check=False,
+        input=stdin,
     )
 
 
@@ -211,3 +214,47 @@ def test_eval_qa_refuses_a_malformed_question_file(
     assert result.returncode == 2
     assert "bad.jsonl:1" in result.stderr
     assert "answers" in result.stderr
+
+
+def test_ask_extract_prints_exactly_the_requested_fields_as_json(
+    generator: GeneratorProcess, answer_collection: str
+) -> None:
+    result = realm(
+        "ask",
+        "Eiffel Tower",
+        "-c",
+        answer_collection,
+        "--target",
+        generator.target,
+        "--task",
+        "extract",
+        "--field",
+        "city",
+        "--field",
+        "year",
+        "-k",
+        "2",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert list(payload["fields"]) == ["city", "year"]
+    assert "Paris" in payload["fields"]["city"]
+
+
+def test_chat_answers_each_line_until_end_of_input(
+    generator: GeneratorProcess, answer_collection: str
+) -> None:
+    result = realm(
+        "chat",
+        "-c",
+        answer_collection,
+        "--target",
+        generator.target,
+        "-k",
+        "2",
+        stdin="When was the Eiffel Tower completed?\n\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1889" in result.stdout
+    assert "Sources" in result.stdout
