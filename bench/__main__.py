@@ -7,7 +7,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import bm25_bench, dense_bench, encode_bench, generate_bench, grpc_bench
+from bench import (
+    bm25_bench,
+    dense_bench,
+    encode_bench,
+    generate_bench,
+    grpc_bench,
+    memory_bench,
+)
 from bench.common import Row, machine, table, versions, write_section
 
 BENCHMARKS: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
@@ -16,6 +23,7 @@ BENCHMARKS: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
     "encode": (encode_bench.run, ("sentence-transformers", "torch")),
     "grpc": (grpc_bench.run, ("grpcio", "protobuf")),
     "generate": (generate_bench.run, ("transformers", "torch")),
+    "memory": (memory_bench.run, ("bm25s", "annoy", "numpy")),
 }
 
 

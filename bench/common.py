@@ -28,13 +28,17 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        if self.higher_is_better:
-            return self.realm / self.peer_value if self.peer_value else float("inf")
-        return self.peer_value / self.realm if self.realm else float("inf")
+        """ReaLM's figure over the peer's. The bar is a floor when higher is better (speed)
+        and a ceiling when lower is better (memory)."""
+        return self.realm / self.peer_value if self.peer_value else float("inf")
 
     @property
     def meets_bar(self) -> bool:
-        return self.ratio >= self.bar
+        return self.ratio >= self.bar if self.higher_is_better else self.ratio <= self.bar
+
+    @property
+    def bar_text(self) -> str:
+        return f"{'≥' if self.higher_is_better else '≤'} {self.bar:g}x"
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -43,6 +47,7 @@ class Row:
             "peer_value": self.peer_value,
             "ratio": self.ratio,
             "bar": self.bar,
+            "bar_is": "minimum" if self.higher_is_better else "maximum",
             "unit": self.unit,
         }
 
@@ -91,7 +96,7 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         lines.append(
             f"| {row.benchmark} | {_figure(row.realm)} {row.unit} | {row.peer} | "
-            f"{_figure(row.peer_value)} {row.unit} | {row.ratio:.2f}x | {row.bar:g}x | "
+            f"{_figure(row.peer_value)} {row.unit} | {row.ratio:.2f}x | {row.bar_text} | "
             f"{'yes' if row.meets_bar else 'NO'} |"
         )
     notes = [f"- {row.benchmark}: {row.note}" for row in rows if row.note]
