@@ -37,13 +37,15 @@ class Template:
 
 
 TEMPLATES: dict[Task, Template] = {
+    # SmolLM2-135M answered the demo's questions best with the instructions next to the
+    # question (a system prompt full of rules made it answer "The answer to this question is:").
     "answer": Template(
-        system=(
-            "You answer questions using only the numbered passages. After each statement, cite "
-            "the passage it comes from by its number in square brackets, like [1]. If the "
-            "passages do not contain the answer, say that you don't know."
+        system="You are a helpful assistant.",
+        user=(
+            "Use only these passages to answer the question. If they do not contain the "
+            "answer, say that you don't know.\n\n{passages}\n\nQuestion: {question}\n"
+            "Answer in one or two sentences and cite the passage number like [1]."
         ),
-        user="Passages:\n{passages}\n\nQuestion: {question}",
     ),
     "summarize": Template(
         system=(
