@@ -7,7 +7,6 @@ takes half a minute on a small CPU, so the converted model is saved once under t
 directory, keyed by the file's sha256, and later loads read the safetensors in under a second.
 """
 
-import hashlib
 import importlib.util
 import logging
 import shutil
@@ -28,6 +27,7 @@ from transformers import (
 
 from generator_service.cpu_kernels import pack_linear_layers
 from generator_service.settings import DEFAULT_MODEL, ModelSettings
+from realm.files import sha256_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -76,21 +76,13 @@ def packaged_gguf(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def converted_gguf(gguf_path: Path, cache_dir: Path) -> Path:
     """A directory holding ``gguf_path`` converted to safetensors, made on the first call only.
 
     The conversion is written to a temporary directory and renamed into place, so two processes
     starting together never read a half-written model; the loser of the race discards its copy.
     """
-    target = cache_dir / "gguf" / file_sha256(gguf_path)[:32]
+    target = cache_dir / "gguf" / sha256_file(gguf_path)[:32]
     if (target / _COMPLETE_MARKER).is_file():
         return target
     _LOGGER.info("converting %s once (cached in %s)", gguf_path.name, target)

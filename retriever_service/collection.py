@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from realm.errors import NotFound, StorageError
+from realm.files import fsync_dir, fsync_file, sha256_file, write_json_atomic
 from retriever_service import dense as dense_module
 from retriever_service import fusion
 from retriever_service.analyzer import Analyzer
@@ -27,7 +28,6 @@ from retriever_service.bm25 import BM25Index
 from retriever_service.chunker import chunk
 from retriever_service.dense import DenseIndex
 from retriever_service.embedder import Encoder
-from retriever_service.files import fsync_dir, fsync_file, sha256_file, write_json_atomic
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import DocumentStore, PassageRecord, StoredDocument
 from retriever_service.topk import FloatArray, IntArray, top_k

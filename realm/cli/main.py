@@ -45,6 +45,17 @@ Target = Annotated[
 GeneratorTarget = Annotated[
     str, typer.Option("--target", envvar="REALM_GENERATOR", help="Generator address HOST:PORT.")
 ]
+# Options both servers take.
+TlsCertOpt = Annotated[
+    Path | None, typer.Option(envvar="REALM_TLS_CERT", help="PEM certificate chain (TLS).")
+]
+TlsKeyOpt = Annotated[
+    Path | None, typer.Option(envvar="REALM_TLS_KEY", help="PEM private key (TLS).")
+]
+AuthTokenOpt = Annotated[
+    str | None,
+    typer.Option(envvar="REALM_AUTH_TOKEN", help="Require 'authorization: Bearer TOKEN'."),
+]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="bm25, dense or hybrid.")]
 
@@ -97,16 +108,9 @@ def serve_retriever(
     * 1024,
     max_concurrent_rpcs: Annotated[int, typer.Option(envvar="REALM_MAX_CONCURRENT_RPCS")] = 256,
     grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 10.0,
-    tls_cert: Annotated[
-        Path | None, typer.Option(envvar="REALM_TLS_CERT", help="PEM certificate chain (TLS).")
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option(envvar="REALM_TLS_KEY", help="PEM private key (TLS).")
-    ] = None,
-    auth_token: Annotated[
-        str | None,
-        typer.Option(envvar="REALM_AUTH_TOKEN", help="Require 'authorization: Bearer TOKEN'."),
-    ] = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    auth_token: AuthTokenOpt = None,
     log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the retriever until SIGTERM/SIGINT."""
@@ -162,16 +166,9 @@ def serve_generator(
     ] = None,
     reflection: Annotated[bool, typer.Option(envvar="REALM_REFLECTION")] = False,
     grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 30.0,
-    tls_cert: Annotated[
-        Path | None, typer.Option(envvar="REALM_TLS_CERT", help="PEM certificate chain (TLS).")
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option(envvar="REALM_TLS_KEY", help="PEM private key (TLS).")
-    ] = None,
-    auth_token: Annotated[
-        str | None,
-        typer.Option(envvar="REALM_AUTH_TOKEN", help="Require 'authorization: Bearer TOKEN'."),
-    ] = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    auth_token: AuthTokenOpt = None,
     retriever_tls_ca: Annotated[
         Path | None,
         typer.Option(envvar="REALM_RETRIEVER_TLS_CA", help="PEM file to verify the retriever."),
