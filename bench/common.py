@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+# The report the runs write; REALM_BENCH_REPORT points a trial run (a test) somewhere else.
+REPORT = Path(
+    os.environ.get("REALM_BENCH_REPORT")
+    or Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,50 @@
+"""The benchmark runner that `make bench` calls: one quick benchmark end to end, its table in
+the report and its row in the JSON file (speed itself is never asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_quick_benchmark_writes_its_report_and_json(tmp_path: Path) -> None:
+    report, results = tmp_path / "benchmarks.md", tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "encode", "--quick", "--json", str(results)],
+        cwd=REPO,
+        env={**os.environ, "REALM_BENCH_REPORT": str(report)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    [row] = json.loads(results.read_text()).values()
+    assert row["peer"] == "raw SentenceTransformer.encode"
+    assert row["unit"] == "passages/s"
+    assert row["realm"] > 0
+    assert row["ratio"] == pytest.approx(row["realm"] / row["peer_value"])
+    text = report.read_text()
+    assert "<!-- bench:encode -->" in text
+    assert "python -m bench encode --quick" in text
+
+
+def test_unknown_benchmarks_are_refused_with_the_choices() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "nonsense"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "generate" in run.stderr
+    assert "memory" in run.stderr
