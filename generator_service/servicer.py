@@ -8,7 +8,7 @@ once, so overload shows up as a fast, retryable error rather than as timeouts.
 import contextlib
 import math
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from grpc import aio
@@ -211,7 +211,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
 
     async def _events(
         self, request: generator_pb2.GenerateRequest, context: Context
-    ) -> AsyncIterator[str | Answer]:
+    ) -> AsyncGenerator[str | Answer, None]:
         pipeline, _ = self._ready()
         answer_request = request_from_proto(request, self.limits)
         with self._admitted():
@@ -221,9 +221,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def Generate(  # noqa: N802 -- gRPC method names are PascalCase
         self, request: generator_pb2.GenerateRequest, context: Context
     ) -> generator_pb2.GenerateResponse:
-        async for event in self._events(request, context):
-            if isinstance(event, Answer):
-                return answer_to_proto(event, self._ready()[1].name)
+        # aclosing: leaving the loop at the answer closes the pipeline at once, so the request
+        # leaves the admission count now rather than when the generator is collected.
+        async with contextlib.aclosing(self._events(request, context)) as events:
+            async for event in events:
+                if isinstance(event, Answer):
+                    return answer_to_proto(event, self._ready()[1].name)
         raise AssertionError("the pipeline ended without an answer")
 
     async def GenerateStream(  # noqa: N802
