@@ -1,5 +1,8 @@
 """Typed exceptions for gRPC status codes, carrying the server's message."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 
 
@@ -54,3 +57,12 @@ def from_rpc_error(error: grpc.RpcError) -> RealmClientError:
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
     return _BY_CODE.get(code, RealmClientError)(code, details)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Turns a failed call (sync or asyncio: it also wraps ``await``) into its typed exception."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from types import TracebackType
 from typing import Any, Literal
 
-import grpc
 from grpc import aio
 
 from client.connection import (
@@ -20,7 +19,7 @@ from client.connection import (
     Target,
     aio_channel,
 )
-from client.errors import from_rpc_error
+from client.errors import translated_errors
 from client.generator import Answer, GeneratorClient, Task, answer_from_proto, generate_request
 from client.retriever import (
     CollectionInfo,
@@ -189,34 +188,28 @@ class AsyncRealmClient:
                 language=language, embedding_model=embedding_model, chunk_words=chunk_words
             ),
         )
-        try:
+        with translated_errors():
             response = await self._retrieval().CreateCollection(
                 request, timeout=self.options.timeout, metadata=self._metadata
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return collection_info(response.collection)
 
     async def list_collections(self) -> list[CollectionInfo]:
-        try:
+        with translated_errors():
             response = await self._retrieval().ListCollections(
                 retriever_pb2.ListCollectionsRequest(),
                 timeout=self.options.timeout,
                 metadata=self._metadata,
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return [collection_info(c) for c in response.collections]
 
     async def delete_collection(self, name: str) -> int:
-        try:
+        with translated_errors():
             response = await self._retrieval().DeleteCollection(
                 retriever_pb2.DeleteCollectionRequest(name=name),
                 timeout=self.options.timeout,
                 metadata=self._metadata,
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return int(response.documents_deleted)
 
     async def upsert(
@@ -240,34 +233,28 @@ class AsyncRealmClient:
             if batch:
                 yield _upsert_message(collection, batch, progress)
 
-        try:
+        with translated_errors():
             response = await self._retrieval().Upsert(
                 batches(), timeout=None, metadata=self._metadata
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return upsert_summary(response)
 
     async def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
-        try:
+        with translated_errors():
             response = await self._retrieval().Delete(
                 retriever_pb2.DeleteRequest(collection=collection, ids=list(ids)),
                 timeout=self.options.timeout,
                 metadata=self._metadata,
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return int(response.deleted), list(response.not_found)
 
     async def get(self, collection: str, doc_id: str) -> Document:
-        try:
+        with translated_errors():
             response = await self._retrieval().GetDocument(
                 retriever_pb2.GetDocumentRequest(collection=collection, id=doc_id),
                 timeout=self.options.timeout,
                 metadata=self._metadata,
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         d = response.document
         return Document(d.id, d.text, d.title, dict(d.metadata))
 
@@ -291,23 +278,19 @@ class AsyncRealmClient:
             fusion=fusion,
             dense_weight=dense_weight,
         )
-        try:
+        with translated_errors():
             response = await self._retrieval().Search(
                 request, timeout=self.options.timeout, metadata=self._metadata
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return hits_from_proto(response)
 
     async def ask(self, question: str, collection: str, **options: Any) -> Answer:
         """``options`` are those of ``generate_request`` (k, mode, task, fields, …)."""
         request = generate_request(question, collection, **options)
-        try:
+        with translated_errors():
             response = await self._generation().Generate(
                 request, timeout=self.options.generate_timeout, metadata=self._metadata
             )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return answer_from_proto(response)
 
     async def ask_stream(
@@ -321,10 +304,9 @@ class AsyncRealmClient:
             metadata=self._metadata,
         )
         try:
-            async for message in call:
-                yield _stream_event(message)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            with translated_errors():
+                async for message in call:
+                    yield _stream_event(message)
         finally:
             call.cancel()
 

@@ -5,16 +5,13 @@ Connection options (TLS, token, retries of UNAVAILABLE, keepalive) come from
 """
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from types import TracebackType
 from typing import Literal
 
-import grpc
-
 from client.connection import RETRIEVER_SERVICE, ConnectionOptions, Target, sync_channel
-from client.errors import from_rpc_error
+from client.errors import translated_errors
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
 Mode = Literal["bm25", "dense", "hybrid"]
@@ -108,14 +105,14 @@ class RetrieverClient:
                 language=language, embedding_model=embedding_model, chunk_words=chunk_words
             ),
         )
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.CreateCollection(
                 request, timeout=self.timeout, metadata=self._metadata
             )
         return collection_info(response.collection)
 
     def list_collections(self) -> list[CollectionInfo]:
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.ListCollections(
                 retriever_pb2.ListCollectionsRequest(),
                 timeout=self.timeout,
@@ -124,7 +121,7 @@ class RetrieverClient:
         return [collection_info(c) for c in response.collections]
 
     def delete_collection(self, name: str) -> int:
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.DeleteCollection(
                 retriever_pb2.DeleteCollectionRequest(name=name),
                 timeout=self.timeout,
@@ -156,13 +153,13 @@ class RetrieverClient:
                 if progress is not None:
                     progress(len(batch))
 
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.Upsert(batches(), timeout=timeout, metadata=self._metadata)
         return upsert_summary(response)
 
     def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         """Deletes documents; returns ``(deleted, ids_not_found)``."""
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.Delete(
                 retriever_pb2.DeleteRequest(collection=collection, ids=list(ids)),
                 timeout=self.timeout,
@@ -171,7 +168,7 @@ class RetrieverClient:
         return int(response.deleted), list(response.not_found)
 
     def get(self, collection: str, doc_id: str) -> Document:
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.GetDocument(
                 retriever_pb2.GetDocumentRequest(collection=collection, id=doc_id),
                 timeout=self.timeout,
@@ -200,12 +197,12 @@ class RetrieverClient:
             fusion=fusion,
             dense_weight=dense_weight,
         )
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.Search(request, timeout=self.timeout, metadata=self._metadata)
         return hits_from_proto(response)
 
     def batch_search(self, requests: list[retriever_pb2.SearchRequest]) -> list[list[SearchHit]]:
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.BatchSearch(
                 retriever_pb2.BatchSearchRequest(requests=requests),
                 timeout=self.timeout,
@@ -214,7 +211,7 @@ class RetrieverClient:
         return [hits_from_proto(r) for r in response.responses]
 
     def stats(self, collection: str = "") -> list[retriever_pb2.CollectionStats]:
-        with _translated_errors():
+        with translated_errors():
             response = self._stub.Stats(
                 retriever_pb2.StatsRequest(collection=collection),
                 timeout=self.timeout,
@@ -285,11 +282,3 @@ def collection_info(info: retriever_pb2.CollectionInfo) -> CollectionInfo:
         language=info.config.language,
         embedding_model=info.config.embedding_model,
     )
-
-
-@contextmanager
-def _translated_errors() -> Iterator[None]:
-    try:
-        yield
-    except grpc.RpcError as error:
-        raise from_rpc_error(error) from None
