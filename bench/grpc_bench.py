@@ -61,6 +61,7 @@ def run(quick: bool) -> list[Row]:
         collection.upsert(
             [StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in documents]
         )
+        collection.compact()  # searched as one generation, as after `realm ingest`
         local: dict[str, tuple[float, list[float]]] = {}
         with threadpool_limits(1, user_api="blas"):  # as the server does
             for mode in _PROTO_MODE:

@@ -68,6 +68,7 @@ def build(folder: Path, passages: int) -> None:
         "memory", folder / "realm", CollectionSettings(embedding_model="hashing"), _load_encoder
     )
     collection.upsert([StoredDocument(f"d{i}", text) for i, text in enumerate(texts)])
+    collection.compact()
     collection.close()
 
     analyzer = Analyzer("en")

@@ -115,6 +115,10 @@ class RealmClient:
     def get(self, collection: str, doc_id: str) -> Document:
         return self.retriever.get(collection, doc_id)
 
+    def compact(self, collection: str) -> int:
+        """Folds recent writes into a new index generation (after a bulk load, say)."""
+        return self.retriever.compact(collection)
+
     def search(self, collection: str, query: str, **options: Any) -> list[SearchHit]:
         return self.retriever.search(collection, query, **options)
 
@@ -247,6 +251,16 @@ class AsyncRealmClient:
                 metadata=self._metadata,
             )
         return int(response.deleted), list(response.not_found)
+
+    async def compact(self, collection: str) -> int:
+        """Folds recent writes into a new index generation; returns its number."""
+        with translated_errors():
+            response = await self._retrieval().Compact(
+                retriever_pb2.CompactRequest(collection=collection),
+                timeout=None,  # a build takes as long as the collection is large
+                metadata=self._metadata,
+            )
+        return int(response.generation)
 
     async def get(self, collection: str, doc_id: str) -> Document:
         with translated_errors():

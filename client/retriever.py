@@ -62,6 +62,8 @@ class UpsertSummary:
     replaced: int
     passages: int
     generation: int
+    # Write-ahead-log sequence of the write; a search reporting this sequence or later sees it.
+    sequence: int
 
 
 class RetrieverClient:
@@ -219,6 +221,16 @@ class RetrieverClient:
             )
         return list(response.collections)
 
+    def compact(self, collection: str) -> int:
+        """Folds the collection's recent writes into a new generation; returns its number."""
+        with translated_errors():
+            response = self._stub.Compact(
+                retriever_pb2.CompactRequest(collection=collection),
+                timeout=None,  # a build takes as long as the collection is large
+                metadata=self._metadata,
+            )
+        return int(response.generation)
+
 
 def search_request(
     collection: str,
@@ -271,6 +283,7 @@ def upsert_summary(response: retriever_pb2.UpsertResponse) -> UpsertSummary:
         int(response.replaced),
         int(response.passages),
         int(response.generation),
+        int(response.sequence),
     )
 
 

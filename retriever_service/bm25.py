@@ -19,7 +19,13 @@ import scipy.sparse as sp
 
 from retriever_service.topk import FloatArray, IntArray
 
-_FILES = ("bm25_data.npy", "bm25_indices.npy", "bm25_indptr.npy", "bm25_doc_lengths.npy")
+_FILES = (
+    "bm25_data.npy",
+    "bm25_indices.npy",
+    "bm25_indptr.npy",
+    "bm25_doc_lengths.npy",
+    "bm25_term_freqs.npy",
+)
 VOCAB_FILE = "bm25_vocab.json"
 FILES: tuple[str, ...] = (*_FILES, VOCAB_FILE)
 
@@ -39,17 +45,24 @@ class BM25Params:
 
 
 class BM25Index:
-    """An immutable BM25 index over ``n_docs`` token lists (rows are passage positions)."""
+    """An immutable BM25 index over ``n_docs`` token lists (rows are passage positions).
+
+    Besides the precomputed contributions it keeps each posting's term frequency, so the same
+    postings can be re-scored with other collection statistics (a generation plus its mutable
+    tail) and merged into the next generation without re-analysing any text.
+    """
 
     def __init__(
         self,
         vocab: dict[str, int],
         matrix: sp.csr_matrix,
+        term_freqs: npt.NDArray[np.int32],
         doc_lengths: npt.NDArray[np.int32],
         params: BM25Params,
     ) -> None:
         self.vocab = vocab
         self.matrix = matrix
+        self.term_freqs = term_freqs
         self.doc_lengths = doc_lengths
         self.params = params
 
@@ -73,20 +86,37 @@ class BM25Index:
         # Sorting (term, doc) keys yields postings in CSR order with their term frequencies.
         keys, tf = np.unique(terms * max(n_docs, 1) + docs, return_counts=True)
         post_terms, post_docs = np.divmod(keys, max(n_docs, 1))
-        n_terms = len(vocab)
-        df = np.bincount(post_terms, minlength=n_terms).astype(np.float64)
+        return cls.from_postings(vocab, post_terms, post_docs, tf, doc_lengths, params)
+
+    @classmethod
+    def from_postings(
+        cls,
+        vocab: dict[str, int],
+        terms: IntArray,
+        docs: IntArray,
+        tf: npt.NDArray[np.integer],
+        doc_lengths: npt.NDArray[np.int32],
+        params: BM25Params,
+    ) -> "BM25Index":
+        """Builds from postings sorted by (term, doc); every term in ``vocab`` has postings."""
+        n_docs, n_terms = len(doc_lengths), len(vocab)
+        df = np.bincount(terms, minlength=n_terms)
         idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
         avgdl = float(doc_lengths.mean()) if n_docs and doc_lengths.sum() else 1.0
-        tf64 = tf.astype(np.float64)
-        norm = params.k1 * (1.0 - params.b + params.b * doc_lengths[post_docs] / avgdl)
-        weights = idf[post_terms] * tf64 * (params.k1 + 1.0) / (tf64 + norm)
+        weights = contributions(idf[terms], tf, doc_lengths[docs], avgdl, params)
         indptr = np.zeros(n_terms + 1, dtype=np.int64)
-        np.cumsum(np.bincount(post_terms, minlength=n_terms), out=indptr[1:])
-        matrix = sp.csr_matrix(
-            (weights.astype(np.float32), post_docs.astype(np.int32), indptr),
-            shape=(n_terms, n_docs),
-        )
-        return cls(vocab, matrix, doc_lengths, params)
+        np.cumsum(df, out=indptr[1:])
+        matrix = sp.csr_matrix((weights, docs.astype(np.int32), indptr), shape=(n_terms, n_docs))
+        return cls(vocab, matrix, np.asarray(tf, dtype=np.int32), doc_lengths, params)
+
+    def postings(self, term: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        """Rows containing ``term`` and the term's frequency in each."""
+        term_id = self.vocab.get(term)
+        if term_id is None:
+            empty = np.empty(0, dtype=np.int32)
+            return empty, empty
+        span = slice(self.matrix.indptr[term_id], self.matrix.indptr[term_id + 1])
+        return self.matrix.indices[span], self.term_freqs[span]
 
     def scores(self, query_tokens: Sequence[str]) -> FloatArray:
         """BM25 score of every row for the query; rows sharing no term score exactly 0."""
@@ -107,7 +137,13 @@ class BM25Index:
 
     def save(self, directory: Path) -> list[Path]:
         """Writes the arrays (no pickle) and the vocabulary; returns the files written."""
-        arrays = (self.matrix.data, self.matrix.indices, self.matrix.indptr, self.doc_lengths)
+        arrays = (
+            self.matrix.data,
+            self.matrix.indices,
+            self.matrix.indptr,
+            self.doc_lengths,
+            self.term_freqs,
+        )
         paths = [directory / name for name in _FILES]
         for path, array in zip(paths, arrays, strict=True):
             np.save(path, array, allow_pickle=False)
@@ -118,9 +154,37 @@ class BM25Index:
 
     @classmethod
     def load(cls, directory: Path, params: BM25Params) -> "BM25Index":
-        data, indices, indptr, doc_lengths = (
+        data, indices, indptr, doc_lengths, term_freqs = (
             np.load(directory / name, allow_pickle=False) for name in _FILES
         )
         terms: list[str] = json.loads((directory / VOCAB_FILE).read_text(encoding="utf-8"))
         matrix = sp.csr_matrix((data, indices, indptr), shape=(len(terms), len(doc_lengths)))
-        return cls({t: i for i, t in enumerate(terms)}, matrix, doc_lengths, params)
+        return cls({t: i for i, t in enumerate(terms)}, matrix, term_freqs, doc_lengths, params)
+
+
+def contributions(
+    idf: npt.NDArray[np.float64] | float,
+    tf: npt.NDArray[np.integer],
+    doc_lengths: npt.NDArray[np.integer],
+    avgdl: float,
+    params: BM25Params,
+) -> npt.NDArray[np.float32]:
+    """Per-posting BM25 contributions, computed in float32 as they are stored.
+
+    Every path (a build, live re-scoring of generation + tail, a merge) goes through this one
+    function with the same dtypes, so a score computed over a tail equals the one a fresh build
+    stores; float32 halves the memory traffic of re-scoring long posting lists."""
+    k1, b = np.float32(params.k1), np.float32(params.b)
+    tf32 = np.asarray(tf, dtype=np.float32)
+    norm = k1 * (
+        np.float32(1.0 - params.b) + b * (np.asarray(doc_lengths, np.float32) / np.float32(avgdl))
+    )
+    weights = (
+        np.asarray(idf, dtype=np.float32) * (tf32 * np.float32(params.k1 + 1.0)) / (tf32 + norm)
+    )
+    return weights.astype(np.float32, copy=False)
+
+
+def idf_of(document_frequency: int, n_docs: int) -> float:
+    """Lucene's IDF; always positive, so every matching row scores above zero."""
+    return float(np.log1p((n_docs - document_frequency + 0.5) / (document_frequency + 0.5)))

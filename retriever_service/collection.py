@@ -1,9 +1,11 @@
-"""One searchable collection: store, analyzer, encoder and the generation being served.
+"""One searchable collection: store, log, the served generation and the tail of writes since.
 
-A generation is an immutable snapshot of both indexes (BM25 arrays, vectors, Annoy file) plus the
-passage ids its rows stand for. Writes build generation G+1 beside G and switch with one atomic
-``manifest.json`` rename; searches hold a reference to the generation they started on, so they
-never see a half-built index and never fail during a swap.
+Writes are durable and searchable when acknowledged: each Upsert or Delete is applied to the
+SQLite store and appended (fsynced) to the write-ahead log in one step, then mirrored into the
+in-memory tail, which searches rank together with the generation. A background build folds the
+tail into the next immutable generation and swaps ``manifest.json`` atomically; searches keep
+the view they started with, so none fails during a swap. On start the newest undamaged
+generation is loaded and the log replayed past it.
 """
 
 import json
@@ -11,37 +13,45 @@ import logging
 import shutil
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from realm.errors import NotFound, StorageError
-from realm.files import fsync_dir, fsync_file, sha256_file, write_json_atomic
+from realm.files import write_json_atomic
 from retriever_service import dense as dense_module
-from retriever_service import fusion
+from retriever_service import fusion, log_records
 from retriever_service.analyzer import Analyzer
-from retriever_service.bm25 import BM25Index
-from retriever_service.chunker import chunk
-from retriever_service.dense import DenseIndex
+from retriever_service.chunker import ChunkSpan, chunk
 from retriever_service.embedder import Encoder
+from retriever_service.generation import (
+    GENERATIONS,
+    Generation,
+    empty_generation,
+    load_generation,
+    write_generation,
+)
+from retriever_service.live import Tail, View, carry_over, fold
 from retriever_service.settings import CollectionSettings
-from retriever_service.store import DocumentStore, PassageRecord, StoredDocument
+from retriever_service.store import DocumentStore, PassageRecord, StoreChange, StoredDocument
 from retriever_service.topk import FloatArray, IntArray, top_k
+from retriever_service.wal import WriteAheadLog
 
 _LOGGER = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SETTINGS = "collection.json"
 STORE = "store.sqlite"
-PIDS_FILE = "pids.npy"
+WAL_DIR = "wal"
 SearchMode = Literal["bm25", "dense", "hybrid"]
 EncoderLoader = Callable[[str], Encoder]
-T = TypeVar("T")
+# Tail passages plus tombstones that start a background generation build.
+DEFAULT_COMPACT_THRESHOLD = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,14 @@ class UpsertResult:
     replaced: int
     passages: int
     generation: int
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    deleted: int
+    not_found: list[str]
+    sequence: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,325 +95,488 @@ class CollectionStats:
     generation: int
     vocabulary: int
     index_bytes: int
+    tail_passages: int
+    tombstones: int
+    wal_bytes: int
+    last_sequence: int
 
 
-class Generation:
-    """An immutable index snapshot. Row ``i`` of every array is passage ``pids[i]``."""
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A write's CPU work, done before taking the write lock."""
 
-    def __init__(
-        self,
-        number: int,
-        pids: npt.NDArray[np.int64],
-        bm25: BM25Index,
-        dense: DenseIndex,
-        filters: dict[tuple[str, str], IntArray],
-        index_bytes: int,
-    ) -> None:
-        self.number = number
-        self.pids = pids
-        self.bm25 = bm25
-        self.dense = dense
-        self.filters = filters
-        self.index_bytes = index_bytes
-
-    def allowed_rows(self, conditions: tuple[tuple[str, str], ...]) -> IntArray | None:
-        """Rows whose metadata matches every condition, or None when there is no filter."""
-        if not conditions:
-            return None
-        empty = np.empty(0, dtype=np.int64)
-        allowed = self.filters.get(conditions[0], empty)
-        for condition in conditions[1:]:
-            allowed = np.intersect1d(
-                allowed, self.filters.get(condition, empty), assume_unique=True
-            )
-        return allowed
-
-
-def _filter_index(metadata: Sequence[dict[str, str]]) -> dict[tuple[str, str], IntArray]:
-    buckets: dict[tuple[str, str], list[int]] = {}
-    for row, entries in enumerate(metadata):
-        for pair in entries.items():
-            buckets.setdefault(pair, []).append(row)
-    return {pair: np.asarray(rows, dtype=np.int64) for pair, rows in buckets.items()}
+    documents: list[StoredDocument]
+    spans: list[list[ChunkSpan]]
+    term_counts: list[Counter[str]]
+    vectors: FloatArray
 
 
 class Collection:
     """A named collection on disk. Thread-safe: one writer at a time, any number of readers."""
 
     def __init__(
-        self, name: str, directory: Path, settings: CollectionSettings, encoder: Encoder
+        self,
+        name: str,
+        directory: Path,
+        settings: CollectionSettings,
+        encoder: Encoder,
+        compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
     ) -> None:
         self.name = name
         self.directory = directory
         self.settings = settings
         self.encoder = encoder
+        self.compact_threshold = compact_threshold
         self.analyzer = Analyzer(settings.language)
         self.store = DocumentStore(directory / STORE)
         self._write_lock = threading.Lock()
-        self._current = self._load_or_empty()
+        self._compact_lock = threading.Lock()
+        self._compact_wanted = threading.Event()
+        self._closing = False
+        # The manifest entry of the generation kept as fallback for the served one.
+        self._fallback: dict[str, Any] = empty_generation(settings, 1).manifest_entry()
+        self.wal = WriteAheadLog(directory / WAL_DIR)
+        self._view = self._recover()
+        self._compactor = threading.Thread(
+            target=self._compact_in_background, name=f"compact-{name}", daemon=True
+        )
+        self._compactor.start()
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
     def create(
-        cls, name: str, directory: Path, settings: CollectionSettings, load_encoder: EncoderLoader
+        cls,
+        name: str,
+        directory: Path,
+        settings: CollectionSettings,
+        load_encoder: EncoderLoader,
+        compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
     ) -> "Collection":
         encoder = load_encoder(settings.embedding_model)  # fail before touching the disk
         directory.mkdir(parents=True)
         write_json_atomic(directory / SETTINGS, {"name": name, "settings": settings.to_json()})
-        return cls(name, directory, settings, encoder)
+        return cls(name, directory, settings, encoder, compact_threshold)
 
     @classmethod
-    def open(cls, directory: Path, load_encoder: EncoderLoader) -> "Collection":
+    def open(
+        cls,
+        directory: Path,
+        load_encoder: EncoderLoader,
+        compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
+    ) -> "Collection":
         payload = json.loads((directory / SETTINGS).read_text(encoding="utf-8"))
         settings = CollectionSettings.from_json(payload["settings"])
-        return cls(payload["name"], directory, settings, load_encoder(settings.embedding_model))
+        encoder = load_encoder(settings.embedding_model)
+        return cls(payload["name"], directory, settings, encoder, compact_threshold)
 
     def close(self) -> None:
-        self.store.close()
+        """Stops the background builder (a build in progress finishes first) and the files."""
+        self._closing = True
+        self._compact_wanted.set()
+        if self._compactor is not threading.current_thread():
+            self._compactor.join()
+        with self._write_lock:
+            self.wal.close()
+            self.store.close()
 
     @property
     def generation(self) -> int:
-        return self._current.number
+        return self._view.generation.number
 
     # ----------------------------------------------------------------- reads
-    def snapshot(self) -> Generation:
-        """The generation served now; pass it to ``search`` to know which one answered."""
-        return self._current
+    def snapshot(self) -> View:
+        """The view served now; pass it to ``search`` to know which state answered."""
+        return self._view
 
-    def search(self, query: SearchQuery, generation: Generation | None = None) -> list[Hit]:
-        generation = generation or self._current  # one snapshot for the whole query
-        if generation.pids.size == 0:
+    def search(self, query: SearchQuery, view: View | None = None) -> list[Hit]:
+        view = view or self._view  # one snapshot for the whole query
+        if view.passages == 0:
             return []
-        allowed = generation.allowed_rows(query.filter)
+        allowed = view.allowed_rows(query.filter) if query.filter else None
         if allowed is not None and allowed.size == 0:
             return []
-        rows, scores = self._rank(generation, query, allowed)
-        records = self.store.passages([int(p) for p in generation.pids[rows]])
+        rows, scores = self._rank(view, query, allowed)
+        pids = view.pids(rows)
+        records = self.store.passages([int(p) for p in pids])
+        # A row purged after a much later swap can be missing for a very old view: skip it.
         return [
             Hit(records[int(pid)], float(score))
-            for pid, score in zip(generation.pids[rows], scores, strict=True)
+            for pid, score in zip(pids, scores, strict=True)
+            if int(pid) in records
         ]
 
     def _rank(
-        self, generation: Generation, query: SearchQuery, allowed: IntArray | None
+        self, view: View, query: SearchQuery, allowed: IntArray | None
     ) -> tuple[IntArray, FloatArray]:
         if query.mode == "bm25":
-            return self._bm25_top(generation, query.text, query.k, allowed)[:2]
+            return self._bm25_top(view, query.text, query.k, allowed)[:2]
         vector = self.encoder.encode([query.text])[0]
         if query.mode == "dense":
-            return generation.dense.search(vector, query.k, allowed)
+            return view.dense_top(vector, query.k, allowed)
         params = fusion.FusionParams()
         method = query.fusion_method or params.method
         weight = params.dense_weight if query.dense_weight is None else query.dense_weight
         depth = max(query.k, params.depth)
-        bm25_rows, _, all_bm25 = self._bm25_top(generation, query.text, depth, allowed)
-        dense_rows, _ = generation.dense.search(vector, depth, allowed)
+        bm25_rows, _, all_bm25 = self._bm25_top(view, query.text, depth, allowed)
+        dense_rows, _ = view.dense_top(vector, depth, allowed)
         if method == "rrf":
             return fusion.rrf(bm25_rows, dense_rows, query.k, weight, params.rrf_k)
         candidates = np.union1d(bm25_rows, dense_rows)
-        cosines = generation.dense.vectors[candidates] @ vector
+        cosines = view.vectors(candidates) @ vector
         return fusion.weighted(candidates, all_bm25[candidates], cosines, query.k, weight)
 
     def _bm25_top(
-        self, generation: Generation, text: str, k: int, allowed: IntArray | None
+        self, view: View, text: str, k: int, allowed: IntArray | None
     ) -> tuple[IntArray, FloatArray, FloatArray]:
-        scores = generation.bm25.scores(self.analyzer.tokens(text))
-        matching = generation.bm25.matching_rows(scores)
+        scores = view.bm25_scores(self.analyzer.tokens(text), self.settings.bm25)
+        matching = np.flatnonzero(scores > 0).astype(np.int64)  # IDF is always positive
         if allowed is not None:
             matching = np.intersect1d(matching, allowed, assume_unique=True)
         rows, best = top_k(scores, k, matching)
         return rows, best, scores
 
     def get(self, doc_id: str) -> tuple[StoredDocument, list[PassageRecord]]:
-        found = self.store.document(self.generation, doc_id)
+        found = self.store.document(self._view.sequence, doc_id)
         if found is None:
             raise NotFound(f"document id={doc_id!r} is not in collection {self.name!r}")
         return found
 
     def stats(self) -> CollectionStats:
-        generation = self._current
+        view = self._view
+        with self._write_lock:
+            wal_bytes = self.wal.size_bytes
         return CollectionStats(
-            documents=self.store.count_documents(generation.number),
-            passages=int(generation.pids.size),
-            generation=generation.number,
-            vocabulary=len(generation.bm25.vocab),
-            index_bytes=generation.index_bytes,
+            documents=view.documents,
+            passages=view.passages,
+            generation=view.generation.number,
+            vocabulary=len(view.generation.bm25.vocab),
+            index_bytes=view.generation.index_bytes,
+            tail_passages=int(view.tail_alive().sum()),
+            tombstones=view.dead_generation_count,
+            wal_bytes=wal_bytes,
+            last_sequence=view.sequence,
         )
 
     # ----------------------------------------------------------------- writes
-    def upsert(self, documents: Sequence[StoredDocument]) -> UpsertResult:
-        """Adds or replaces documents; returns once the new generation is durable and served."""
+    def _prepare(self, documents: Sequence[StoredDocument]) -> _Prepared:
         spans = [chunk(d.text, self.settings.chunker) for d in documents]
+        texts = [
+            _indexed_text(document, span)
+            for document, doc_spans in zip(documents, spans, strict=True)
+            for span in doc_spans
+        ]
+        counts = [Counter(self.analyzer.tokens(text)) for text in texts]
+        vectors = (
+            self.encoder.encode(texts)
+            if texts
+            else np.empty((0, self.encoder.dimension), dtype=np.float32)
+        )
+        return _Prepared(list(documents), spans, counts, vectors)
+
+    def upsert(self, documents: Sequence[StoredDocument]) -> UpsertResult:
+        """Adds or replaces documents; returns once they are durable and searchable."""
+        latest = {d.doc_id: d for d in documents}  # an id sent twice: the last one wins
+        prepared = self._prepare(list(latest.values()))  # chunk, analyse, encode: no lock held
+        payload = log_records.encode_upsert(prepared.documents, prepared.vectors)
         with self._write_lock:
-            target = self.generation + 1
-            inserted, replaced = self._staged(
-                lambda: self.store.stage_upsert(target, documents, spans), target
+            view, change = self._commit(
+                lambda db, sequence: self.store.upsert(
+                    db, sequence, prepared.documents, prepared.spans
+                ),
+                payload,
             )
-            return UpsertResult(inserted, replaced, sum(len(s) for s in spans), target)
-
-    def delete(self, doc_ids: Sequence[str]) -> tuple[int, list[str]]:
-        """Removes documents; returns ``(deleted, ids_not_found)``."""
-        with self._write_lock:
-            live = self.store.live_ids(self.generation, doc_ids)
-            missing = [doc_id for doc_id in doc_ids if doc_id not in live]
-            if live:
-                target = self.generation + 1
-                self._staged(lambda: self.store.stage_delete(target, sorted(live)), target)
-            return len(live), missing
-
-    def _staged(self, stage: Callable[[], T], target: int) -> T:
-        """Runs ``stage`` then builds and publishes ``target``; undoes the stage on any failure."""
-        previous = self.generation
-        try:
-            self.store.roll_back_after(previous)  # leftovers of a write whose undo failed
-            result = stage()
-            generation, manifest = self._build(target)
-            write_json_atomic(self.directory / MANIFEST, manifest)  # the commit point
-        except (OSError, sqlite3.Error) as error:
-            self._roll_back_quietly(previous)
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise StorageError(
-                f"collection {self.name!r}: could not write generation {target} under "
-                f"{self.directory} ({reason}); nothing was changed: free space or fix "
-                "permissions of the data directory, then retry"
-            ) from error
-        except BaseException:
-            self._roll_back_quietly(previous)
-            raise
-        self._serve(generation)
+            self._view = self._mirror(view, change, prepared)
+            result = UpsertResult(
+                change.inserted,
+                change.replaced,
+                len(change.new_pids),
+                self._view.generation.number,
+                self._view.sequence,
+            )
+        self._maybe_compact()
         return result
 
-    def _roll_back_quietly(self, previous: int) -> None:
-        """Undoes staged rows; if even that fails, the next write sweeps them before staging."""
-        try:
-            self.store.roll_back_after(previous)
-        except sqlite3.Error:
-            _LOGGER.warning(
-                "collection %s: could not undo staged rows yet", self.name, exc_info=True
+    def delete(self, doc_ids: Sequence[str]) -> DeleteResult:
+        """Removes documents (tombstones until the next build)."""
+        with self._write_lock:
+            view, change = self._commit(
+                lambda db, sequence: self.store.delete(db, sequence, doc_ids),
+                log_records.encode_delete(list(doc_ids)),
+                skip_if=lambda change: not change.deleted_ids,
             )
+            if change.deleted_ids:
+                self._view = self._mirror(view, change, None)
+            sequence = self._view.sequence
+        self._maybe_compact()
+        deleted = set(change.deleted_ids)
+        return DeleteResult(len(deleted), [d for d in doc_ids if d not in deleted], sequence)
 
-    def _build(self, number: int) -> tuple[Generation, dict[str, Any]]:
-        """Writes generation ``number``'s files durably; returns it with its manifest."""
-        rows = self.store.index_rows(number)
-        pids = np.fromiter((r.pid for r in rows), dtype=np.int64, count=len(rows))
-        vectors = self._vectors_for(pids, [r.indexed_text for r in rows])
-        bm25 = BM25Index.build(
-            [self.analyzer.tokens(r.indexed_text) for r in rows], self.settings.bm25
-        )
-        dense = DenseIndex.build(vectors, self.settings.annoy)
-        directory = self.directory / "generations" / f"{number:08d}"
-        if directory.exists():  # left by a build that crashed before its manifest swap
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        pids_path = directory / PIDS_FILE
-        np.save(pids_path, pids, allow_pickle=False)
-        files = [pids_path, *bm25.save(directory), *dense.save(directory)]
-        for path in files:
-            fsync_file(path)
-        fsync_dir(directory)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "generation": number,
-            "model_id": self.settings.embedding_model,
-            "dimension": self.encoder.dimension,
-            "metric": dense_module.METRIC,
-            "k1": self.settings.bm25.k1,
-            "b": self.settings.bm25.b,
-            "language": self.settings.language,
-            "files": {str(p.relative_to(self.directory)): sha256_file(p) for p in files},
-        }
-        filters = _filter_index([r.metadata for r in rows])
-        size = sum(p.stat().st_size for p in files)
-        return Generation(number, pids, bm25, dense, filters, size), manifest
+    def _commit(
+        self,
+        apply: Callable[[sqlite3.Connection, int], StoreChange],
+        payload: bytes,
+        skip_if: Callable[[StoreChange], bool] = lambda change: False,
+    ) -> tuple[View, StoreChange]:
+        """Applies a write to the store and the log as one step (caller holds the write lock).
 
-    def _vectors_for(self, pids: npt.NDArray[np.int64], texts: list[str]) -> FloatArray:
-        """Reuses the served generation's vectors for surviving passages; encodes only new ones."""
-        current = self._current
-        vectors = np.empty((len(pids), self.encoder.dimension), dtype=np.float32)
-        position = np.searchsorted(current.pids, pids)
-        position = np.minimum(position, max(current.pids.size - 1, 0))
-        known = np.zeros(len(pids), dtype=bool)
-        if current.pids.size:
-            known = current.pids[position] == pids
-        if known.any():
-            vectors[known] = current.dense.vectors[position[known]]
-        fresh = np.flatnonzero(~known)
-        if fresh.size:
-            vectors[fresh] = self.encoder.encode([texts[i] for i in fresh])
-        return vectors
-
-    def _serve(self, generation: Generation) -> None:
-        """Switches readers to a committed generation, then tidies up what nothing needs."""
-        previous = self._current
-        self._current = generation
+        The log record is fsynced inside the store transaction; if the commit then fails the
+        record is cut off again, so a write that was not acknowledged is never replayed."""
+        sequence = self._view.sequence + 1
+        appended = False
         try:
-            self.store.purge_dead(previous.number)
-            self._remove_generations_before(previous.number)
-        except (OSError, sqlite3.Error):
-            # Committed already; leftovers are only disk space and are retried next write.
-            _LOGGER.warning("collection %s: clean-up deferred", self.name, exc_info=True)
-        _LOGGER.info(
-            "collection %s serves generation %d (%d passages)",
-            self.name,
-            generation.number,
-            generation.pids.size,
+            with self.store.transaction() as db:
+                change = apply(db, sequence)
+                if skip_if(change):
+                    return self._view, change
+                self.wal.append(sequence, payload)
+                appended = True
+        except (OSError, sqlite3.Error) as error:
+            if appended:
+                self.wal.undo_last(sequence, len(payload))
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise StorageError(
+                f"collection {self.name!r}: could not write under {self.directory} ({reason}); "
+                "nothing was changed: free space or fix permissions of the data directory, "
+                "then retry"
+            ) from error
+        return self._view, change
+
+    def _mirror(self, view: View, change: StoreChange, prepared: _Prepared | None) -> View:
+        """Applies a committed write to the tail and publishes the next view."""
+        tail = view.tail
+        sequence = view.sequence + 1
+        passages, total_length = view.passages, view.total_length
+        killed = np.asarray(change.killed_pids, dtype=np.int64)
+        if killed.size:
+            generation = view.generation
+            in_generation = killed <= (generation.pids[-1] if generation.n_rows else -1)
+            generation_rows = generation.rows_of(killed[in_generation])
+            tail_rows = [tail.row_of[int(pid)] for pid in killed[~in_generation]]
+            total_length -= int(generation.bm25.doc_lengths[generation_rows].sum())
+            total_length -= int(tail.lengths.head(tail.rows)[tail_rows].sum())
+            tail.dead_at.data[tail_rows] = sequence
+            tail.dead_generation_rows.extend(generation_rows)
+            passages -= killed.size
+        if prepared is not None and change.new_pids:
+            metadata = [
+                document.metadata
+                for document, doc_spans in zip(prepared.documents, prepared.spans, strict=True)
+                for _ in doc_spans
+            ]
+            tail.append(change.new_pids, prepared.vectors, prepared.term_counts, metadata)
+            passages += len(change.new_pids)
+            total_length += sum(sum(c.values()) for c in prepared.term_counts)
+        documents = view.documents + change.inserted - len(change.deleted_ids)
+        return View(
+            view.generation,
+            tail,
+            sequence,
+            tail.rows,
+            tail.dead_generation_rows.size,
+            passages,
+            total_length,
+            documents,
         )
 
-    def _remove_generations_before(self, keep_from: int) -> None:
-        """Keeps the served generation and the one before it; older ones are unreachable."""
-        root = self.directory / "generations"
-        for child in root.iterdir():
-            if child.name.isdigit() and int(child.name) < keep_from:
-                shutil.rmtree(child, ignore_errors=True)
+    # ----------------------------------------------------------------- generations
+    def compact(self) -> int:
+        """Folds the tail into a new generation now; returns the generation served after."""
+        self._build_next()
+        return self.generation
+
+    def _maybe_compact(self) -> None:
+        if self._view.changes >= self.compact_threshold:
+            self._compact_wanted.set()
+
+    def _compact_in_background(self) -> None:
+        while True:
+            self._compact_wanted.wait()
+            self._compact_wanted.clear()
+            if self._closing:
+                return
+            try:
+                self._build_next()
+            except Exception:
+                _LOGGER.exception("collection %s: background build failed", self.name)
+
+    def _build_next(self) -> None:
+        with self._compact_lock:
+            with self._write_lock:
+                built_from = self._view
+                if built_from.pristine:
+                    return
+                self.wal.seal()  # later records go to a segment the next build still needs
+            number = built_from.generation.number + 1
+            _LOGGER.info(
+                "collection %s: building generation %d (%d tail passages, %d tombstones)",
+                self.name,
+                number,
+                built_from.tail_rows,
+                built_from.dead_generation_count,
+            )
+            try:
+                folded = fold(built_from, self.settings.bm25)
+                metadata = self.store.passage_metadata(built_from.sequence)
+                generation = write_generation(
+                    self.directory,
+                    number,
+                    built_from.sequence,
+                    folded.pids,
+                    folded.bm25,
+                    folded.vectors,
+                    [metadata.get(int(pid), {}) for pid in folded.pids],
+                    self.settings,
+                )
+                with self._write_lock:
+                    self._write_manifest(generation, built_from.generation)  # the commit point
+                    self._view = carry_over(built_from, self._view, generation)
+            except (OSError, sqlite3.Error) as error:
+                shutil.rmtree(self._generation_dir(number), ignore_errors=True)
+                raise StorageError(
+                    f"collection {self.name!r}: could not build generation {number} ({error}); "
+                    "the served generation and the log are unchanged"
+                ) from error
+            self._fallback = built_from.generation.manifest_entry()
+            _LOGGER.info(
+                "collection %s serves generation %d (%d passages, log sequence %d)",
+                self.name,
+                number,
+                generation.n_rows,
+                built_from.sequence,
+            )
+            self._tidy(keep=(number, built_from.generation.number))
+
+    def _write_manifest(self, newest: Generation, previous: Generation) -> None:
+        write_json_atomic(
+            self.directory / MANIFEST,
+            {
+                "format_version": FORMAT_VERSION,
+                "model_id": self.settings.embedding_model,
+                "dimension": self.encoder.dimension,
+                "metric": dense_module.METRIC,
+                "k1": self.settings.bm25.k1,
+                "b": self.settings.bm25.b,
+                "language": self.settings.language,
+                # Newest first; the previous one is the fallback if the newest is damaged.
+                "generations": [newest.manifest_entry(), previous.manifest_entry()],
+            },
+        )
+
+    def _generation_dir(self, number: int) -> Path:
+        return self.directory / GENERATIONS / f"{number:08d}"
+
+    def _tidy(self, keep: tuple[int, int]) -> None:
+        """Removes what neither kept generation needs: older directories, store rows and log
+        segments that only generations before the fallback could replay."""
+        fallback_sequence = int(self._fallback["last_sequence"])
+        try:
+            self.store.purge_dead(fallback_sequence)
+            with self._write_lock:
+                self.wal.remove_through(fallback_sequence)
+            root = self.directory / GENERATIONS
+            for child in root.iterdir() if root.exists() else []:
+                if child.name.isdigit() and int(child.name) not in keep:
+                    shutil.rmtree(child, ignore_errors=True)
+        except (OSError, sqlite3.Error):
+            # Committed already; leftovers are only disk space and are retried next build.
+            _LOGGER.warning("collection %s: clean-up deferred", self.name, exc_info=True)
 
     # ----------------------------------------------------------------- start-up
-    def _load_or_empty(self) -> Generation:
-        manifest_path = self.directory / MANIFEST
-        if not manifest_path.exists():
-            self.store.roll_back_after(0)
-            return self._empty()
-        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        self._check_manifest(manifest)
-        number = int(manifest["generation"])
-        self.store.roll_back_after(number)  # forget a build that died before its swap
-        directory = self.directory / "generations" / f"{number:08d}"
-        pids = np.load(directory / PIDS_FILE, allow_pickle=False)
-        bm25 = BM25Index.load(directory, self.settings.bm25)
-        dense = DenseIndex.load(directory, self.settings.annoy)
-        metadata = self.store.passage_metadata(number)
-        filters = _filter_index([metadata.get(int(p), {}) for p in pids])
-        size = sum((self.directory / name).stat().st_size for name in manifest["files"])
-        _LOGGER.info(
-            "collection %s loaded generation %d (%d passages)", self.name, number, pids.size
+    def _recover(self) -> View:
+        """Loads the newest undamaged generation and replays the log past it."""
+        entries = self._manifest_entries()
+        generation: Generation | None = None
+        for position, entry in enumerate(entries):
+            try:
+                metadata = self.store.passage_metadata(int(entry["last_sequence"]))
+                generation = load_generation(
+                    self.directory, entry, self.settings, self.encoder.dimension, metadata
+                )
+            except (StorageError, OSError, ValueError) as error:
+                if position == len(entries) - 1:
+                    raise
+                _LOGGER.error(
+                    "collection %s: generation %s is damaged (%s); falling back to generation "
+                    "%s and replaying the log from there",
+                    self.name,
+                    entry["generation"],
+                    error,
+                    entries[position + 1]["generation"],
+                )
+                continue
+            if position + 1 < len(entries):
+                self._fallback = entries[position + 1]
+            break
+        assert generation is not None
+        self.store.roll_back_after(generation.last_sequence)
+        self.wal.resume_after(generation.last_sequence)
+        view = View(
+            generation,
+            Tail(self.encoder.dimension),
+            generation.last_sequence,
+            0,
+            0,
+            generation.n_rows,
+            int(generation.bm25.doc_lengths.sum()),
+            self.store.count_documents(generation.last_sequence),
         )
-        return Generation(number, pids, bm25, dense, filters, size)
+        replayed = 0
+        for sequence, payload in self.wal.replay(after=generation.last_sequence):
+            view = self._replay(view, sequence, payload)
+            replayed += 1
+        _LOGGER.info(
+            "collection %s: generation %d (%d passages) + %d log records replayed, sequence %d",
+            self.name,
+            generation.number,
+            generation.n_rows,
+            replayed,
+            view.sequence,
+        )
+        return view
 
-    def _check_manifest(self, manifest: dict[str, Any]) -> None:
+    def _replay(self, view: View, sequence: int, payload: bytes) -> View:
+        record = log_records.decode(payload)
+        with self.store.transaction() as db:
+            if isinstance(record, log_records.DeleteRecord):
+                change = self.store.delete(db, sequence, record.doc_ids)
+                prepared = None
+            else:
+                spans = [chunk(d.text, self.settings.chunker) for d in record.documents]
+                counts = [
+                    Counter(self.analyzer.tokens(_indexed_text(document, span)))
+                    for document, doc_spans in zip(record.documents, spans, strict=True)
+                    for span in doc_spans
+                ]
+                if len(counts) != len(record.vectors):
+                    raise StorageError(
+                        f"{self.wal.directory}: record {sequence} has {len(record.vectors)} "
+                        f"vectors for {len(counts)} passages; the chunker settings changed?"
+                    )
+                prepared = _Prepared(record.documents, spans, counts, record.vectors)
+                change = self.store.upsert(db, sequence, record.documents, spans)
+        return self._mirror(view, change, prepared)
+
+    def _manifest_entries(self) -> list[dict[str, Any]]:
+        """Generations to try, newest first; generation 0 (empty) when nothing was built."""
+        path = self.directory / MANIFEST
+        if not path.exists():
+            return [{"generation": 0, "last_sequence": 0, "files": {}}]
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         if manifest.get("format_version") != FORMAT_VERSION:
             raise StorageError(
-                f"{self.directory / MANIFEST}: format_version={manifest.get('format_version')} is "
-                f"not {FORMAT_VERSION}; this server cannot read it"
+                f"{path}: format_version={manifest.get('format_version')} is not "
+                f"{FORMAT_VERSION}; this server cannot read it: re-ingest the collection"
             )
         if manifest.get("dimension") != self.encoder.dimension:
             raise StorageError(
-                f"{self.directory / MANIFEST}: dimension={manifest.get('dimension')} but model "
+                f"{path}: dimension={manifest.get('dimension')} but model "
                 f"{self.settings.embedding_model} makes {self.encoder.dimension}-d vectors"
             )
-        for name, expected in manifest["files"].items():
-            path = self.directory / name
-            if not path.exists() or sha256_file(path) != expected:
-                raise StorageError(
-                    f"{path} is missing or its sha256 does not match the manifest; restore the "
-                    "data directory from a backup or re-ingest the collection"
-                )
+        entries: list[dict[str, Any]] = manifest["generations"]
+        return entries
 
-    def _empty(self) -> Generation:
-        empty_vectors = np.empty((0, self.encoder.dimension), dtype=np.float32)
-        return Generation(
-            0,
-            np.empty(0, dtype=np.int64),
-            BM25Index.build([], self.settings.bm25),
-            DenseIndex(empty_vectors, None, self.settings.annoy),
-            {},
-            0,
-        )
+
+def _indexed_text(document: StoredDocument, span: ChunkSpan) -> str:
+    """What both indexes see for a passage: the title (when any), then the passage text."""
+    text = document.text[span.start : span.end]
+    return f"{document.title}\n{text}" if document.title else text

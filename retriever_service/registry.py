@@ -7,7 +7,12 @@ import uuid
 from pathlib import Path
 
 from realm.errors import AlreadyExists, NotFound, ResourceExhausted
-from retriever_service.collection import SETTINGS, Collection, EncoderLoader
+from retriever_service.collection import (
+    DEFAULT_COMPACT_THRESHOLD,
+    SETTINGS,
+    Collection,
+    EncoderLoader,
+)
 from retriever_service.settings import CollectionSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -16,11 +21,18 @@ _LOGGER = logging.getLogger(__name__)
 class Registry:
     """Owns every collection under ``data_dir/collections``; thread-safe."""
 
-    def __init__(self, data_dir: Path, load_encoder: EncoderLoader, max_collections: int) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        load_encoder: EncoderLoader,
+        max_collections: int,
+        compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
+    ) -> None:
         self.root = data_dir / "collections"
         self.root.mkdir(parents=True, exist_ok=True)
         self._load_encoder = load_encoder
         self._max_collections = max_collections
+        self._compact_threshold = compact_threshold
         self._collections: dict[str, Collection] = {}
         self._lock = threading.Lock()
 
@@ -30,7 +42,7 @@ class Registry:
             if directory.name.startswith("."):
                 shutil.rmtree(directory, ignore_errors=True)  # a delete that was interrupted
             elif (directory / SETTINGS).exists():
-                collection = Collection.open(directory, self._load_encoder)
+                collection = Collection.open(directory, self._load_encoder, self._compact_threshold)
                 self._collections[collection.name] = collection
 
     def create(self, name: str, settings: CollectionSettings) -> Collection:
@@ -44,7 +56,9 @@ class Registry:
                     f"this server holds max_collections={self._max_collections}; delete one "
                     "or raise --max-collections"
                 )
-            collection = Collection.create(name, self.root / name, settings, self._load_encoder)
+            collection = Collection.create(
+                name, self.root / name, settings, self._load_encoder, self._compact_threshold
+            )
             self._collections[name] = collection
             return collection
 

@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from realm.server import ServerOptions, serve_until_signal
 from realm.v1 import retriever_pb2, retriever_pb2_grpc
+from retriever_service.collection import DEFAULT_COMPACT_THRESHOLD
 from retriever_service.embedder import DEFAULT_MODEL, load_encoder
 from retriever_service.registry import Registry
 from retriever_service.servicer import RetrieverServicer
@@ -29,6 +30,15 @@ class RetrieverConfig:
     limits: Limits = field(default_factory=Limits)
     # Loaded at start-up so the first query does not pay for it.
     preload_model: str = DEFAULT_MODEL
+    # Tail passages plus tombstones that start a background generation build.
+    compact_threshold: int = DEFAULT_COMPACT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.compact_threshold < 1:
+            raise ValueError(
+                f"compact_threshold={self.compact_threshold} must be >= 1 (tail passages plus "
+                "tombstones that start a generation build)"
+            )
 
 
 async def serve(config: RetrieverConfig) -> None:
@@ -38,7 +48,9 @@ async def serve(config: RetrieverConfig) -> None:
     # choice under load.
     threadpool_limits(1, user_api="blas")
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(config.data_dir, load_encoder, config.limits.max_collections)
+    registry = Registry(
+        config.data_dir, load_encoder, config.limits.max_collections, config.compact_threshold
+    )
     servicer = RetrieverServicer(registry, config.limits)
 
     def register(server: aio.Server) -> None:

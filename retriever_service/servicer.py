@@ -172,13 +172,16 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             raise InvalidArgument("the Upsert stream was empty; send at least one message")
         collection = self.registry.get(name)
         if not documents:
-            return retriever_pb2.UpsertResponse(generation=collection.generation)
+            return retriever_pb2.UpsertResponse(
+                generation=collection.generation, sequence=collection.snapshot().sequence
+            )
         result = await asyncio.to_thread(collection.upsert, documents)
         return retriever_pb2.UpsertResponse(
             inserted=result.inserted,
             replaced=result.replaced,
             passages=result.passages,
             generation=result.generation,
+            sequence=result.sequence,
         )
 
     async def Delete(  # noqa: N802
@@ -188,8 +191,10 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         ids = list(dict.fromkeys(request.ids))
         if not ids:
             raise InvalidArgument("ids is empty; name at least one document to delete")
-        deleted, missing = await asyncio.to_thread(collection.delete, ids)
-        return retriever_pb2.DeleteResponse(deleted=deleted, not_found=missing)
+        result = await asyncio.to_thread(collection.delete, ids)
+        return retriever_pb2.DeleteResponse(
+            deleted=result.deleted, not_found=result.not_found, sequence=result.sequence
+        )
 
     def _query(
         self, request: retriever_pb2.SearchRequest, field: str
@@ -223,10 +228,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
 
     @staticmethod
     def _search(collection: Collection, query: SearchQuery) -> retriever_pb2.SearchResponse:
-        generation = collection.snapshot()  # report the generation that actually answered
-        hits = collection.search(query, generation)
+        view = collection.snapshot()  # report the state that actually answered
+        hits = collection.search(query, view)
         return retriever_pb2.SearchResponse(
-            hits=[_hit(h) for h in hits], generation=generation.number
+            hits=[_hit(h) for h in hits],
+            generation=view.generation.number,
+            sequence=view.sequence,
         )
 
     async def Search(  # noqa: N802
@@ -286,8 +293,21 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                         generation=stats.generation,
                         vocabulary=stats.vocabulary,
                         index_bytes=stats.index_bytes,
+                        tail_passages=stats.tail_passages,
+                        tombstones=stats.tombstones,
+                        wal_bytes=stats.wal_bytes,
+                        last_sequence=stats.last_sequence,
                     )
                 )
             return out
 
         return retriever_pb2.StatsResponse(collections=await asyncio.to_thread(gather))
+
+    async def Compact(  # noqa: N802
+        self, request: retriever_pb2.CompactRequest, context: Context
+    ) -> retriever_pb2.CompactResponse:
+        collection = self.registry.get(validation.collection_name(request.collection))
+        generation = await asyncio.to_thread(collection.compact)
+        return retriever_pb2.CompactResponse(
+            generation=generation, passages=collection.snapshot().generation.n_rows
+        )

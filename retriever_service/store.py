@@ -1,9 +1,10 @@
-"""SQLite document store with generation-aware visibility.
+"""SQLite document store with visibility by write-ahead-log sequence.
 
-Rows carry the generation they were born in and the one that killed them. A build inserts its
-rows for generation G+1 *before* the manifest swap; readers of generation G never look at them,
-so the manifest rename stays the single commit point of a write. Rows of a build that never
-committed are swept on start-up. SQLite runs in WAL mode: readers never block the writer.
+Rows carry the log sequence of the write that created them and of the one that killed them, so
+a reader at sequence ``s`` sees exactly the documents live after write ``s``: searches hydrate
+hits from the snapshot they ranked on, and start-up undoes every write past the served
+generation (``roll_back_after``) and replays it from the log. SQLite runs in WAL mode: readers
+never block the writer.
 """
 
 import json
@@ -18,20 +19,20 @@ from retriever_service.chunker import ChunkSpan
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
-    doc_key   INTEGER PRIMARY KEY,
+    doc_key   INTEGER PRIMARY KEY AUTOINCREMENT,
     doc_id    TEXT NOT NULL,
     title     TEXT NOT NULL,
     text      TEXT NOT NULL,
     metadata  TEXT NOT NULL,
-    born_gen  INTEGER NOT NULL,
-    dead_gen  INTEGER
+    born_seq  INTEGER NOT NULL,
+    dead_seq  INTEGER
 );
-CREATE UNIQUE INDEX IF NOT EXISTS documents_live_id ON documents(doc_id) WHERE dead_gen IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS documents_live_id ON documents(doc_id) WHERE dead_seq IS NULL;
 CREATE INDEX IF NOT EXISTS documents_id ON documents(doc_id);
-CREATE INDEX IF NOT EXISTS documents_born ON documents(born_gen);
-CREATE INDEX IF NOT EXISTS documents_dead ON documents(dead_gen);
+CREATE INDEX IF NOT EXISTS documents_born ON documents(born_seq);
+CREATE INDEX IF NOT EXISTS documents_dead ON documents(dead_seq);
 CREATE TABLE IF NOT EXISTS passages (
-    pid      INTEGER PRIMARY KEY,
+    pid      INTEGER PRIMARY KEY AUTOINCREMENT,
     doc_key  INTEGER NOT NULL REFERENCES documents(doc_key) ON DELETE CASCADE,
     ordinal  INTEGER NOT NULL,
     start    INTEGER NOT NULL,
@@ -69,13 +70,15 @@ class PassageRecord:
         return f"{self.doc_id}#{self.ordinal}"
 
 
-@dataclass(frozen=True, slots=True)
-class IndexRow:
-    """What a generation build needs per live passage: its id, text to index and metadata."""
+@dataclass(slots=True)
+class StoreChange:
+    """What one write did to the store, for the in-memory tail to mirror."""
 
-    pid: int
-    indexed_text: str
-    metadata: dict[str, str]
+    inserted: int = 0
+    replaced: int = 0
+    new_pids: list[int] = field(default_factory=list)
+    killed_pids: list[int] = field(default_factory=list)
+    deleted_ids: list[str] = field(default_factory=list)
 
 
 class DocumentStore:
@@ -113,107 +116,95 @@ class DocumentStore:
             db.close()
             self._local.db = None
 
-    def stage_upsert(
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with self._write() as db:
+            yield db
+
+    @staticmethod
+    def _kill(db: sqlite3.Connection, sequence: int, doc_id: str) -> tuple[bool, list[int]]:
+        """Marks the live document ``doc_id`` dead at ``sequence``; returns its passage ids."""
+        pids = [
+            pid
+            for (pid,) in db.execute(
+                "SELECT p.pid FROM passages p JOIN documents d ON p.doc_key = d.doc_key "
+                "WHERE d.doc_id = ? AND d.dead_seq IS NULL ORDER BY p.pid",
+                (doc_id,),
+            )
+        ]
+        killed = db.execute(
+            "UPDATE documents SET dead_seq = ? WHERE doc_id = ? AND dead_seq IS NULL",
+            (sequence, doc_id),
+        ).rowcount
+        return bool(killed), pids
+
+    def upsert(
         self,
-        generation: int,
+        db: sqlite3.Connection,
+        sequence: int,
         documents: Sequence[StoredDocument],
         spans: Sequence[Sequence[ChunkSpan]],
-    ) -> tuple[int, int]:
-        """Inserts documents born in ``generation``, killing live ones with the same ids.
-
-        Returns ``(inserted, replaced)``. Nothing is visible to readers until the manifest swap.
-        """
-        replaced = 0
-        with self._write() as db:
-            for document, doc_spans in zip(documents, spans, strict=True):
-                killed = db.execute(
-                    "UPDATE documents SET dead_gen = ? WHERE doc_id = ? AND dead_gen IS NULL",
-                    (generation, document.doc_id),
-                ).rowcount
-                replaced += killed
+    ) -> StoreChange:
+        """Inserts documents born at ``sequence``, killing live ones with the same ids."""
+        change = StoreChange()
+        for document, doc_spans in zip(documents, spans, strict=True):
+            killed, pids = self._kill(db, sequence, document.doc_id)
+            change.replaced += killed
+            change.killed_pids.extend(pids)
+            doc_key = db.execute(
+                "INSERT INTO documents(doc_id, title, text, metadata, born_seq) VALUES (?,?,?,?,?)",
+                (
+                    document.doc_id,
+                    document.title,
+                    document.text,
+                    json.dumps(document.metadata, ensure_ascii=False, sort_keys=True),
+                    sequence,
+                ),
+            ).lastrowid
+            for ordinal, span in enumerate(doc_spans):
                 cursor = db.execute(
-                    "INSERT INTO documents(doc_id, title, text, metadata, born_gen) "
-                    "VALUES (?,?,?,?,?)",
-                    (
-                        document.doc_id,
-                        document.title,
-                        document.text,
-                        json.dumps(document.metadata, ensure_ascii=False, sort_keys=True),
-                        generation,
-                    ),
-                )
-                db.executemany(
                     "INSERT INTO passages(doc_key, ordinal, start, end) VALUES (?,?,?,?)",
-                    [(cursor.lastrowid, i, s.start, s.end) for i, s in enumerate(doc_spans)],
+                    (doc_key, ordinal, span.start, span.end),
                 )
-        return len(documents) - replaced, replaced
+                change.new_pids.append(int(cursor.lastrowid or 0))
+        change.inserted = len(documents) - change.replaced
+        return change
 
-    def stage_delete(self, generation: int, doc_ids: Iterable[str]) -> list[str]:
-        """Marks live documents dead from ``generation`` on; returns the ids that were not live."""
-        missing: list[str] = []
+    def delete(self, db: sqlite3.Connection, sequence: int, doc_ids: Iterable[str]) -> StoreChange:
+        """Marks live documents dead at ``sequence``; ``deleted_ids`` are those that were live."""
+        change = StoreChange()
+        for doc_id in doc_ids:
+            killed, pids = self._kill(db, sequence, doc_id)
+            if killed:
+                change.deleted_ids.append(doc_id)
+                change.killed_pids.extend(pids)
+        return change
+
+    def roll_back_after(self, sequence: int) -> None:
+        """Undoes every write after ``sequence``; start-up then replays them from the log."""
         with self._write() as db:
-            for doc_id in doc_ids:
-                killed = db.execute(
-                    "UPDATE documents SET dead_gen = ? WHERE doc_id = ? AND dead_gen IS NULL",
-                    (generation, doc_id),
-                ).rowcount
-                if not killed:
-                    missing.append(doc_id)
-        return missing
+            db.execute("DELETE FROM documents WHERE born_seq > ?", (sequence,))
+            db.execute("UPDATE documents SET dead_seq = NULL WHERE dead_seq > ?", (sequence,))
 
-    def live_ids(self, generation: int, doc_ids: Iterable[str]) -> set[str]:
-        """The subset of ``doc_ids`` live in ``generation``."""
-        db = self._db()
-        query = (
-            "SELECT 1 FROM documents WHERE doc_id = ?2 AND born_gen <= ?1 "
-            "AND (dead_gen IS NULL OR dead_gen > ?1)"
-        )
-        return {d for d in doc_ids if db.execute(query, (generation, d)).fetchone()}
-
-    def roll_back_after(self, generation: int) -> None:
-        """Forgets every change staged for generations after ``generation`` (a failed build)."""
+    def purge_dead(self, through_sequence: int) -> None:
+        """Drops documents killed at or before ``through_sequence``: no kept snapshot sees them."""
         with self._write() as db:
-            db.execute("DELETE FROM documents WHERE born_gen > ?", (generation,))
-            db.execute("UPDATE documents SET dead_gen = NULL WHERE dead_gen > ?", (generation,))
+            db.execute("DELETE FROM documents WHERE dead_seq <= ?", (through_sequence,))
 
-    def purge_dead(self, up_to_generation: int) -> None:
-        """Drops rows that no generation newer than ``up_to_generation - 1`` can reference."""
-        with self._write() as db:
-            db.execute("DELETE FROM documents WHERE dead_gen <= ?", (up_to_generation,))
-
-    def index_rows(self, generation: int) -> list[IndexRow]:
-        """Live passages of ``generation`` in pid order, with the text the indexes see."""
-        rows = (
-            self._db()
-            .execute(
-                """
-            SELECT p.pid, d.title, substr(d.text, p.start + 1, p.end - p.start), d.metadata
-            FROM passages p JOIN documents d ON p.doc_key = d.doc_key
-            WHERE d.born_gen <= ?1 AND (d.dead_gen IS NULL OR d.dead_gen > ?1)
-            ORDER BY p.pid
-            """,
-                (generation,),
-            )
-            .fetchall()
-        )
-        return [
-            IndexRow(pid, f"{title}\n{text}" if title else text, json.loads(metadata))
-            for pid, title, text, metadata in rows
-        ]
-
-    def passage_metadata(self, generation: int) -> dict[int, dict[str, str]]:
-        """Metadata of every live passage of ``generation``, without reading any text."""
+    def passage_metadata(self, sequence: int) -> dict[int, dict[str, str]]:
+        """Metadata of every live passage at ``sequence``, without reading any text."""
         rows = self._db().execute(
             """
             SELECT p.pid, d.metadata FROM passages p JOIN documents d ON p.doc_key = d.doc_key
-            WHERE d.born_gen <= ?1 AND (d.dead_gen IS NULL OR d.dead_gen > ?1)
+            WHERE d.born_seq <= ?1 AND (d.dead_seq IS NULL OR d.dead_seq > ?1)
             """,
-            (generation,),
+            (sequence,),
         )
         return {pid: json.loads(metadata) for pid, metadata in rows}
 
     def passages(self, pids: Sequence[int]) -> dict[int, PassageRecord]:
-        """Hydrates search hits. Rows stay readable until purged, so old generations still work."""
+        """Hydrates search hits. Rows stay readable until purged, so older snapshots still work."""
         if not pids:
             return {}
         marks = ",".join("?" * len(pids))
@@ -236,16 +227,16 @@ class DocumentStore:
         }
 
     def document(
-        self, generation: int, doc_id: str
+        self, sequence: int, doc_id: str
     ) -> tuple[StoredDocument, list[PassageRecord]] | None:
-        """The document live in ``generation`` with its passages, or None."""
+        """The document live at ``sequence`` with its passages, or None."""
         db = self._db()
         row = db.execute(
             """
             SELECT doc_key, title, text, metadata FROM documents
-            WHERE doc_id = ?2 AND born_gen <= ?1 AND (dead_gen IS NULL OR dead_gen > ?1)
+            WHERE doc_id = ?2 AND born_seq <= ?1 AND (dead_seq IS NULL OR dead_seq > ?1)
             """,
-            (generation, doc_id),
+            (sequence, doc_id),
         ).fetchone()
         if row is None:
             return None
@@ -260,13 +251,13 @@ class DocumentStore:
         ]
         return StoredDocument(doc_id, text, title, metadata), passages
 
-    def count_documents(self, generation: int) -> int:
+    def count_documents(self, sequence: int) -> int:
         (count,) = (
             self._db()
             .execute(
                 "SELECT count(*) FROM documents "
-                "WHERE born_gen <= ?1 AND (dead_gen IS NULL OR dead_gen > ?1)",
-                (generation,),
+                "WHERE born_seq <= ?1 AND (dead_seq IS NULL OR dead_seq > ?1)",
+                (sequence,),
             )
             .fetchone()
         )

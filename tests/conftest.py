@@ -1,7 +1,9 @@
 """Shared, expensive fixtures: one model of each kind per process, one server of each per run."""
 
+import errno
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +94,36 @@ def fixture_collection(client: RetrieverClient, collection_name: str) -> str:
     client.create_collection(collection_name)
     client.upsert(collection_name, fixture_documents())
     return collection_name
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs of our own, so 'disk full' and 'read-only' are real (root ignores chmod)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Fills the file system of ``directory`` until writes fail with ENOSPC."""
+    filler = directory / "filler"
+    failure: int | None = None
+    with filler.open("wb") as handle:
+        while failure is None:
+            try:
+                handle.write(b"\0" * (1 << 20))
+                handle.flush()
+            except OSError as error:
+                failure = error.errno
+    assert failure == errno.ENOSPC
+    return filler

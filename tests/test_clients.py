@@ -47,6 +47,9 @@ async def test_async_client_covers_collections_documents_search_and_answers(
         assert collection_name in [c.name for c in await realm.list_collections()]
         hits = await realm.search(collection_name, "wrought-iron lattice tower", k=3, mode="bm25")
         assert hits[0].doc_id == "eiffel"
+        assert await realm.compact(collection_name) == 1  # the same answers from a generation
+        folded = await realm.search(collection_name, "wrought-iron lattice tower", k=3, mode="bm25")
+        assert folded == hits
         assert (await realm.get(collection_name, "eiffel")).title == "Eiffel Tower"
 
         answer = await realm.ask("When was the Eiffel Tower completed?", collection_name, k=2)

@@ -1,9 +1,7 @@
 """The collection core in-process: search modes, writes, filters, persistence and rollback."""
 
-import errno
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from retriever_service.embedder import Encoder, SentenceTransformerEncoder
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument
 from retriever_service.topk import FloatArray
-from tests.conftest import fixture_documents
+from tests.conftest import fill_disk, fixture_documents
 
 
 class CountingEncoder:
@@ -107,8 +105,8 @@ def test_replace_and_delete(filled: Collection) -> None:
     assert "volcano" not in _top(filled, "lava magma chamber", "bm25", 12)
     assert filled.stats().documents == before.documents
 
-    deleted, missing = filled.delete(["coffee", "no-such-id"])
-    assert (deleted, missing) == (1, ["no-such-id"])
+    deleted = filled.delete(["coffee", "no-such-id"])
+    assert (deleted.deleted, deleted.not_found) == (1, ["no-such-id"])
     assert "coffee" not in _top(filled, "coffee beans caffeine", "hybrid", 12)
     with pytest.raises(NotFound, match="coffee"):
         filled.get("coffee")
@@ -169,46 +167,14 @@ def test_a_failed_build_changes_nothing(
     assert collection.stats().documents == before.documents + 1
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 32 MiB tmpfs of our own, so 'disk full' and 'read-only' are real (root ignores chmod)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    failure: int | None = None
-    with filler.open("wb") as handle:
-        while failure is None:
-            try:
-                handle.write(b"\0" * (1 << 20))
-                handle.flush()
-            except OSError as error:
-                failure = error.errno
-    assert failure == errno.ENOSPC
-    return filler
-
-
 def test_disk_full_fails_the_write_clearly_and_keeps_earlier_data(
     small_disk: Path, encoder: SentenceTransformerEncoder
 ) -> None:
     collection = _open(small_disk / "c", encoder)
     collection.upsert(_documents())
     before = collection.stats()
-    filler = _fill(small_disk)
-    with pytest.raises(StorageError, match="could not write generation"):
+    filler = fill_disk(small_disk)
+    with pytest.raises(StorageError, match="could not write under"):
         collection.upsert(
             [StoredDocument(f"x{i}", "text that cannot be indexed now " * 50) for i in range(50)]
         )
@@ -220,42 +186,82 @@ def test_disk_full_fails_the_write_clearly_and_keeps_earlier_data(
     collection.close()
 
 
-def test_read_only_index_directory_fails_writes_and_keeps_serving(
-    tmp_path: Path, encoder: SentenceTransformerEncoder
+def test_read_only_data_directory_fails_writes_and_keeps_serving(
+    small_disk: Path, encoder: SentenceTransformerEncoder
 ) -> None:
-    collection = _open(tmp_path / "c", encoder)
+    collection = _open(small_disk / "c", encoder)
     collection.upsert(_documents())
     before = collection.stats()
-    generations = str(tmp_path / "c" / "generations")
-    # A read-only bind mount binds root too (chmod does not).
-    if subprocess.run(["mount", "--bind", generations, generations], check=False).returncode:
-        pytest.skip("cannot bind-mount here")
+    remounted = subprocess.run(
+        ["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, check=False
+    )
+    if remounted.returncode != 0:  # the kernel refuses while files are open for writing
+        collection.close()
+        pytest.skip(f"cannot remount read-only here: {remounted.stderr.decode().strip()}")
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", generations], check=True)
-        with pytest.raises(StorageError, match="Read-only file system"):
+        with pytest.raises(StorageError, match="could not write under"):
             collection.upsert([StoredDocument("x", "nothing can be written")])
-        with pytest.raises(StorageError, match="Read-only file system"):
+        with pytest.raises(StorageError, match="could not write under"):
             collection.delete(["eiffel"])
+        with pytest.raises(StorageError, match="could not build generation"):
+            collection.compact()
         assert collection.stats() == before
         assert _top(collection, "iron tower in Paris", "hybrid", 1) == ["eiffel"]
     finally:
-        subprocess.run(["umount", "-l", generations], check=False)
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     collection.upsert([StoredDocument("x", "written after the disk came back")])
     assert collection.stats().documents == before.documents + 1
     assert collection.get("eiffel")
+    assert collection.compact() == 1
+    collection.close()
 
 
-def test_a_damaged_index_file_is_detected_on_open(
+def test_a_damaged_newest_generation_falls_back_to_the_previous_and_replays(
     tmp_path: Path, encoder: SentenceTransformerEncoder
 ) -> None:
     directory = tmp_path / "c"
     collection = _open(directory, encoder)
-    collection.upsert(_documents())
+    documents = _documents()
+    collection.upsert(documents[:6])
+    assert collection.compact() == 1
+    collection.upsert(documents[6:])
+    collection.delete(["eiffel"])
+    assert collection.compact() == 2
+    collection.upsert([StoredDocument("tail-only", "A lighthouse keeper's logbook.")])
+    queries = ["tea and coffee", "长城", "organelle energy", "lighthouse", "iron tower"]
+    before = [_top(collection, q, "hybrid", 5) for q in queries]
     collection.close()
-    damaged = next((directory / "generations").glob("*/bm25_data.npy"))
+    damaged = directory / "generations" / "00000002" / "bm25_data.npy"
     payload = bytearray(damaged.read_bytes())
     payload[-1] ^= 0xFF
     damaged.write_bytes(bytes(payload))
+
+    reopened = _open(directory, encoder)
+    assert reopened.generation == 1  # the previous generation, plus the log replayed past it
+    assert [_top(reopened, q, "hybrid", 5) for q in queries] == before
+    with pytest.raises(NotFound):
+        reopened.get("eiffel")
+    assert reopened.stats().documents == len(documents)  # -1 deleted, +1 tail-only
+    assert reopened.compact() == 2  # the next build takes the damaged one's number and place
+    assert [_top(reopened, q, "hybrid", 5) for q in queries] == before
+    reopened.close()
+
+
+def test_damage_in_every_kept_generation_stops_the_open(
+    tmp_path: Path, encoder: SentenceTransformerEncoder
+) -> None:
+    directory = tmp_path / "c"
+    collection = _open(directory, encoder)
+    collection.upsert(_documents()[:4])
+    collection.compact()
+    collection.upsert(_documents()[4:])
+    collection.compact()
+    collection.upsert([StoredDocument("late", "A late document.")])
+    collection.compact()  # generations 3 and 2 are kept; the log before 2 is gone
+    collection.close()
+    for number in ("00000002", "00000003"):
+        damaged = directory / "generations" / number / "pids.npy"
+        damaged.write_bytes(damaged.read_bytes()[:-1])
     with pytest.raises(StorageError, match="sha256"):
         _open(directory, encoder)
 

@@ -82,7 +82,7 @@ def test_restart_serves_identical_results(tmp_path: Path) -> None:
     assert after == before
 
 
-def test_kill_9_during_a_build_keeps_the_last_committed_state(tmp_path: Path) -> None:
+def test_kill_9_during_an_upsert_keeps_only_acknowledged_writes(tmp_path: Path) -> None:
     server = RetrieverProcess(tmp_path / "data").start().wait_serving()
     try:
         with RetrieverClient(server.target, timeout=60) as client:
@@ -98,7 +98,7 @@ def test_kill_9_during_a_build_keeps_the_last_committed_state(tmp_path: Path) ->
 
             upload = threading.Thread(target=doomed_upsert)
             upload.start()
-            time.sleep(1.5)  # mid-build: rows staged, files being written or vectors encoded
+            time.sleep(1.5)  # mid-write: vectors being encoded, or the log being appended
             server.signal(signal.SIGKILL)
             upload.join(60)
         assert server.wait(10) == -signal.SIGKILL
@@ -111,12 +111,12 @@ def test_kill_9_during_a_build_keeps_the_last_committed_state(tmp_path: Path) ->
         RetrieverClient(restarted.target) as client,
     ):
         stats = client.stats("c")[0]
-        assert (stats.documents, stats.generation) == (len(fixture_documents()), 1)
+        assert (stats.documents, stats.last_sequence) == (len(fixture_documents()), 1)
         with pytest.raises(NotFound):
             client.get("c", "lost-0")
         assert client.search("c", "Gustave Eiffel", k=1)[0].doc_id == "eiffel"
         summary = client.upsert("c", _many(3, "after"))
-        assert (summary.inserted, summary.generation) == (3, 2)
+        assert (summary.inserted, summary.sequence) == (3, 2)
 
 
 def test_calls_beyond_the_concurrency_limit_are_refused_at_once(tmp_path: Path) -> None:

@@ -49,7 +49,12 @@ def test_upsert_search_get_delete_and_stats(
 ) -> None:
     documents = fixture_documents()
     stats = client.stats(fixture_collection)[0]
-    assert (stats.documents, stats.generation) == (len(documents), 1)
+    assert (stats.documents, stats.passages, stats.generation) == (len(documents), 12, 0)
+    assert (stats.tail_passages, stats.last_sequence) == (12, 1)  # written, not yet built
+    assert stats.wal_bytes > 0
+    assert client.compact(fixture_collection) == 1
+    stats = client.stats(fixture_collection)[0]
+    assert (stats.generation, stats.tail_passages, stats.tombstones) == (1, 0, 0)
     assert stats.vocabulary > 50
     assert stats.index_bytes > 0
 
@@ -73,8 +78,12 @@ def test_upsert_search_get_delete_and_stats(
             Document("new", "Lighthouses guide ships."),
         ],
     )
-    assert (summary.inserted, summary.replaced, summary.generation) == (1, 1, 2)
+    assert (summary.inserted, summary.replaced, summary.generation) == (1, 1, 1)
+    assert summary.sequence == 2
     assert client.get(fixture_collection, "eiffel").text == "The tower was repainted in 2024."
+    assert client.search(fixture_collection, "repainted", k=1)[0].doc_id == "eiffel"  # at once
+    stats = client.stats(fixture_collection)[0]
+    assert (stats.tail_passages, stats.tombstones, stats.last_sequence) == (2, 1, 2)
 
     deleted, missing = client.delete(fixture_collection, ["new", "ghost"])
     assert (deleted, missing) == (1, ["ghost"])

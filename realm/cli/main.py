@@ -108,6 +108,13 @@ def serve_retriever(
     * 1024,
     max_concurrent_rpcs: Annotated[int, typer.Option(envvar="REALM_MAX_CONCURRENT_RPCS")] = 256,
     grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 10.0,
+    compact_threshold: Annotated[
+        int,
+        typer.Option(
+            envvar="REALM_COMPACT_THRESHOLD",
+            help="Tail passages + tombstones that start a background generation build.",
+        ),
+    ] = 20_000,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     auth_token: AuthTokenOpt = None,
@@ -136,6 +143,7 @@ def serve_retriever(
             limits=Limits(
                 max_k=max_k, max_query_chars=max_query_chars, max_document_chars=max_document_chars
             ),
+            compact_threshold=compact_threshold,
         )
     except ValueError as error:
         fail(str(error), code=2)
@@ -352,6 +360,14 @@ def ingest(
     collection: CollectionOpt,
     target: Target = "localhost:50051",
     batch_size: Annotated[int, typer.Option(min=1, max=2048)] = 256,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            help="Fold what was sent into a new index generation at the end (a bulk load); "
+            "without it the documents stay in the exactly-searched tail until the server's "
+            "threshold starts a build."
+        ),
+    ] = True,
 ) -> None:
     """Index documents, creating the collection if needed; exits 1 if any document was refused."""
     documents: list[Document] = []
@@ -367,9 +383,10 @@ def ingest(
     with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
         _ensure_collection(client, collection)
         summary = _upload(client, collection, documents, batch_size)
+        generation = client.compact(collection) if compact else summary.generation
     console.print(
         f"{collection}: {summary.inserted} inserted, {summary.replaced} replaced, "
-        f"{summary.passages} passages, generation {summary.generation}"
+        f"{summary.passages} passages, generation {generation}"
     )
     if refused:
         for item in refused:
@@ -405,6 +422,47 @@ def _upload(
                 progress.update(task, description="indexing (encoding passages)")
 
         return client.upsert(collection, documents, batch_size=batch_size, progress=advance)
+
+
+@app.command()
+def stats(
+    collection: Annotated[
+        str, typer.Option("--collection", "-c", help="One collection; default all.")
+    ] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    target: Target = "localhost:50051",
+) -> None:
+    """Show each collection's size, generation, tail and write-ahead log."""
+    with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
+        collections = client.stats(collection)
+    fields = (
+        "documents",
+        "passages",
+        "generation",
+        "tail_passages",
+        "tombstones",
+        "wal_bytes",
+        "last_sequence",
+        "index_bytes",
+    )
+    rows = {c.name: {f: int(getattr(c, f)) for f in fields} for c in collections}
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"collections on {target}")
+    for column in ("collection", *fields):
+        table.add_column(column.replace("_", " "), justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *(f"{v:,}" for v in values.values()))
+    console.print(table)
+
+
+@app.command()
+def compact(collection: CollectionOpt, target: Target = "localhost:50051") -> None:
+    """Fold a collection's recent writes into a new index generation now."""
+    with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
+        generation = client.compact(collection)
+    console.print(f"{collection}: generation {generation} serves every write so far")
 
 
 @app.command()
@@ -471,6 +529,7 @@ def eval_retrieval(
                 d for d in read_documents(beir / "corpus.jsonl") if isinstance(d, Document)
             ]
             _upload(client, collection, documents, 256)
+            client.compact(collection)
         metrics = evaluate_retrieval(client, collection, beir, search_mode)
     table = Table(title=f"{beir.name} / {collection} / {mode}")
     for name in ("ndcg@10", "recall@100", "mrr@10", "queries"):
@@ -641,6 +700,7 @@ def _index_missing(client: RetrieverClient, collection: str, documents: list[Doc
                 missing.append(document)
     if missing:
         summary = _upload(client, collection, missing, 256)
+        client.compact(collection)  # later starts load one generation, nothing to replay
         console.print(
             f"indexed {summary.inserted + summary.replaced} documents ({summary.passages} passages)"
         )

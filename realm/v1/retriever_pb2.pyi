@@ -291,6 +291,7 @@ class UpsertResponse(_message.Message):
     REPLACED_FIELD_NUMBER: _builtins.int
     PASSAGES_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     inserted: _builtins.int
     """Documents newly added."""
     replaced: _builtins.int
@@ -298,7 +299,11 @@ class UpsertResponse(_message.Message):
     passages: _builtins.int
     """Passages produced by the chunker for the documents of this stream."""
     generation: _builtins.int
-    """Index generation that now serves the collection."""
+    """Index generation that serves the collection; writes join the tail, not a new generation."""
+    sequence: _builtins.int
+    """Write-ahead-log sequence of this write; searches answering at this sequence or later
+    include it.
+    """
     def __init__(
         self,
         *,
@@ -306,10 +311,11 @@ class UpsertResponse(_message.Message):
         replaced: _builtins.int = ...,
         passages: _builtins.int = ...,
         generation: _builtins.int = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "inserted", b"inserted", "passages", b"passages", "replaced", b"replaced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "inserted", b"inserted", "passages", b"passages", "replaced", b"replaced", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -351,8 +357,11 @@ class DeleteResponse(_message.Message):
 
     DELETED_FIELD_NUMBER: _builtins.int
     NOT_FOUND_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     deleted: _builtins.int
     """Documents that existed and were removed."""
+    sequence: _builtins.int
+    """Write-ahead-log sequence after this delete."""
     @_builtins.property
     def not_found(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids that were not in the collection."""
@@ -362,10 +371,11 @@ class DeleteResponse(_message.Message):
         *,
         deleted: _builtins.int = ...,
         not_found: _abc.Iterable[_builtins.str] | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "not_found", b"not_found"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "not_found", b"not_found", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -507,8 +517,11 @@ class SearchResponse(_message.Message):
 
     HITS_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """Index generation that answered."""
+    sequence: _builtins.int
+    """Write-ahead-log sequence the answer reflects: every write up to it, none after."""
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """Results, best first."""
@@ -518,10 +531,11 @@ class SearchResponse(_message.Message):
         *,
         hits: _abc.Iterable[Global___SearchHit] | None = ...,
         generation: _builtins.int = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "hits", b"hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "hits", b"hits", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -665,6 +679,10 @@ class CollectionStats(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     VOCABULARY_FIELD_NUMBER: _builtins.int
     INDEX_BYTES_FIELD_NUMBER: _builtins.int
+    TAIL_PASSAGES_FIELD_NUMBER: _builtins.int
+    TOMBSTONES_FIELD_NUMBER: _builtins.int
+    WAL_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Collection name."""
     documents: _builtins.int
@@ -677,6 +695,14 @@ class CollectionStats(_message.Message):
     """Distinct BM25 terms."""
     index_bytes: _builtins.int
     """Bytes of index files on disk for the served generation."""
+    tail_passages: _builtins.int
+    """Live passages written since the served generation was built (searched exactly)."""
+    tombstones: _builtins.int
+    """Passages of the served generation deleted or replaced since it was built."""
+    wal_bytes: _builtins.int
+    """Bytes of write-ahead-log segments on disk."""
+    last_sequence: _builtins.int
+    """Sequence number of the last acknowledged write."""
     def __init__(
         self,
         *,
@@ -686,14 +712,66 @@ class CollectionStats(_message.Message):
         generation: _builtins.int = ...,
         vocabulary: _builtins.int = ...,
         index_bytes: _builtins.int = ...,
+        tail_passages: _builtins.int = ...,
+        tombstones: _builtins.int = ...,
+        wal_bytes: _builtins.int = ...,
+        last_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "generation", b"generation", "index_bytes", b"index_bytes", "name", b"name", "passages", b"passages", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "generation", b"generation", "index_bytes", b"index_bytes", "last_sequence", b"last_sequence", "name", b"name", "passages", b"passages", "tail_passages", b"tail_passages", "tombstones", b"tombstones", "vocabulary", b"vocabulary", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectionStats: _TypeAlias = CollectionStats  # noqa: Y015
+
+@_typing.final
+class CompactRequest(_message.Message):
+    """Compact input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    """Collection to compact."""
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactRequest: _TypeAlias = CompactRequest  # noqa: Y015
+
+@_typing.final
+class CompactResponse(_message.Message):
+    """Compact output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    PASSAGES_FIELD_NUMBER: _builtins.int
+    generation: _builtins.int
+    """Generation served after the build (unchanged when there was nothing to fold)."""
+    passages: _builtins.int
+    """Passages in that generation."""
+    def __init__(
+        self,
+        *,
+        generation: _builtins.int = ...,
+        passages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "passages", b"passages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactResponse: _TypeAlias = CompactResponse  # noqa: Y015
 
 @_typing.final
 class StatsResponse(_message.Message):

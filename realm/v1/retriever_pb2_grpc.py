@@ -80,6 +80,11 @@ class RetrieverServiceStub:
                 request_serializer=realm_dot_v1_dot_retriever__pb2.StatsRequest.SerializeToString,
                 response_deserializer=realm_dot_v1_dot_retriever__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/realm.v1.RetrieverService/Compact',
+                request_serializer=realm_dot_v1_dot_retriever__pb2.CompactRequest.SerializeToString,
+                response_deserializer=realm_dot_v1_dot_retriever__pb2.CompactResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -109,14 +114,16 @@ class RetrieverServiceServicer:
 
     def Upsert(self, request_iterator, context):
         """Streams batches of documents into one collection. Every batch is validated as it arrives;
-        the whole stream is applied at once when it ends, so searches never see half of it.
+        the whole stream is applied at once when it ends, so searches never see half of it. When
+        the response arrives the documents are durable (fsynced to the write-ahead log) and
+        searchable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Deletes documents by id.
+        """Deletes documents by id; durable and invisible to searches when the response arrives.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +152,14 @@ class RetrieverServiceServicer:
 
     def Stats(self, request, context):
         """Reports sizes and index state per collection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compact(self, request, context):
+        """Folds the writes since the last generation into a new immutable generation now, instead
+        of waiting for the tail to pass the server's threshold; returns when it is served.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,6 +212,11 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=realm_dot_v1_dot_retriever__pb2.StatsRequest.FromString,
                     response_serializer=realm_dot_v1_dot_retriever__pb2.StatsResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=realm_dot_v1_dot_retriever__pb2.CompactRequest.FromString,
+                    response_serializer=realm_dot_v1_dot_retriever__pb2.CompactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +463,33 @@ class RetrieverService:
             '/realm.v1.RetrieverService/Stats',
             realm_dot_v1_dot_retriever__pb2.StatsRequest.SerializeToString,
             realm_dot_v1_dot_retriever__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/realm.v1.RetrieverService/Compact',
+            realm_dot_v1_dot_retriever__pb2.CompactRequest.SerializeToString,
+            realm_dot_v1_dot_retriever__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,10 +41,12 @@ class RetrieverServiceStub:
     """Deletes a collection and all of its documents and index files."""
     Upsert: _grpc.StreamUnaryMultiCallable[_retriever_pb2.UpsertRequest, _retriever_pb2.UpsertResponse]
     """Streams batches of documents into one collection. Every batch is validated as it arrives;
-    the whole stream is applied at once when it ends, so searches never see half of it.
+    the whole stream is applied at once when it ends, so searches never see half of it. When
+    the response arrives the documents are durable (fsynced to the write-ahead log) and
+    searchable.
     """
     Delete: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.DeleteRequest, _retriever_pb2.DeleteResponse]
-    """Deletes documents by id."""
+    """Deletes documents by id; durable and invisible to searches when the response arrives."""
     Search: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.SearchRequest, _retriever_pb2.SearchResponse]
     """Returns the best passages for one query."""
     BatchSearch: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.BatchSearchRequest, _retriever_pb2.BatchSearchResponse]
@@ -53,6 +55,10 @@ class RetrieverServiceStub:
     """Returns one stored document and its passages."""
     Stats: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.StatsRequest, _retriever_pb2.StatsResponse]
     """Reports sizes and index state per collection."""
+    Compact: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.CompactRequest, _retriever_pb2.CompactResponse]
+    """Folds the writes since the last generation into a new immutable generation now, instead
+    of waiting for the tail to pass the server's threshold; returns when it is served.
+    """
 
 @_typing.type_check_only
 class RetrieverServiceAsyncStub(RetrieverServiceStub):
@@ -67,10 +73,12 @@ class RetrieverServiceAsyncStub(RetrieverServiceStub):
     """Deletes a collection and all of its documents and index files."""
     Upsert: _aio.StreamUnaryMultiCallable[_retriever_pb2.UpsertRequest, _retriever_pb2.UpsertResponse]  # type: ignore[assignment]
     """Streams batches of documents into one collection. Every batch is validated as it arrives;
-    the whole stream is applied at once when it ends, so searches never see half of it.
+    the whole stream is applied at once when it ends, so searches never see half of it. When
+    the response arrives the documents are durable (fsynced to the write-ahead log) and
+    searchable.
     """
     Delete: _aio.UnaryUnaryMultiCallable[_retriever_pb2.DeleteRequest, _retriever_pb2.DeleteResponse]  # type: ignore[assignment]
-    """Deletes documents by id."""
+    """Deletes documents by id; durable and invisible to searches when the response arrives."""
     Search: _aio.UnaryUnaryMultiCallable[_retriever_pb2.SearchRequest, _retriever_pb2.SearchResponse]  # type: ignore[assignment]
     """Returns the best passages for one query."""
     BatchSearch: _aio.UnaryUnaryMultiCallable[_retriever_pb2.BatchSearchRequest, _retriever_pb2.BatchSearchResponse]  # type: ignore[assignment]
@@ -79,6 +87,10 @@ class RetrieverServiceAsyncStub(RetrieverServiceStub):
     """Returns one stored document and its passages."""
     Stats: _aio.UnaryUnaryMultiCallable[_retriever_pb2.StatsRequest, _retriever_pb2.StatsResponse]  # type: ignore[assignment]
     """Reports sizes and index state per collection."""
+    Compact: _aio.UnaryUnaryMultiCallable[_retriever_pb2.CompactRequest, _retriever_pb2.CompactResponse]  # type: ignore[assignment]
+    """Folds the writes since the last generation into a new immutable generation now, instead
+    of waiting for the tail to pass the server's threshold; returns when it is served.
+    """
 
 class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
     """Indexes documents and answers keyword, dense and hybrid queries."""
@@ -114,7 +126,9 @@ class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_retriever_pb2.UpsertResponse, _abc.Awaitable[_retriever_pb2.UpsertResponse]]:
         """Streams batches of documents into one collection. Every batch is validated as it arrives;
-        the whole stream is applied at once when it ends, so searches never see half of it.
+        the whole stream is applied at once when it ends, so searches never see half of it. When
+        the response arrives the documents are durable (fsynced to the write-ahead log) and
+        searchable.
         """
 
     @_abc_1.abstractmethod
@@ -123,7 +137,7 @@ class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _retriever_pb2.DeleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retriever_pb2.DeleteResponse, _abc.Awaitable[_retriever_pb2.DeleteResponse]]:
-        """Deletes documents by id."""
+        """Deletes documents by id; durable and invisible to searches when the response arrives."""
 
     @_abc_1.abstractmethod
     def Search(
@@ -156,5 +170,15 @@ class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_retriever_pb2.StatsResponse, _abc.Awaitable[_retriever_pb2.StatsResponse]]:
         """Reports sizes and index state per collection."""
+
+    @_abc_1.abstractmethod
+    def Compact(
+        self,
+        request: _retriever_pb2.CompactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.CompactResponse, _abc.Awaitable[_retriever_pb2.CompactResponse]]:
+        """Folds the writes since the last generation into a new immutable generation now, instead
+        of waiting for the tail to pass the server's threshold; returns when it is served.
+        """
 
 def add_RetrieverServiceServicer_to_server(servicer: RetrieverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
