@@ -1,9 +1,9 @@
-"""Memory: resident bytes of a loaded, queried collection against bm25s + Annoy alone.
+"""Memory: resident bytes (PSS) of a loaded, queried collection against bm25s + Annoy alone.
 
 The same passages (a synthetic Zipfian corpus, one passage per document) and the same 384-d
 vectors go into a ReaLM collection (BM25 + dense + SQLite store + filters) and into a bm25s
 index plus an Annoy index with the same number of trees. Each side is then loaded in a fresh
-process and asked the same queries, and the growth of its resident set (VmRSS) over the
+process and asked the same queries, and the growth of its proportional set size (PSS) over the
 process's baseline after imports is what is compared. Vectors come from a hashing encoder: the
 embedding model's own memory is the same for both and is not what is measured.
 """
@@ -46,10 +46,16 @@ def _load_encoder(model_id: str) -> HashingEncoder:
 
 
 def _resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+    """Proportional set size: resident pages, each shared page split among its mappings.
+
+    Plain VmRSS counts a file page once per mapping, and ReaLM maps Annoy's file twice (Annoy's
+    own map, and the vector view over it), so RSS would count those pages double although they
+    are one copy in memory. PSS counts what the process really holds; for the peer, which maps
+    each file once, the two measures agree."""
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmRSS (Linux only)")
+    raise RuntimeError("/proc/self/smaps_rollup has no Pss (Linux 4.14+ only)")
 
 
 def build(folder: Path, passages: int) -> None:

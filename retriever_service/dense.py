@@ -5,6 +5,11 @@ we still re-score candidates against the stored float32 vectors because Annoy's 
 is approximate, and a numpy gather of 200 rows takes 0.03 ms where reading them back one by one
 from Annoy (``get_item_vector``) takes 5.6 ms. Annoy item ids are the row numbers of
 the generation (a dense id space we own), never document ids.
+
+When a generation has an Annoy forest, the float32 vectors are not stored a second time: Annoy's
+file holds item ``i`` as node ``i`` (``n_descendants``, two child ids, then the vector), so a
+strided read-only memory map of that file *is* the vector matrix, exact to the bit. Both maps
+share the page cache: one copy of the vectors in memory and on disk instead of two.
 """
 
 from dataclasses import dataclass
@@ -14,12 +19,15 @@ from typing import Final, Literal
 import numpy as np
 from annoy import AnnoyIndex
 
+from realm.errors import StorageError
 from retriever_service.topk import FloatArray, IntArray, top_k
 
 VECTORS_FILE = "dense_vectors.npy"
 ANNOY_FILE = "dense.ann"
 FILES: tuple[str, ...] = (VECTORS_FILE, ANNOY_FILE)
 METRIC: Final[Literal["angular"]] = "angular"
+# An angular node: int32 n_descendants, int32 children[2], then float32 v[dimension].
+_NODE_HEADER_BYTES = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,29 +111,56 @@ class DenseIndex:
         return _rescore(self.vectors, query, allowed, k)
 
     def save(self, directory: Path) -> list[Path]:
-        vectors_path = directory / VECTORS_FILE
-        np.save(vectors_path, self.vectors, allow_pickle=False)
-        paths = [vectors_path]
-        if self.annoy is not None:
-            annoy_path = directory / ANNOY_FILE
-            self.annoy.save(str(annoy_path))
-            paths.append(annoy_path)
-        return paths
+        """Writes the forest, or the vectors alone when there is none (small generations)."""
+        if self.annoy is None:
+            vectors_path = directory / VECTORS_FILE
+            np.save(vectors_path, self.vectors, allow_pickle=False)
+            return [vectors_path]
+        annoy_path = directory / ANNOY_FILE
+        self.annoy.save(str(annoy_path))
+        if not np.array_equal(
+            _vectors_in_annoy_file(annoy_path, *self.vectors.shape), self.vectors
+        ):
+            raise StorageError(
+                f"{annoy_path}: Annoy's file layout is not the one this version reads vectors "
+                "from; pin the annoy version in constraints.txt"
+            )
+        return [annoy_path]
 
     @classmethod
-    def load(cls, directory: Path, params: AnnoyParams) -> "DenseIndex":
+    def load(cls, directory: Path, params: AnnoyParams, rows: int, dimension: int) -> "DenseIndex":
         """Memory-maps the vectors and the Annoy file (no rebuild, no re-encoding).
 
         A generation's files never change, so mapping them read-only is safe: the rows queries
         touch become resident as page cache, which the kernel can reclaim under pressure and
         processes serving the same files share, instead of private memory held for good."""
-        vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
-        annoy = None
         annoy_path = directory / ANNOY_FILE
-        if annoy_path.exists():
-            annoy = AnnoyIndex(int(vectors.shape[1]), METRIC)
+        if not annoy_path.exists():
+            vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+            return cls(vectors, None, params)
+        annoy = AnnoyIndex(dimension, METRIC)
+        try:
             annoy.load(str(annoy_path))
-        return cls(vectors, annoy, params)
+        except OSError as error:
+            raise StorageError(f"{annoy_path} cannot be loaded ({error}); it is damaged") from error
+        if annoy.get_n_items() != rows:
+            raise StorageError(f"{annoy_path}: {annoy.get_n_items()} items, expected {rows}")
+        return cls(_vectors_in_annoy_file(annoy_path, rows, dimension), annoy, params)
+
+
+def _vectors_in_annoy_file(path: Path, rows: int, dimension: int) -> FloatArray:
+    """Item vectors of an angular Annoy file as a read-only (rows, dimension) float32 view."""
+    node_bytes = _NODE_HEADER_BYTES + 4 * dimension
+    if rows and path.stat().st_size < rows * node_bytes:
+        raise StorageError(f"{path} is shorter than its {rows} items; the file is damaged")
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    return np.ndarray(
+        (rows, dimension),
+        dtype=np.float32,
+        buffer=mapped,
+        offset=_NODE_HEADER_BYTES,
+        strides=(node_bytes, 4),
+    )
 
 
 def _rescore(

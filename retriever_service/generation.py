@@ -146,7 +146,7 @@ def load_generation(
     directory = collection_dir / GENERATIONS / f"{number:08d}"
     pids = np.load(directory / PIDS_FILE, allow_pickle=False)
     bm25 = BM25Index.load(directory, settings.bm25)
-    dense = DenseIndex.load(directory, settings.annoy)
+    dense = DenseIndex.load(directory, settings.annoy, int(pids.size), dimension)
     if dense.dimension != dimension or bm25.n_docs != pids.size or dense.n_rows != pids.size:
         raise StorageError(f"{directory}: its arrays disagree in size; the files are damaged")
     filters = filter_index([metadata.get(int(p), {}) for p in pids])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from realm.beir import read_corpus, read_queries
+from realm.errors import StorageError
 from retriever_service.dense import AnnoyParams, DenseIndex
 from retriever_service.embedder import SentenceTransformerEncoder
 from retriever_service.topk import FloatArray
@@ -67,10 +68,26 @@ def test_filtered_search_returns_only_allowed_rows_in_exact_order() -> None:
     assert rows.tolist() == expected.tolist()
 
 
-def test_save_and_load_answer_identically(tmp_path: Path) -> None:
-    vectors = _clustered(5_000)
-    index = DenseIndex.build(vectors, AnnoyParams(exact_below=0))
-    index.save(tmp_path)
-    loaded = DenseIndex.load(tmp_path, index.params)
+@pytest.mark.parametrize("rows", [5_000, 300])
+def test_save_and_load_answer_identically(tmp_path: Path, rows: int) -> None:
+    vectors = _clustered(rows)
+    index = DenseIndex.build(vectors, AnnoyParams())
+    written = {p.name for p in index.save(tmp_path)}
+    # With a forest the vectors are read back out of Annoy's own file: one copy, not two.
+    assert written == (
+        {"dense.ann"} if rows >= AnnoyParams().exact_below else {"dense_vectors.npy"}
+    )
+    loaded = DenseIndex.load(tmp_path, index.params, rows, vectors.shape[1])
+    assert np.array_equal(loaded.vectors, vectors)
+    assert not loaded.vectors.flags.writeable
     for query in vectors[:20]:
         assert loaded.search(query, 10)[0].tolist() == index.search(query, 10)[0].tolist()
+        np.testing.assert_array_equal(loaded.search(query, 10)[1], index.search(query, 10)[1])
+
+
+def test_a_truncated_annoy_file_is_refused(tmp_path: Path) -> None:
+    vectors = _clustered(5_000)
+    (path,) = DenseIndex.build(vectors, AnnoyParams()).save(tmp_path)
+    path.write_bytes(path.read_bytes()[: 4_000 * 100])
+    with pytest.raises(StorageError):
+        DenseIndex.load(tmp_path, AnnoyParams(), 5_000, vectors.shape[1])
