@@ -14,6 +14,7 @@ from bench import (
     generate_bench,
     grpc_bench,
     memory_bench,
+    write_bench,
 )
 from bench.common import Row, machine, table, versions, write_section
 
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
     "grpc": (grpc_bench.run, ("grpcio", "protobuf")),
     "generate": (generate_bench.run, ("transformers", "torch")),
     "memory": (memory_bench.run, ("bm25s", "annoy", "numpy")),
+    "writes": (write_bench.run, ("bm25s", "annoy", "sentence-transformers")),
 }
 
 

@@ -100,11 +100,15 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         lines.append(
             f"| {row.benchmark} | {_figure(row.realm)} {row.unit} | {row.peer} | "
-            f"{_figure(row.peer_value)} {row.unit} | {row.ratio:.2f}x | {row.bar_text} | "
+            f"{_figure(row.peer_value)} {row.unit} | {_ratio(row.ratio)} | {row.bar_text} | "
             f"{'yes' if row.meets_bar else 'NO'} |"
         )
     notes = [f"- {row.benchmark}: {row.note}" for row in rows if row.note]
     return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x" if value >= 0.01 else f"{value:.1e}x"
 
 
 def _figure(value: float) -> str:

@@ -1,0 +1,179 @@
+"""Writes: upsert throughput, acknowledgement-to-searchable time, and search latency as the
+tail of unbuilt writes grows.
+
+The peer is what users of Annoy and bm25s do for a new document, since neither can add to a
+built index: rebuild both over the whole corpus. ReaLM appends to its write-ahead log (fsynced),
+its SQLite store and the in-memory tail, and is searchable on acknowledgement. Search over
+generation + tail is compared with the same documents folded into one generation. Vectors come
+from a hashing encoder ("without embedding") except in the row that measures the model's share.
+"""
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bm25_bench import zipfian
+from bench.common import Row, median_seconds
+from bench.memory_bench import DIMENSION, TREES, HashingEncoder
+from retriever_service.analyzer import Analyzer
+from retriever_service.collection import Collection, SearchQuery
+from retriever_service.embedder import load_encoder
+from retriever_service.settings import CollectionSettings
+from retriever_service.store import StoredDocument
+
+BATCH = 64
+QUERIES = 100
+
+
+def _documents(texts: list[str], first: int) -> list[StoredDocument]:
+    return [StoredDocument(f"d{first + i}", text) for i, text in enumerate(texts)]
+
+
+def _rebuild_seconds(texts: list[str]) -> float:
+    """One rebuild of bm25s + Annoy over ``texts``: the peer's cost of adding anything."""
+    import bm25s
+    from annoy import AnnoyIndex
+
+    analyzer = Analyzer("en")
+    vectors = HashingEncoder().encode(texts)
+
+    def rebuild() -> None:
+        index = bm25s.BM25(method="lucene")
+        index.index([analyzer.tokens(t) for t in texts], show_progress=False)
+        annoy = AnnoyIndex(DIMENSION, "angular")
+        for row, vector in enumerate(vectors):
+            annoy.add_item(row, vector)
+        annoy.build(TREES, n_jobs=-1)
+
+    return median_seconds(rebuild, repeats=1, warmup=0)
+
+
+def _latency_ms(collection: Collection, queries: list[str], mode: str) -> float:
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        collection.search(SearchQuery(query, 10, mode))  # type: ignore[arg-type]
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def _upsert_rate(collection: Collection, texts: list[str], first: int) -> float:
+    started = time.perf_counter()
+    for offset in range(0, len(texts), BATCH):
+        collection.upsert(_documents(texts[offset : offset + BATCH], first + offset))
+    return len(texts) / (time.perf_counter() - started)
+
+
+def _searchable_ms(collection: Collection, texts: list[str], first: int) -> float:
+    """Upsert one document, then find it by its unique token: the time until a reader sees it."""
+    times = []
+    for i, text in enumerate(texts):
+        marker = f"fresh{first + i}"
+        started = time.perf_counter()
+        collection.upsert(_documents([f"{text} {marker}"], first + i))
+        hits = collection.search(SearchQuery(marker, 1, "bm25"))
+        times.append(time.perf_counter() - started)
+        if not hits or hits[0].passage.doc_id != f"d{first + i}":
+            raise AssertionError(f"document d{first + i} was not searchable after its upsert")
+    return statistics.median(times) * 1000
+
+
+def run(quick: bool) -> list[Row]:
+    base = 20_000 if quick else 100_000
+    tails = [1_000, 5_000] if quick else [1_000, 5_000, 20_000]
+    writes = 1_280 if quick else 5_120
+    corpus = zipfian(base + writes + 200 + sum(tails), QUERIES, length=40)
+    texts = [" ".join(words) for words in corpus.documents]
+    queries = [" ".join(q) for q in corpus.queries]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        collection = Collection.create(
+            "writes",
+            Path(tmp) / "writes",
+            CollectionSettings(embedding_model="hashing"),
+            lambda _: HashingEncoder(),
+            compact_threshold=10**9,  # builds only when this benchmark asks
+        )
+        for offset in range(0, base, 2048):
+            collection.upsert(_documents(texts[offset : min(offset + 2048, base)], offset))
+        collection.compact()
+        cursor = base
+        rebuild = _rebuild_seconds(texts[:base])
+
+        rate = _upsert_rate(collection, texts[cursor : cursor + writes], cursor)
+        cursor += writes
+        rows.append(
+            Row(
+                f"upsert without embedding, {BATCH}-doc batches, {base:,}-doc collection",
+                rate,
+                "rebuild bm25s + Annoy per batch",
+                BATCH / rebuild,
+                "docs/s",
+                10.0,
+                note="each write is fsynced to the log before it is acknowledged",
+            )
+        )
+        searchable = _searchable_ms(collection, texts[cursor : cursor + 200], cursor)
+        cursor += 200
+        rows.append(
+            Row(
+                "one-document upsert until searchable",
+                searchable,
+                "rebuild bm25s + Annoy",
+                rebuild * 1000,
+                "ms",
+                0.1,
+                higher_is_better=False,
+            )
+        )
+        collection.compact()
+        for tail in tails:
+            collection.upsert(_documents(texts[cursor : cursor + tail], cursor))
+            cursor += tail
+            with_tail = {m: _latency_ms(collection, queries, m) for m in ("bm25", "hybrid")}
+            collection.compact()
+            folded = {m: _latency_ms(collection, queries, m) for m in ("bm25", "hybrid")}
+            for mode in ("bm25", "hybrid"):
+                rows.append(
+                    Row(
+                        f"{mode} search latency, {tail:,}-passage tail",
+                        with_tail[mode],
+                        "same documents in one generation",
+                        folded[mode],
+                        "ms",
+                        2.0,
+                        higher_is_better=False,
+                    )
+                )
+        collection.close()
+        rows.append(_with_embedding(Path(tmp), texts[:512]))
+    return rows
+
+
+def _with_embedding(folder: Path, texts: list[str]) -> Row:
+    """The model's share: ReaLM's upsert against encoding the same passages alone."""
+    encoder = load_encoder(CollectionSettings().embedding_model)
+    collection = Collection.create(
+        "embedded", folder / "embedded", CollectionSettings(), lambda _: encoder, 10**9
+    )
+
+    def encode() -> None:
+        for i in range(0, len(texts), BATCH):
+            encoder.encode(texts[i : i + BATCH])
+
+    encode()  # warm-up
+    started = time.perf_counter()
+    encode()
+    raw = len(texts) / (time.perf_counter() - started)
+    realm = _upsert_rate(collection, texts, 0)
+    collection.close()
+    return Row(
+        f"upsert with embedding ({encoder.model_id}), {BATCH}-doc batches",
+        realm,
+        "encoding the same passages alone",
+        raw,
+        "docs/s",
+        0.9,
+        note="the model sets the pace; the log, store and tail add the rest",
+    )
