@@ -272,3 +272,40 @@ def test_a_full_disk_fails_writes_with_a_clear_status_and_keeps_earlier_data(
         RetrieverClient(server.target, timeout=60) as client,
     ):
         assert client.stats(COLLECTION)[0].documents == 22  # the failed write never comes back
+
+
+def test_searches_over_grpc_never_fail_while_generations_are_swapped(
+    retriever: RetrieverProcess, client: RetrieverClient, collection_name: str
+) -> None:
+    client.create_collection(collection_name)
+    client.upsert(collection_name, [Document("anchor", "Record anchor: markeranchor notes.")])
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def search_forever() -> None:
+        with RetrieverClient(retriever.target, timeout=30) as reader:
+            while not stop.is_set():
+                try:
+                    hits = reader.search(collection_name, "markeranchor", k=3, mode="hybrid")
+                    outcomes.append(hits[0].doc_id if hits else "no hits")
+                except RealmClientError as error:
+                    outcomes.append(f"{error.code.name}: {error}")
+
+    readers = [threading.Thread(target=search_forever) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    try:
+        for round_number in range(6):
+            batch = [
+                Document(f"r{round_number}-{i}", _text(f"r{round_number}-{i}", 0))
+                for i in range(30)
+            ]
+            client.upsert(collection_name, batch)
+            client.delete(collection_name, [f"r{round_number}-0"])
+            assert client.compact(collection_name) == round_number + 1
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert len(outcomes) > 20
+    assert set(outcomes) == {"anchor"}  # every call answered, and correctly

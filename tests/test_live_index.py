@@ -3,12 +3,13 @@ writes, and searches keep working while generations are built and swapped."""
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from realm.errors import StorageError
+from realm.errors import NotFound, StorageError
 from retriever_service.collection import Collection, SearchQuery
 from retriever_service.embedder import SentenceTransformerEncoder
 from retriever_service.settings import CollectionSettings
@@ -129,22 +130,36 @@ def test_a_write_is_searchable_as_soon_as_it_is_acknowledged(
     collection.close()
 
 
-def test_a_torn_last_log_record_is_dropped_and_earlier_ones_replay(
-    tmp_path: Path, encoder: SentenceTransformerEncoder
-) -> None:
-    directory = tmp_path / "c"
+def _log_of_three_writes(directory: Path, encoder: SentenceTransformerEncoder) -> Path:
+    """Three one-document upserts (sequences 1-3); returns the log segment holding them."""
     collection = _open(directory, encoder, threshold=10**9)
     for i in range(3):
         collection.upsert([StoredDocument(f"t{i}", f"torn record test number {i}")])
     collection.close()
-    segment = next((directory / "wal").glob("*.wal"))
-    data = segment.read_bytes()
-    segment.write_bytes(data[:-7])  # the last record lost its end mid-write
+    return next((directory / "wal").glob("*.wal"))
+
+
+@pytest.mark.parametrize(
+    "tear",
+    [
+        pytest.param(lambda data: data[:-7], id="cut-short"),
+        # Some file systems extend the file before the data lands: the end reads as zeros.
+        pytest.param(lambda data: data[:-7] + b"\0" * 4096, id="zero-filled"),
+    ],
+)
+def test_a_torn_last_log_record_is_dropped_and_earlier_ones_replay(
+    tmp_path: Path, encoder: SentenceTransformerEncoder, tear: Callable[[bytes], bytes]
+) -> None:
+    directory = tmp_path / "c"
+    segment = _log_of_three_writes(directory, encoder)
+    segment.write_bytes(tear(segment.read_bytes()))  # the last record was being written
 
     reopened = _open(directory, encoder, threshold=10**9)
     assert reopened.stats().last_sequence == 2
     assert [reopened.get(f"t{i}")[0].doc_id for i in range(2)] == ["t0", "t1"]
-    assert reopened.search(SearchQuery("number", 10, "bm25"))  # replayed into the tail
+    with pytest.raises(NotFound):
+        reopened.get("t2")
+    assert len(reopened.search(SearchQuery("number", 10, "bm25"))) == 2  # replayed into the tail
     assert reopened.upsert([StoredDocument("t9", "after the repair")]).sequence == 3
     reopened.close()
     again = _open(directory, encoder, threshold=10**9)
@@ -157,11 +172,7 @@ def test_damage_in_the_middle_of_the_log_stops_the_open(
     tmp_path: Path, encoder: SentenceTransformerEncoder
 ) -> None:
     directory = tmp_path / "c"
-    collection = _open(directory, encoder, threshold=10**9)
-    for i in range(3):
-        collection.upsert([StoredDocument(f"m{i}", f"middle damage {i}")])
-    collection.close()
-    segment = next((directory / "wal").glob("*.wal"))
+    segment = _log_of_three_writes(directory, encoder)
     data = bytearray(segment.read_bytes())
     data[20] ^= 0xFF  # inside the first record's payload: sealed history, not a torn tail
     segment.write_bytes(bytes(data))
