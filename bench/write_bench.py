@@ -147,7 +147,7 @@ def run(quick: bool) -> list[Row]:
                     )
                 )
         collection.close()
-        rows.append(_with_embedding(Path(tmp), texts[:512]))
+        rows.append(_with_embedding(Path(tmp), texts[: 192 if quick else 1_024]))
     return rows
 
 
