@@ -59,6 +59,16 @@ def wiki_summaries(limit: int) -> list[Document]:
     ]
 
 
+def index_folder() -> str:
+    """The demo index's folder, named after the collection format.
+
+    The demo's index is a copy of a packaged corpus, cheap to rebuild, so one written by an
+    older format is left behind (a server refuses to open it) instead of being migrated."""
+    from retriever_service.collection import FORMAT_VERSION
+
+    return f"index-v{FORMAT_VERSION}"
+
+
 def start_retriever(data_dir: Path, port: int, log_path: Path) -> ServiceProcess:
     """Starts ``realm serve retriever`` in its own process (its logs go to ``log_path``)."""
     return ServiceProcess("retriever", log_path, "--data-dir", str(data_dir), port=port).start()

@@ -610,7 +610,7 @@ def demo(
     if missing:
         fail(missing, code=2)
     retriever = demo_steps.start_retriever(
-        data_dir / "index", free_port(), data_dir / "retriever.log"
+        data_dir / demo_steps.index_folder(), free_port(), data_dir / "retriever.log"
     )
     generator = demo_steps.start_generator(
         retriever.target, free_port(), data_dir / "generator.log"
