@@ -11,12 +11,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2
 
 from client import Document, NotFound, RealmClientError, RetrieverClient
 from retriever_service.collection import Collection, SearchQuery
 from retriever_service.embedder import SentenceTransformerEncoder
 from tests.conftest import fill_disk
-from tests.servers import RetrieverProcess
+from tests.servers import RetrieverProcess, health_status
 
 pytestmark = pytest.mark.slow
 
@@ -309,3 +310,48 @@ def test_searches_over_grpc_never_fail_while_generations_are_swapped(
             reader.join()
     assert len(outcomes) > 20
     assert set(outcomes) == {"anchor"}  # every call answered, and correctly
+
+
+def test_a_server_recovers_from_a_torn_log_and_a_damaged_generation_and_serves(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    documents = [Document(f"g-{i}", _text(f"g-{i}", 0)) for i in range(60)]
+    with (
+        RetrieverProcess(data_dir) as server,
+        RetrieverClient(server.target, timeout=60) as client,
+    ):
+        client.create_collection(COLLECTION)
+        client.upsert(COLLECTION, documents[:30])
+        assert client.compact(COLLECTION) == 1
+        client.upsert(COLLECTION, documents[30:50])
+        client.delete(COLLECTION, ["g-0"])
+        assert client.compact(COLLECTION) == 2
+        client.upsert(COLLECTION, documents[50:])  # sequence 4, in the tail
+        client.upsert(COLLECTION, [Document("torn", "Record torn: this write will be cut.")])
+    collection_dir = data_dir / "collections" / COLLECTION
+    damaged = collection_dir / "generations" / "00000002" / "bm25_data.npy"
+    payload = bytearray(damaged.read_bytes())
+    payload[-3] ^= 0x40
+    damaged.write_bytes(bytes(payload))
+    (segment,) = sorted((collection_dir / "wal").glob("*.wal"))[-1:]
+    segment.write_bytes(segment.read_bytes()[:-5])  # the last record's end never reached disk
+
+    with (
+        RetrieverProcess(data_dir) as server,  # waits for health SERVING
+        RetrieverClient(server.target, timeout=60) as client,
+    ):
+        assert health_status(server.target) == health_pb2.HealthCheckResponse.SERVING
+        assert "falling back to generation 1" in server.log()
+        assert "dropped an incomplete last record" in server.log()
+        stats = client.stats(COLLECTION)[0]
+        assert (stats.generation, stats.documents, stats.last_sequence) == (1, 59, 4)
+        with pytest.raises(NotFound):
+            client.get(COLLECTION, "g-0")
+        with pytest.raises(NotFound):
+            client.get(COLLECTION, "torn")
+        for document in documents[1:]:
+            marker = f"marker{document.id.replace('-', '')}v0"
+            assert [h.doc_id for h in client.search(COLLECTION, marker, mode="bm25")] == [
+                document.id
+            ]
