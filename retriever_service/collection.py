@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from realm.errors import NotFound, StorageError
+from realm.errors import InvalidArgument, NotFound, StorageError
 from realm.files import write_json_atomic
 from retriever_service import dense as dense_module
 from retriever_service import fusion, log_records
@@ -39,7 +39,7 @@ from retriever_service.live import Tail, View, carry_over, fold
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import DocumentStore, PassageRecord, StoreChange, StoredDocument
 from retriever_service.topk import FloatArray, IntArray, top_k
-from retriever_service.wal import WriteAheadLog
+from retriever_service.wal import MAX_RECORD_BYTES, WriteAheadLog
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -278,6 +278,11 @@ class Collection:
         latest = {d.doc_id: d for d in documents}  # an id sent twice: the last one wins
         prepared = self._prepare(list(latest.values()))  # chunk, analyse, encode: no lock held
         payload = log_records.encode_upsert(prepared.documents, prepared.vectors)
+        if len(payload) > MAX_RECORD_BYTES:
+            raise InvalidArgument(
+                f"this Upsert stream makes a {len(payload):,}-byte log record, above "
+                f"{MAX_RECORD_BYTES:,}; split it into several streams"
+            )
         with self._write_lock:
             view, change = self._commit(
                 lambda db, sequence: self.store.upsert(
