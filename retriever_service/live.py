@@ -157,12 +157,6 @@ class View:
         out[~in_generation] = self.tail.vectors.head(self.tail_rows)[rows[~in_generation] - n]
         return out
 
-    def length_of(self, row: int) -> int:
-        n = self.generation.n_rows
-        if row < n:
-            return int(self.generation.bm25.doc_lengths[row])
-        return int(self.tail.lengths.head(self.tail_rows)[row - n])
-
     # ------------------------------------------------------------------ ranking
     def allowed_rows(self, conditions: tuple[tuple[str, str], ...]) -> IntArray:
         """Live rows whose metadata matches every condition."""
