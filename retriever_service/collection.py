@@ -29,9 +29,9 @@ from retriever_service.analyzer import Analyzer
 from retriever_service.chunker import ChunkSpan, chunk
 from retriever_service.embedder import Encoder
 from retriever_service.generation import (
+    EMPTY_ENTRY,
     GENERATIONS,
     Generation,
-    empty_generation,
     load_generation,
     write_generation,
 )
@@ -134,7 +134,7 @@ class Collection:
         self._compact_wanted = threading.Event()
         self._closing = False
         # The manifest entry of the generation kept as fallback for the served one.
-        self._fallback: dict[str, Any] = empty_generation(settings, 1).manifest_entry()
+        self._fallback: dict[str, Any] = EMPTY_ENTRY
         self.wal = WriteAheadLog(directory / WAL_DIR)
         self._view = self._recover()
         self._compactor = threading.Thread(
@@ -565,7 +565,7 @@ class Collection:
         """Generations to try, newest first; generation 0 (empty) when nothing was built."""
         path = self.directory / MANIFEST
         if not path.exists():
-            return [{"generation": 0, "last_sequence": 0, "files": {}}]
+            return [EMPTY_ENTRY]
         manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         if manifest.get("format_version") != FORMAT_VERSION:
             raise StorageError(

@@ -75,6 +75,10 @@ class Generation:
         return rows.astype(np.int64)
 
 
+# Generation 0's manifest entry: nothing built yet, nothing to verify, replay from the start.
+EMPTY_ENTRY: dict[str, Any] = {"generation": 0, "last_sequence": 0, "files": {}}
+
+
 def empty_generation(settings: CollectionSettings, dimension: int) -> Generation:
     """Generation 0: nothing indexed, the state before the first build."""
     return Generation(

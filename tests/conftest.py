@@ -127,3 +127,10 @@ def fill_disk(directory: Path) -> Path:
                 failure = error.errno
     assert failure == errno.ENOSPC
     return filler
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Corrupts one byte of ``path`` in place, as a bad disk sector or a stray write would."""
+    payload = bytearray(path.read_bytes())
+    payload[offset] ^= 0xFF
+    path.write_bytes(bytes(payload))

@@ -13,7 +13,7 @@ from retriever_service.embedder import Encoder, SentenceTransformerEncoder
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument
 from retriever_service.topk import FloatArray
-from tests.conftest import fill_disk, fixture_documents
+from tests.conftest import fill_disk, fixture_documents, flip_byte
 
 
 class CountingEncoder:
@@ -231,10 +231,7 @@ def test_a_damaged_newest_generation_falls_back_to_the_previous_and_replays(
     queries = ["tea and coffee", "长城", "organelle energy", "lighthouse", "iron tower"]
     before = [_top(collection, q, "hybrid", 5) for q in queries]
     collection.close()
-    damaged = directory / "generations" / "00000002" / "bm25_data.npy"
-    payload = bytearray(damaged.read_bytes())
-    payload[-1] ^= 0xFF
-    damaged.write_bytes(bytes(payload))
+    flip_byte(directory / "generations" / "00000002" / "bm25_data.npy", -1)
 
     reopened = _open(directory, encoder)
     assert reopened.generation == 1  # the previous generation, plus the log replayed past it

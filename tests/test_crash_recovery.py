@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 from client import Document, NotFound, RealmClientError, RetrieverClient
 from retriever_service.collection import Collection, SearchQuery
 from retriever_service.embedder import SentenceTransformerEncoder
-from tests.conftest import fill_disk
+from tests.conftest import fill_disk, flip_byte
 from tests.servers import RetrieverProcess, health_status
 
 pytestmark = pytest.mark.slow
@@ -330,10 +330,7 @@ def test_a_server_recovers_from_a_torn_log_and_a_damaged_generation_and_serves(
         client.upsert(COLLECTION, documents[50:])  # sequence 4, in the tail
         client.upsert(COLLECTION, [Document("torn", "Record torn: this write will be cut.")])
     collection_dir = data_dir / "collections" / COLLECTION
-    damaged = collection_dir / "generations" / "00000002" / "bm25_data.npy"
-    payload = bytearray(damaged.read_bytes())
-    payload[-3] ^= 0x40
-    damaged.write_bytes(bytes(payload))
+    flip_byte(collection_dir / "generations" / "00000002" / "bm25_data.npy", -3)
     (segment,) = sorted((collection_dir / "wal").glob("*.wal"))[-1:]
     segment.write_bytes(segment.read_bytes()[:-5])  # the last record's end never reached disk
 

@@ -14,6 +14,7 @@ from retriever_service.collection import Collection, SearchQuery
 from retriever_service.embedder import SentenceTransformerEncoder
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument
+from tests.conftest import flip_byte
 
 WORDS = (
     "river stone lamp harbour glacier copper violin orchard lantern falcon meadow quartz "
@@ -173,9 +174,7 @@ def test_damage_in_the_middle_of_the_log_stops_the_open(
 ) -> None:
     directory = tmp_path / "c"
     segment = _log_of_three_writes(directory, encoder)
-    data = bytearray(segment.read_bytes())
-    data[20] ^= 0xFF  # inside the first record's payload: sealed history, not a torn tail
-    segment.write_bytes(bytes(data))
+    flip_byte(segment, 20)  # inside the first record's payload: sealed history, not a torn tail
     with pytest.raises(StorageError, match="write-ahead log is damaged"):
         _open(directory, encoder, threshold=10**9)
 
