@@ -91,3 +91,12 @@ def test_a_truncated_annoy_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[: 4_000 * 100])
     with pytest.raises(StorageError):
         DenseIndex.load(tmp_path, AnnoyParams(), 5_000, vectors.shape[1])
+
+
+@pytest.mark.parametrize(
+    ("rows", "search_k"), [(20_000, 10_000), (100_000, 10_000), (1_000_000, 20_000)]
+)
+def test_search_effort_grows_with_the_index(rows: int, search_k: int) -> None:
+    """A fixed effort lost recall at 1M vectors (0.89); bench/dense_bench.py measures the rest."""
+    index = DenseIndex(np.empty((rows, 1), dtype=np.float32), None, AnnoyParams())
+    assert index.search_k(100) == search_k
