@@ -1,32 +1,32 @@
 """``python -m bench [NAMES...] [--quick] [--json FILE]``: run benchmarks, print and record them."""
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import (
-    bm25_bench,
-    dense_bench,
-    encode_bench,
-    generate_bench,
-    grpc_bench,
-    memory_bench,
-    write_bench,
-)
 from bench.common import Row, machine, table, versions, write_section
 
-BENCHMARKS: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
-    "bm25": (bm25_bench.run, ("bm25s", "rank-bm25", "numpy", "scipy")),
-    "dense": (dense_bench.run, ("annoy", "hnswlib", "numpy")),
-    "encode": (encode_bench.run, ("sentence-transformers", "torch")),
-    "grpc": (grpc_bench.run, ("grpcio", "protobuf")),
-    "generate": (generate_bench.run, ("transformers", "torch")),
-    "memory": (memory_bench.run, ("bm25s", "annoy", "numpy")),
-    "writes": (write_bench.run, ("bm25s", "annoy", "sentence-transformers")),
+# Name -> (module in bench/, libraries whose versions the report states). Modules are imported
+# only when their benchmark runs, so one benchmark needs only its own peers installed.
+BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bm25": ("bm25_bench", ("bm25s", "rank-bm25", "numpy", "scipy")),
+    "dense": ("dense_bench", ("annoy", "hnswlib", "numpy")),
+    "encode": ("encode_bench", ("sentence-transformers", "torch")),
+    "grpc": ("grpc_bench", ("grpcio", "protobuf")),
+    "generate": ("generate_bench", ("transformers", "torch")),
+    "memory": ("memory_bench", ("bm25s", "annoy", "numpy")),
+    "writes": ("write_bench", ("bm25s", "annoy", "sentence-transformers")),
 }
+
+
+def _runner(module: str) -> Callable[[bool], list[Row]]:
+    run: Callable[[bool], list[Row]] = importlib.import_module(f"bench.{module}").run
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     results: dict[str, dict[str, object]] = {}
     for name in args.names or list(BENCHMARKS):
-        run, libraries = BENCHMARKS[name]
-        rows = run(args.quick)
-        report = table(rows)
-        print(f"\n## {name}\n{report}")  # a benchmark's output is its report
-        write_section(
-            name,
-            f"## {name}\n\n`{command}` on {machine()}; {versions(*libraries)}.\n\n{report}",
-        )
+        module, libraries = BENCHMARKS[name]
+        started = time.perf_counter()
+        rows = _runner(module)(args.quick)
+        seconds = time.perf_counter() - started
+        report = f"`{command}` on {machine()}; {versions(*libraries)}.\n\n{table(rows)}"
+        # A benchmark's output is its report; the time it took tells whether --quick is quick.
+        print(f"\n## {name} ({seconds:.0f} s)\n\n{report}", flush=True)
+        write_section(name, f"## {name}\n\n{report}")
         results.update({row.benchmark + f" vs {row.peer}": row.as_json() for row in rows})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

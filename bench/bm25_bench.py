@@ -124,7 +124,17 @@ def run_corpus(corpus: Corpus, with_rank_bm25: bool) -> list[Row]:
             n_queries / peer_query,
             "q/s",
             1.0,
-            note=f"identical top-10 for {agreement:.1%} of {n_queries} queries",
+        )
+    )
+    rows.append(
+        Row(
+            f"BM25 top-10 identical to bm25s, {corpus.name}",
+            round(agreement * n_queries),
+            "bm25s (numpy)",
+            n_queries,
+            "queries",
+            1.0,
+            note="ties (equal scores) may come in either order",
         )
     )
     rows.append(
@@ -153,7 +163,7 @@ def run_corpus(corpus: Corpus, with_rank_bm25: bool) -> list[Row]:
                 "rank_bm25",
                 len(sample) / peer,
                 "q/s",
-                1.0,
+                None,
             )
         )
     return rows
@@ -162,7 +172,7 @@ def run_corpus(corpus: Corpus, with_rank_bm25: bool) -> list[Row]:
 def run(quick: bool) -> list[Row]:
     corpora = [
         wikipedia(2_000 if quick else 0, 300 if quick else 2_000),
-        zipfian(50_000 if quick else 1_000_000, 300 if quick else 1_000),
+        zipfian(30_000 if quick else 1_000_000, 300 if quick else 1_000),
     ]
     rows = []
     for corpus in corpora:

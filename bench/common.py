@@ -26,7 +26,8 @@ class Row:
     peer: str
     peer_value: float
     unit: str
-    bar: float
+    # None: the peer is shown for reference and the issue sets no bar against it.
+    bar: float | None
     higher_is_better: bool = True
     note: str = ""
 
@@ -37,11 +38,15 @@ class Row:
         return self.realm / self.peer_value if self.peer_value else float("inf")
 
     @property
-    def meets_bar(self) -> bool:
+    def meets_bar(self) -> bool | None:
+        if self.bar is None:
+            return None
         return self.ratio >= self.bar if self.higher_is_better else self.ratio <= self.bar
 
     @property
     def bar_text(self) -> str:
+        if self.bar is None:
+            return "—"
         return f"{'≥' if self.higher_is_better else '≤'} {self.bar:g}x"
 
     def as_json(self) -> dict[str, object]:
@@ -51,6 +56,7 @@ class Row:
             "peer_value": self.peer_value,
             "ratio": self.ratio,
             "bar": self.bar,
+            "meets_bar": self.meets_bar,
             "bar_is": "minimum" if self.higher_is_better else "maximum",
             "unit": self.unit,
         }
@@ -101,10 +107,14 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {row.benchmark} | {_figure(row.realm)} {row.unit} | {row.peer} | "
             f"{_figure(row.peer_value)} {row.unit} | {_ratio(row.ratio)} | {row.bar_text} | "
-            f"{'yes' if row.meets_bar else 'NO'} |"
+            f"{_verdict(row.meets_bar)} |"
         )
     notes = [f"- {row.benchmark}: {row.note}" for row in rows if row.note]
     return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def _verdict(meets_bar: bool | None) -> str:
+    return "—" if meets_bar is None else "yes" if meets_bar else "NO"
 
 
 def _ratio(value: float) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import Row, table
 from tests.servers import REPO
 
 pytestmark = pytest.mark.slow
@@ -31,6 +32,8 @@ def test_a_quick_benchmark_writes_its_report_and_json(tmp_path: Path) -> None:
     assert row["unit"] == "passages/s"
     assert row["realm"] > 0
     assert row["ratio"] == pytest.approx(row["realm"] / row["peer_value"])
+    assert row["bar"] == 0.95
+    assert row["meets_bar"] == (row["ratio"] >= 0.95)
     text = report.read_text()
     assert "<!-- bench:encode -->" in text
     assert "python -m bench encode --quick" in text
@@ -48,3 +51,15 @@ def test_unknown_benchmarks_are_refused_with_the_choices() -> None:
     assert run.returncode == 2
     assert "generate" in run.stderr
     assert "memory" in run.stderr
+
+
+def test_a_reference_peer_has_no_bar_to_meet() -> None:
+    """hnswlib and rank_bm25 are shown for reference: no bar, neither 'yes' nor 'NO'."""
+    reference = Row("dense queries/s, 100 vectors", 50.0, "hnswlib", 100.0, "q/s", None)
+    barred = Row("dense queries/s, 100 vectors", 50.0, "exact numpy matmul", 10.0, "q/s", 5.0)
+    assert reference.meets_bar is None
+    assert reference.as_json()["meets_bar"] is None
+    assert barred.meets_bar is True
+    reference_line, barred_line = table([reference, barred]).splitlines()[2:4]
+    assert reference_line.endswith("| 0.50x | — | — |")
+    assert barred_line.endswith("| 5.00x | ≥ 5x | yes |")
