@@ -128,7 +128,7 @@ def _measure_in_fresh_process(side: str, folder: Path) -> int:
 
 
 def run(quick: bool) -> list[Row]:
-    passages = 20_000 if quick else 100_000
+    passages = 10_000 if quick else 100_000
     with tempfile.TemporaryDirectory(prefix="realm-memory-") as tmp:
         folder = Path(tmp)
         build(folder, passages)
