@@ -67,7 +67,7 @@ def run(quick: bool) -> list[Row]:
         local: dict[str, tuple[float, list[float]]] = {}
         with threadpool_limits(1, user_api="blas"):  # as the server does
             for mode in _PROTO_MODE:
-                _in_process(collection, per_mode[mode][:50], mode)  # warm-up
+                _in_process(collection, per_mode[mode][:20], mode)  # warm-up
                 local[mode] = _in_process(collection, per_mode[mode], mode)
         collection.close()
         with ServiceProcess(
@@ -78,7 +78,7 @@ def run(quick: bool) -> list[Row]:
                     retriever_pb2.SearchRequest(collection="bench", query=q, k=10, mode=proto_mode)
                     for q in per_mode[mode]
                 ]
-                run_load(server.target, requests[:50], CONCURRENCY)  # warm-up
+                run_load(server.target, requests[:20], CONCURRENCY)  # warm-up
                 remote = run_load(server.target, requests, CONCURRENCY)
                 local_qps, local_latencies = local[mode]
                 rows.append(

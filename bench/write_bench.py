@@ -24,7 +24,7 @@ from retriever_service.store import StoredDocument
 
 BATCH = 64
 # Sub-millisecond BM25 latencies need more samples than hybrid ones (~15 ms each).
-QUERIES = {"bm25": 400, "hybrid": 100}
+QUERIES = {"bm25": 400, "hybrid": 50}
 
 
 def _documents(texts: list[str], first: int) -> list[StoredDocument]:

@@ -67,23 +67,24 @@ class SentenceTransformerEncoder:
         target, is_local = resolve_model_path(model_id)
         self.model_id = model_id
         self.batch_size = batch_size
-        self._model = SentenceTransformer(target, local_files_only=is_local)
+        # Public so a caller can compare against the model itself (bench/encode_bench.py).
+        self.model = SentenceTransformer(target, local_files_only=is_local)
         dimension = (
-            self._model.get_embedding_dimension()
-            if hasattr(self._model, "get_embedding_dimension")
-            else self._model.get_sentence_embedding_dimension()
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
         )
         if not dimension:
             raise ValueError(f"model {model_id!r} does not report an embedding dimension")
         self.dimension = int(dimension)
         _LOGGER.info(
-            "loaded embedding model %s (dim %d) on %s", model_id, self.dimension, self._model.device
+            "loaded embedding model %s (dim %d) on %s", model_id, self.dimension, self.model.device
         )
 
     def encode(self, texts: list[str]) -> FloatArray:
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
-        vectors = self._model.encode(
+        vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
