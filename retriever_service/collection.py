@@ -14,7 +14,7 @@ import shutil
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +134,7 @@ class Collection:
         self._compact_wanted = threading.Event()
         self._closing = False
         # The manifest entry of the generation kept as fallback for the served one.
-        self._fallback: dict[str, Any] = EMPTY_ENTRY
+        self._fallback: Mapping[str, Any] = EMPTY_ENTRY
         self.wal = WriteAheadLog(directory / WAL_DIR)
         self._view = self._recover()
         self._compactor = threading.Thread(
@@ -561,7 +561,7 @@ class Collection:
                 change = self.store.upsert(db, sequence, record.documents, spans)
         return self._mirror(view, change, prepared)
 
-    def _manifest_entries(self) -> list[dict[str, Any]]:
+    def _manifest_entries(self) -> list[Mapping[str, Any]]:
         """Generations to try, newest first; generation 0 (empty) when nothing was built."""
         path = self.directory / MANIFEST
         if not path.exists():
@@ -577,7 +577,7 @@ class Collection:
                 f"{path}: dimension={manifest.get('dimension')} but model "
                 f"{self.settings.embedding_model} makes {self.encoder.dimension}-d vectors"
             )
-        entries: list[dict[str, Any]] = manifest["generations"]
+        entries: list[Mapping[str, Any]] = manifest["generations"]
         return entries
 
 

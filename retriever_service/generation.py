@@ -8,7 +8,9 @@ damaged file is caught on load instead of serving wrong results.
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -76,7 +78,10 @@ class Generation:
 
 
 # Generation 0's manifest entry: nothing built yet, nothing to verify, replay from the start.
-EMPTY_ENTRY: dict[str, Any] = {"generation": 0, "last_sequence": 0, "files": {}}
+# Read-only: every collection shares this one object.
+EMPTY_ENTRY: Mapping[str, Any] = MappingProxyType(
+    {"generation": 0, "last_sequence": 0, "files": MappingProxyType({})}
+)
 
 
 def empty_generation(settings: CollectionSettings, dimension: int) -> Generation:
@@ -131,7 +136,7 @@ def write_generation(
 
 def load_generation(
     collection_dir: Path,
-    entry: dict[str, Any],
+    entry: Mapping[str, Any],
     settings: CollectionSettings,
     dimension: int,
     metadata: dict[int, dict[str, str]],
