@@ -1,7 +1,8 @@
 """Continuous batching: many requests decode together, one token per step, on one worker thread.
 
 A request is prefilled alone (its prompt runs through the model as a batch of one, so its prompt
-never shares a padded matrix with another), then joins the running batch: key/value caches are
+never shares a padded matrix with another; the part it shares with the previous prompt is taken
+from that prompt's cache, see ``prefix_reuse``), then joins the running batch: key/value caches are
 left-padded to a common length and stacked, and the attention mask hides the padding. Every
 step decodes one token for every running row; a row that finishes, hits a stop string or is
 cancelled leaves the batch at once, and its slot goes to the next waiting request. This is
@@ -32,6 +33,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.streamers import BaseStreamer
 
 from generator_service.models import LoadedModel
+from generator_service.prefix_reuse import PrefixReuse
 from realm.errors import ResourceExhausted
 
 _LOGGER = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def _stable_length(text: str, stops: tuple[str, ...]) -> int:
 class GenerationEngine:
     """Owns the model and the worker thread; ``generate`` is called from the event loop."""
 
-    def __init__(self, loaded: LoadedModel, max_batch_size: int) -> None:
+    def __init__(self, loaded: LoadedModel, max_batch_size: int, reuse_prefix: bool = True) -> None:
         self.loaded = loaded
         self.max_batch_size = max_batch_size
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
@@ -132,6 +134,10 @@ class GenerationEngine:
         # Only the last position's logits are needed; computing all of them costs a prompt-long
         # product with the vocabulary matrix (a fifth of a 200-token prefill for SmolLM2).
         self._prefill_options = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+        # Only the batched path prefills by itself; the benchmark turns reuse off to weigh it.
+        self.prefix_reuse = (
+            PrefixReuse(loaded.model.config) if reuse_prefix and self.batching else None
+        )
         self.steps = 0  # decode steps run; read by tests and benchmarks
         self.max_rows_seen = 0
 
@@ -211,15 +217,20 @@ class GenerationEngine:
     def _prefill(self, job: _Job) -> None:
         model = self.loaded.model
         device = self.loaded.device
-        ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=device)
-        cache = DynamicCache(config=model.config)
+        if self.prefix_reuse is None:
+            cache, reused = DynamicCache(config=model.config), 0
+        else:
+            cache, reused = self.prefix_reuse.seed(job.prompt_ids)
+        ids = torch.tensor([job.prompt_ids[reused:]], dtype=torch.long, device=device)
         out = model(
             input_ids=ids, use_cache=True, **self._prefill_options, **{self._cache_argument: cache}
         )
+        if self.prefix_reuse is not None:
+            self.prefix_reuse.remember(job.prompt_ids, cache)
         job.sampler = _sampler(job.params, device)
         token = self._choose(out.logits[:, -1, :], [job])[0]
         job.first_token_at = time.perf_counter()
-        mask = torch.ones((1, ids.shape[1]), dtype=torch.long, device=device)
+        mask = torch.ones((1, len(job.prompt_ids)), dtype=torch.long, device=device)
         if self.accept(job, token):
             self._join(job, cache, mask)
 

@@ -201,6 +201,33 @@ async def test_greedy_output_is_the_same_alone_and_batched(
         engine.stop()
 
 
+async def test_a_prompt_reuses_the_cache_of_what_it_shares_with_the_previous_one(
+    default_generator: LoadedModel,
+) -> None:
+    reusing = GenerationEngine(default_generator, max_batch_size=4)
+    from_scratch = GenerationEngine(default_generator, max_batch_size=4, reuse_prefix=False)
+    reusing.start()
+    from_scratch.start()
+    try:
+        params = SamplingParams(max_new_tokens=24)
+        # The same passage under four questions, then the last prompt again: everything but
+        # its final token comes from the cache.
+        prompts = _prompts(default_generator)
+        prompts.append(prompts[-1])
+        reused = [(await _collect(reusing, ids, params))[1].text for ids in prompts]
+        assert reusing.prefix_reuse is not None
+        shared = next(
+            i for i, column in enumerate(zip(*prompts[:4], strict=False)) if len(set(column)) > 1
+        )
+        assert shared > 40
+        assert reusing.prefix_reuse.tokens_reused >= 3 * shared + len(prompts[-1]) - 1
+        assert [(await _collect(from_scratch, ids, params))[1].text for ids in prompts] == reused
+        assert from_scratch.prefix_reuse is None
+    finally:
+        reusing.stop()
+        from_scratch.stop()
+
+
 async def test_seeded_sampling_is_reproducible(default_generator: LoadedModel) -> None:
     engine = GenerationEngine(default_generator, max_batch_size=4)
     engine.start()
