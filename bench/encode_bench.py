@@ -17,7 +17,7 @@ ROUNDS = 6
 
 
 def run(quick: bool) -> list[Row]:
-    texts = [d.text for d in wiki_summaries(32 if quick else 256)]
+    texts = [d.text for d in wiki_summaries(24 if quick else 256)]
     encoder = load_encoder(DEFAULT_MODEL)
     raw = encoder.model  # the same weights and threads: only the call around it differs
 

@@ -52,7 +52,7 @@ def run(quick: bool) -> list[Row]:
         : 400 if quick else 2_000
     ]
     # A hybrid search encodes its query (~25 ms of CPU): fewer of them measure it as well.
-    per_mode = {"bm25": queries, "hybrid": queries[: 150 if quick else 1_000]}
+    per_mode = {"bm25": queries, "hybrid": queries[: 100 if quick else 1_000]}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"

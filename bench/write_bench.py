@@ -87,7 +87,7 @@ def _searchable_ms(collection: Collection, texts: list[str], first: int) -> floa
 def run(quick: bool) -> list[Row]:
     base = 20_000 if quick else 100_000
     tails = [1_000, 5_000] if quick else [1_000, 5_000, 20_000]
-    writes = 1_280 if quick else 5_120
+    writes = 640 if quick else 5_120
     corpus = zipfian(base + writes + 200 + sum(tails), max(QUERIES.values()), length=40)
     texts = [" ".join(words) for words in corpus.documents]
     queries = [" ".join(q) for q in corpus.queries]
@@ -152,7 +152,7 @@ def run(quick: bool) -> list[Row]:
                     )
                 )
         collection.close()
-        rows.append(_with_embedding(Path(tmp), texts[: BATCH * (4 if quick else 17)]))
+        rows.append(_with_embedding(Path(tmp), texts[: BATCH * (3 if quick else 17)]))
     return rows
 
 
