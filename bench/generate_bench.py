@@ -31,8 +31,9 @@ from realm.demo import wiki_summaries
 
 BAR_AT = 8
 # N clients send twice N requests, so N are in flight for most of the run. Fewer drain sooner:
-# 12 requests at 8 concurrent read 3.16x where 16 read 3.51x in the same session. At 8 the
-# sequential peer alone takes ~90 s of --quick's five minutes on 2 cores.
+# 12 requests at 8 concurrent read 3.16x where 16 read 3.51x in the same session (64-token
+# limit, the peer measured first). At 8 the sequential peer alone takes ~80-90 s of --quick's
+# five minutes on 2 cores.
 REQUESTS_PER_CLIENT = 2
 
 
