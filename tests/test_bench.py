@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench.common import Row, table
+from bench.generate_bench import _engine_run, _prompts
+from generator_service.engine import GenerationEngine
+from generator_service.models import LoadedModel
 from tests.servers import REPO
 
 pytestmark = pytest.mark.slow
@@ -63,3 +66,22 @@ def test_a_reference_peer_has_no_bar_to_meet() -> None:
     reference_line, barred_line = table([reference, barred]).splitlines()[2:4]
     assert reference_line.endswith("| 0.50x | — | — |")
     assert barred_line.endswith("| 5.00x | ≥ 5x | yes |")
+
+
+async def test_the_generation_load_keeps_n_requests_in_flight(
+    default_generator: LoadedModel,
+) -> None:
+    """ "8 concurrent" must mean 8 in flight: each client sends its next request only when its
+    last one is answered, and every request is answered."""
+    engine = GenerationEngine(default_generator, max_batch_size=8)
+    engine.start()
+    try:
+        tokens, seconds, first_tokens = await _engine_run(
+            engine, _prompts(default_generator, 6), 4, 2
+        )
+    finally:
+        engine.stop()
+    assert len(first_tokens) == 6
+    assert 6 <= tokens <= 24
+    assert seconds > 0
+    assert engine.max_rows_seen == 2
