@@ -7,7 +7,7 @@ serving benchmarks count it: N clients each send their next request as soon as t
 answered, through twice N requests, so N requests are in flight until the last ones drain. Each
 row is compared with the same requests run one after another (the tokens match: greedy output is
 the same either way); the bar is on 8. The full run adds two reference rows at 8: one burst of 8
-requests (the longest answer decodes alone at its end) and the engine without prefix reuse.
+requests (all eight prefills run before any decoding) and the engine without prefix reuse.
 
 ``REALM_BENCH_GENERATOR`` names another model (a hub name or a local folder) to measure instead
 of the packaged one, for example a larger model on a GPU machine.
@@ -30,10 +30,10 @@ from generator_service.settings import ModelSettings
 from realm.demo import wiki_summaries
 
 BAR_AT = 8
-# N clients send twice N requests, so N are in flight for most of the run. Fewer drain sooner:
-# 12 requests at 8 concurrent read 3.16x where 16 read 3.51x in the same session (64-token
-# limit, the peer measured first). At 8 the sequential peer alone takes ~80-90 s of --quick's
-# five minutes on 2 cores.
+# N clients send twice N requests, so N are in flight for most of the run. With fewer, the start
+# (N prefills before any decoding) weighs more: 12 requests at 8 concurrent read 3.16x where 16
+# read 3.51x in the same session (64-token limit, the peer measured first). At 8 the sequential
+# peer alone takes ~80-90 s of --quick's five minutes on 2 cores.
 REQUESTS_PER_CLIENT = 2
 
 
