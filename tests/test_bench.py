@@ -71,8 +71,8 @@ def test_a_reference_peer_has_no_bar_to_meet() -> None:
 async def test_the_generation_load_keeps_n_requests_in_flight(
     default_generator: LoadedModel,
 ) -> None:
-    """ "8 concurrent" must mean 8 in flight: each client sends its next request only when its
-    last one is answered, and every request is answered."""
+    """N concurrent clients keep N requests in flight, no more: each sends its next request
+    only when its last one is answered, and every request is answered."""
     engine = GenerationEngine(default_generator, max_batch_size=8)
     engine.start()
     try:
