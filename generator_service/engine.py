@@ -128,9 +128,8 @@ class GenerationEngine:
         self._rows: list[_Job] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
-        # transformers 5 renames forward()'s ``past_key_values`` to ``cache``; use what it takes.
+        self._cache_argument = cache_argument(loaded.model)
         parameters = inspect.signature(loaded.model.forward).parameters
-        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         # Only the last position's logits are needed; computing all of them costs a prompt-long
         # product with the vocabulary matrix (a fifth of a 200-token prefill for SmolLM2).
         self._prefill_options = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
@@ -397,6 +396,13 @@ class _StopWhenDone(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
         done = self.streamer.done or self.streamer.job.cancelled.is_set()
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name ``forward`` takes the key/value cache under: transformers 5 renames
+    ``past_key_values`` to ``cache``."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _post(

@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from generator_service.cpu_attention import use_grouped_cpu_attention
 from generator_service.cpu_kernels import pack_linear_layers
 from generator_service.settings import DEFAULT_MODEL, ModelSettings
 from realm.files import sha256_file
@@ -154,6 +155,8 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     if settings.pack_cpu_weights and device.type == "cpu":
         packed = pack_linear_layers(model, settings.max_batch_size)
         _LOGGER.info("packed %d linear layers for oneDNN", packed)
+    if device.type == "cpu" and use_grouped_cpu_attention(model):
+        _LOGGER.info("grouped-query attention runs without copying keys and values")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model_limit = int(

@@ -4,10 +4,12 @@ import json
 
 import pytest
 import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from generator_service.citations import find_citations, sentence_spans
+from generator_service.cpu_attention import IMPLEMENTATION, use_grouped_cpu_attention
 from generator_service.cpu_kernels import PackedLinear, pack_linear_layers, packed_linear_available
-from generator_service.engine import _stable_length
+from generator_service.engine import _stable_length, cache_argument
 from generator_service.extraction import parse_fields, to_json, validate_fields
 from generator_service.models import LoadedModel
 from generator_service.prompts import PromptBuilder, RetrievedPassage, passage_block
@@ -130,3 +132,40 @@ def test_packed_linear_layers_compute_what_the_originals_did() -> None:
         assert isinstance(model[0], PackedLinear)
         assert model[2].weight is weight  # tied weights stay tied
         torch.testing.assert_close(model(inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_cpu_attention_scores_several_new_tokens_as_stock_sdpa_does() -> None:
+    """A padded batch scoring four new tokens per row over a cache, as a drafting step does:
+    the grouped kernel gives the stock implementation's logits."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(config)
+    model.train(False)
+    prompt = torch.randint(0, 64, (2, 10))
+    prompt_mask = torch.ones_like(prompt)
+    prompt_mask[0, :3] = 0  # the first row is left-padded
+    step = torch.randint(0, 64, (2, 4))
+    mask = torch.cat([prompt_mask, torch.ones_like(step)], dim=1)
+    positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(4)
+
+    def step_logits() -> torch.Tensor:
+        cache = {cache_argument(model): DynamicCache(config=config)}
+        with torch.no_grad():
+            model(input_ids=prompt, attention_mask=prompt_mask, **cache)
+            out = model(input_ids=step, attention_mask=mask, position_ids=positions, **cache)
+        logits: torch.Tensor = out.logits
+        return logits
+
+    model.set_attn_implementation("sdpa")
+    expected = step_logits()
+    assert use_grouped_cpu_attention(model)
+    assert model.config._attn_implementation == IMPLEMENTATION
+    torch.testing.assert_close(step_logits(), expected, rtol=1e-5, atol=1e-6)
