@@ -1,17 +1,23 @@
-"""Continuous batching: many requests decode together, one token per step, on one worker thread.
+"""Continuous batching: many requests decode together, step by step, on one worker thread.
 
 A request is prefilled alone (its prompt runs through the model as a batch of one, so its prompt
 never shares a padded matrix with another; the part it shares with the previous prompt is taken
 from that prompt's cache, see ``prefix_reuse``), then joins the running batch: key/value caches are
 left-padded to a common length and stacked, and the attention mask hides the padding. Every
-step decodes one token for every running row; a row that finishes, hits a stop string or is
-cancelled leaves the batch at once, and its slot goes to the next waiting request. This is
+step decodes at least one token for every running row; a row that finishes, hits a stop string or
+is cancelled leaves the batch at once, and its slot goes to the next waiting request. This is
 iteration-level scheduling (as in Orca and vLLM) on top of the plain transformers cache, so
 throughput grows with load while a late request never waits for a long one to finish.
 
 Position ids are counted per row from the mask, so a row sees exactly the positions and keys it
 would see alone; greedy output is the same solo or batched up to float rounding of the batched
 matrix products.
+
+Greedy rows also speculate: each step feeds, after a row's last token, a few tokens guessed from
+its own prompt (``prompt_lookup``) and keeps the guesses the model confirms, plus the model's own
+next token, so one step can yield several tokens of a row. Every row gets the same number of
+input positions; the positions a row did not use (a shorter guess, a rejected one) stay in the
+cache masked out, as left padding does, and trailing ones no row used are cropped.
 
 Models whose cache is not a plain ``DynamicCache`` (sliding windows, encoder-decoder models) run
 one request at a time through ``model.generate``; they still stream and stop on cancellation.
@@ -34,6 +40,14 @@ from transformers.generation.streamers import BaseStreamer
 
 from generator_service.models import LoadedModel
 from generator_service.prefix_reuse import PrefixReuse
+from generator_service.prompt_lookup import PromptLookup
+from generator_service.settings import DEFAULT_DRAFT_TOKENS
+from generator_service.speculation import (
+    ConfirmationRate,
+    choose_width,
+    confirmed_count,
+    token_cost,
+)
 from realm.errors import ResourceExhausted
 
 _LOGGER = logging.getLogger(__name__)
@@ -88,6 +102,8 @@ class _Job:
     emitted: str = ""
     first_token_at: float = 0.0
     sampler: torch.Generator | None = None
+    drafter: PromptLookup | None = None  # greedy rows of a speculating engine
+    confirmation: ConfirmationRate = field(default_factory=ConfirmationRate)
 
     def push_text(self, text: str, final: bool) -> None:
         """Emits what is new in ``text`` as a delta, holding back what may still change."""
@@ -115,9 +131,18 @@ def _stable_length(text: str, stops: tuple[str, ...]) -> int:
 class GenerationEngine:
     """Owns the model and the worker thread; ``generate`` is called from the event loop."""
 
-    def __init__(self, loaded: LoadedModel, max_batch_size: int, reuse_prefix: bool = True) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        max_batch_size: int,
+        reuse_prefix: bool = True,
+        draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+    ) -> None:
+        if draft_tokens < 0:
+            raise ValueError(f"draft_tokens={draft_tokens} must be >= 0 (0 turns drafting off)")
         self.loaded = loaded
         self.max_batch_size = max_batch_size
+        self.draft_tokens = draft_tokens
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._stopping = threading.Event()
@@ -139,6 +164,9 @@ class GenerationEngine:
         )
         self.steps = 0  # decode steps run; read by tests and benchmarks
         self.max_rows_seen = 0
+        self.drafted_tokens = 0  # guessed tokens fed to the model, and those it confirmed
+        self.accepted_tokens = 0
+        self._token_cost = token_cost(loaded.device.type)
 
     @property
     def sequences_decoding(self) -> int:
@@ -227,6 +255,8 @@ class GenerationEngine:
         if self.prefix_reuse is not None:
             self.prefix_reuse.remember(job.prompt_ids, cache)
         job.sampler = _sampler(job.params, device)
+        if self.draft_tokens and job.params.greedy:
+            job.drafter = PromptLookup(job.prompt_ids)
         token = self._choose(out.logits[:, -1, :], [job])[0]
         job.first_token_at = time.perf_counter()
         mask = torch.ones((1, len(job.prompt_ids)), dtype=torch.long, device=device)
@@ -254,27 +284,78 @@ class GenerationEngine:
         assert self._cache is not None
         assert self._mask is not None
         device = self.loaded.device
-        last = torch.tensor([[row.generated[-1]] for row in self._rows], device=device)
-        positions = self._mask.sum(dim=1, keepdim=True)
+        guesses = [self._draft(row) for row in self._rows]
+        width = choose_width(
+            [row.confirmation for row in self._rows],
+            [len(guess) for guess in guesses],
+            self._token_cost,
+        )
+        drafts = [guess[: width - 1] for guess in guesses]
+        # Shorter guesses are padded with the row's last token; those positions are never kept.
+        inputs = [
+            [row.generated[-1], *draft] + [row.generated[-1]] * (width - 1 - len(draft))
+            for row, draft in zip(self._rows, drafts, strict=True)
+        ]
+        positions = self._mask.sum(dim=1, keepdim=True) + torch.arange(width, device=device)
         self._mask = torch.cat(
-            [self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=device)], dim=1
+            [self._mask, torch.ones((len(self._rows), width), dtype=torch.long, device=device)],
+            dim=1,
         )
         out = self.loaded.model(
-            input_ids=last,
+            input_ids=torch.tensor(inputs, device=device),
             attention_mask=self._mask,
             position_ids=positions,
             use_cache=True,
             **{self._cache_argument: self._cache},
         )
         self.steps += 1
-        tokens = self._choose(out.logits[:, -1, :], self._rows)
-        keep = [
-            i
-            for i, (row, token) in enumerate(zip(self._rows, tokens, strict=True))
-            if self.accept(row, token)
-        ]
+        keep, used = self._advance(drafts, out.logits)
+        if width > 1 and keep:
+            self._mask_unused(used, width)
         if len(keep) < len(self._rows):
             self._shrink(keep)
+
+    def _advance(
+        self, drafts: list[list[int]], logits: torch.Tensor
+    ) -> tuple[list[int], list[int]]:
+        """Hands each row the tokens the step decided: a greedy row its confirmed guesses and the
+        model's next choice, a sampling row one drawn token. Returns the rows that go on, and
+        how many input positions each row keeps (its last token and confirmed guesses)."""
+        predicted = logits.argmax(dim=-1).tolist()
+        keep: list[int] = []
+        used = [0] * len(self._rows)
+        for i, (row, draft) in enumerate(zip(self._rows, drafts, strict=True)):
+            if row.params.greedy:
+                confirmed = confirmed_count(draft, predicted[i])
+                tokens = [*draft[:confirmed], int(predicted[i][confirmed])]
+                row.confirmation.record(len(draft), confirmed)
+                self.drafted_tokens += len(draft)
+                self.accepted_tokens += confirmed
+            else:
+                tokens = [_sample(logits[i, 0].float(), row.params, row.sampler)]
+            if all(self.accept(row, token) for token in tokens):
+                keep.append(i)
+                used[i] = len(tokens)
+        return keep, used
+
+    def _draft(self, row: _Job) -> list[int]:
+        """Guessed next tokens of a row, no more than it may still generate after the next one."""
+        if row.drafter is None:
+            return []
+        room = row.params.max_new_tokens - len(row.generated) - 1
+        return row.drafter.propose(min(self.draft_tokens, room))
+
+    def _mask_unused(self, used: list[int], width: int) -> None:
+        """Masks the step's input positions each row did not keep; crops those no row kept."""
+        assert self._cache is not None
+        assert self._mask is not None
+        device = self.loaded.device
+        kept = torch.tensor(used, device=device).unsqueeze(1)
+        self._mask[:, -width:] = (torch.arange(width, device=device) < kept).long()
+        unused = width - max(used)
+        if unused:
+            self._cache.crop(-unused)
+            self._mask = self._mask[:, :-unused]
 
     def _shrink(self, keep: list[int]) -> None:
         """Drops finished rows, then the padding columns no remaining row needs."""
@@ -310,6 +391,8 @@ class GenerationEngine:
             self._finish(job, text, "stop")
             return False
         job.generated.append(token)
+        if job.drafter is not None:
+            job.drafter.append(token)
         text = self._decode(job.generated)
         for stop in job.params.stop:
             at = text.find(stop, max(0, len(job.emitted) - len(stop)))

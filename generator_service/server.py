@@ -31,7 +31,9 @@ async def serve(config: GeneratorConfig) -> None:
 
     async def load() -> None:
         loaded = await asyncio.to_thread(load_model, config.model)
-        engine = GenerationEngine(loaded, config.model.max_batch_size)
+        engine = GenerationEngine(
+            loaded, config.model.max_batch_size, draft_tokens=config.model.draft_tokens
+        )
         engine.start()
         engines.append(engine)
         prompts = PromptBuilder(loaded.tokenizer, loaded.context_tokens)

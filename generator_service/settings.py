@@ -9,6 +9,10 @@ from realm.server import ServerOptions
 
 DEFAULT_PORT = 50052
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# Tokens guessed from the prompt and checked per greedy row and decode step (0: off); see
+# generator_service/prompt_lookup.py and the generation notes in docs/benchmarks.md.
+DEFAULT_DRAFT_TOKENS = 4
+MAX_DRAFT_TOKENS = 16
 
 
 def default_cache_dir() -> Path:
@@ -73,12 +77,20 @@ class ModelSettings:
     # On a CPU, pack linear weights once for oneDNN (generator_service/cpu_kernels.py): decode
     # steps at batch 8 take ~30% less time, at the cost of a second copy of those weights.
     pack_cpu_weights: bool = True
+    # Greedy answers copy their passages; each decode step checks this many guessed tokens per
+    # row and keeps those the model confirms, so one step can yield several tokens.
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS
 
     def __post_init__(self) -> None:
         if self.context_tokens < 256:
             raise ValueError(f"context_tokens={self.context_tokens} is below 256")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size={self.max_batch_size} must be >= 1")
+        if not 0 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(
+                f"draft_tokens={self.draft_tokens} is outside 0..{MAX_DRAFT_TOKENS}; "
+                "0 turns drafting off"
+            )
 
 
 @dataclass(frozen=True, slots=True)

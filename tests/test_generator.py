@@ -228,6 +228,52 @@ async def test_a_prompt_reuses_the_cache_of_what_it_shares_with_the_previous_one
         from_scratch.stop()
 
 
+COPIED = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It "
+    "is named after the engineer Gustave Eiffel, whose company designed and built the tower from "
+    "1887 to 1889 as the centrepiece of the 1889 World's Fair."
+)
+
+
+async def test_drafting_from_the_prompt_gives_the_same_greedy_answers_in_fewer_steps(
+    default_generator: LoadedModel,
+) -> None:
+    """Answers that copy their passage (and some that stray from it, where guesses fail),
+    decoded together with and without guessed tokens: the same texts, lengths and finish
+    reasons, in fewer steps. A sampling request in the same batch is never drafted for and
+    still finishes."""
+    builder = PromptBuilder(default_generator.tokenizer, default_generator.context_tokens)
+    passage = RetrievedPassage("eiffel", "eiffel#0", COPIED, 0, len(COPIED), 1.0, "Eiffel Tower")
+    questions = ["What is the Eiffel Tower?", "Name a colour.", "Summarise it in your own words."]
+    prompts = [builder.build("answer", q, [passage], [], 48).token_ids for q in questions]
+    prompts.append(builder.build("answer", "Write a haiku.", [], [], 48, False).token_ids)
+    greedy = [SamplingParams(max_new_tokens=48)] * 4 + [SamplingParams(max_new_tokens=7)]
+    prompts.append(prompts[0])  # the same answer, cut at 7 tokens by its limit
+    sampled = SamplingParams(max_new_tokens=16, temperature=1.0, seed=3)
+
+    async def answers(engine: GenerationEngine) -> list[tuple[str, str, int]]:
+        engine.start()
+        requests = [*zip(prompts, greedy, strict=True), (prompts[1], sampled)]
+        try:
+            results = await asyncio.gather(*(_collect(engine, *request) for request in requests))
+        finally:
+            engine.stop()
+        *answered, (_, sample) = results
+        assert sample.completion_tokens >= 1
+        return [(done.text, done.reason, done.completion_tokens) for _, done in answered]
+
+    drafting = GenerationEngine(default_generator, max_batch_size=6)
+    plain = GenerationEngine(default_generator, max_batch_size=6, draft_tokens=0)
+    drafted = await answers(drafting)
+    assert drafted == await answers(plain)
+    assert drafted[-1][1:] == ("length", 7)
+    assert drafting.max_rows_seen == 6
+    # Some guesses were confirmed and some were not: both paths of a step ran.
+    assert 0 < drafting.accepted_tokens < drafting.drafted_tokens
+    assert drafting.steps < plain.steps
+    assert plain.drafted_tokens == 0
+
+
 async def test_seeded_sampling_is_reproducible(default_generator: LoadedModel) -> None:
     engine = GenerationEngine(default_generator, max_batch_size=4)
     engine.start()

@@ -12,7 +12,9 @@ from generator_service.cpu_kernels import PackedLinear, pack_linear_layers, pack
 from generator_service.engine import _stable_length, cache_argument
 from generator_service.extraction import parse_fields, to_json, validate_fields
 from generator_service.models import LoadedModel
+from generator_service.prompt_lookup import PromptLookup
 from generator_service.prompts import PromptBuilder, RetrievedPassage, passage_block
+from generator_service.speculation import ConfirmationRate, choose_width, confirmed_count
 from realm.errors import InvalidArgument
 from realm.qa_metrics import contains, exact_match, normalize, token_f1
 
@@ -132,6 +134,65 @@ def test_packed_linear_layers_compute_what_the_originals_did() -> None:
         assert isinstance(model[0], PackedLinear)
         assert model[2].weight is weight  # tied weights stay tied
         torch.testing.assert_close(model(inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_lookup_guesses_what_followed_the_longest_match_where_it_first_occurred() -> None:
+    #                  0  1  2  3  4  5  6  7  8  9
+    lookup = PromptLookup([5, 6, 7, 8, 9, 1, 6, 7, 2, 3])
+    lookup.extend([6, 7])  # "6 7" first ended at index 3, "1 6 7" never occurred
+    assert lookup.propose(3) == [8, 9, 1]
+    assert lookup.propose(10) == [8, 9, 1, 6, 7, 2, 3, 6, 7]
+    assert lookup.propose(0) == []
+    lookup.append(2)  # "6 7 2" occurred at 6..8: its own continuation, not "6 7"'s
+    assert lookup.propose(2) == [3, 6]
+
+
+def test_prompt_lookup_falls_back_to_shorter_matches_and_has_none_for_a_new_token() -> None:
+    lookup = PromptLookup([1, 2, 3, 4])
+    lookup.extend([9, 3])  # "9 3" is new, "3" is not
+    assert lookup.propose(2) == [4, 9]
+    lookup.append(42)
+    assert lookup.propose(4) == []
+
+
+def test_confirmed_guesses_stop_at_the_first_the_model_would_not_choose() -> None:
+    assert confirmed_count([4, 5, 6], [4, 5, 9, 1]) == 2
+    assert confirmed_count([4, 5, 6], [4, 5, 6, 1]) == 3
+    assert confirmed_count([4], [3, 4]) == 0
+    assert confirmed_count([], [7]) == 0
+
+
+def test_a_row_whose_guesses_keep_failing_is_expected_to_confirm_fewer() -> None:
+    hits, misses = ConfirmationRate(), ConfirmationRate()
+    for _ in range(4):
+        hits.record(drafted=4, confirmed=4)
+        misses.record(drafted=4, confirmed=0)
+    assert misses.rate < 0.2
+    assert hits.rate > 0.8
+    assert hits.expected_tokens(0) == misses.expected_tokens(0) == 1.0
+    assert hits.expected_tokens(4) > 4
+    assert misses.expected_tokens(4) < 1.2
+    failed = misses.rate
+    for _ in range(10):  # steps without a check: the evidence fades, the row gets tried again
+        misses.record(drafted=0, confirmed=0)
+    assert failed < misses.rate < 0.5
+
+
+def test_the_step_width_checks_guesses_only_where_they_pay_for_the_wider_step() -> None:
+    def rows(confirmed: int, count: int) -> list[ConfirmationRate]:
+        rates = [ConfirmationRate() for _ in range(count)]
+        for rate in rates:
+            for _ in range(4):
+                rate.record(drafted=4, confirmed=confirmed)
+        return rates
+
+    cpu = 0.03
+    assert choose_width(rows(4, 8), [4] * 8, cpu) == 5  # copying answers: check all four
+    assert choose_width(rows(0, 8), [4] * 8, cpu) == 1  # free text in a full batch: none
+    assert choose_width(rows(0, 1), [4], cpu) > 1  # a lone row: checking is nearly free
+    assert choose_width(rows(4, 8), [0] * 8, cpu) == 1  # nothing to guess
+    assert choose_width(rows(4, 8), [2] + [0] * 7, cpu) == 1  # one row's guesses, 8 rows' cost
+    assert choose_width(rows(4, 2), [2, 0], cpu) == 3
 
 
 def test_grouped_cpu_attention_scores_several_new_tokens_as_stock_sdpa_does() -> None:

@@ -166,6 +166,12 @@ def serve_generator(
     pack_cpu_weights: Annotated[
         bool, typer.Option(envvar="REALM_PACK_CPU_WEIGHTS", help="oneDNN-packed CPU weights.")
     ] = True,
+    draft_tokens: Annotated[
+        int,
+        typer.Option(
+            envvar="REALM_DRAFT_TOKENS", help="Tokens guessed from the prompt per step; 0: off."
+        ),
+    ] = 4,
     max_pending_requests: Annotated[int, typer.Option(envvar="REALM_MAX_PENDING_REQUESTS")] = 64,
     max_new_tokens: Annotated[int, typer.Option(envvar="REALM_MAX_NEW_TOKENS")] = 1024,
     retrieval_timeout: Annotated[float, typer.Option(envvar="REALM_RETRIEVAL_TIMEOUT")] = 10.0,
@@ -216,6 +222,7 @@ def serve_generator(
                 cache_dir=cache_dir or default_cache_dir(),
                 max_batch_size=max_batch_size,
                 pack_cpu_weights=pack_cpu_weights,
+                draft_tokens=draft_tokens,
             ),
             limits=GeneratorLimits(
                 max_new_tokens=max_new_tokens,
