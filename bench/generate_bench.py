@@ -6,8 +6,11 @@ request through ``model.generate`` one after another. "N concurrent" is a sustai
 serving benchmarks count it: N clients each send their next request as soon as their last one is
 answered, through twice N requests, so N requests are in flight until the last ones drain. Each
 row is compared with the same requests run one after another (the tokens match: greedy output is
-the same either way); the bar is on 8. The full run adds two reference rows at 8: one burst of 8
-requests (all eight prefills run before any decoding) and the engine without prefix reuse.
+the same either way); the bar is on 8. Reference rows at 8, without a bar: the engine without
+drafting tokens from the prompt (also in ``--quick``), and in the full run one burst of 8 requests
+(all eight prefills run before any decoding), the engine without prefix reuse, and the same ReaLM
+run against ``generate`` with transformers' own prompt-lookup decoding, which a user could switch
+on in a sequential loop.
 
 ``REALM_BENCH_GENERATOR`` names another model (a hub name or a local folder) to measure instead
 of the packaged one, for example a larger model on a GPU machine.
@@ -26,7 +29,7 @@ from bench.common import Row
 from generator_service.engine import Delta, Finished, GenerationEngine, SamplingParams
 from generator_service.models import LoadedModel, load_model
 from generator_service.prompts import PromptBuilder, RetrievedPassage
-from generator_service.settings import ModelSettings
+from generator_service.settings import DEFAULT_DRAFT_TOKENS, ModelSettings
 from realm.demo import wiki_summaries
 
 BAR_AT = 8
@@ -50,11 +53,17 @@ def _prompts(loaded: LoadedModel, count: int) -> list[list[int]]:
     return prompts
 
 
+PEER = "the same requests one after another with model.generate"
+LOOKUP_PEER = f"{PEER}(prompt_lookup_num_tokens={DEFAULT_DRAFT_TOKENS})"
+
+
 def _sequential_generate(
-    loaded: LoadedModel, prompts: list[list[int]], new_tokens: int
+    loaded: LoadedModel, prompts: list[list[int]], new_tokens: int, prompt_lookup: bool = False
 ) -> list[tuple[int, float]]:
     """``(tokens, seconds)`` of each request, run one after another with ``generate`` on the
-    model exactly as transformers loads it (what a user's loop would run)."""
+    model as transformers loads it (what a user's loop would run), optionally with
+    transformers' prompt-lookup decoding."""
+    options = {"prompt_lookup_num_tokens": DEFAULT_DRAFT_TOKENS} if prompt_lookup else {}
     model = loaded.model
     stops = torch.tensor(sorted(loaded.eos_token_ids), device=loaded.device)
     measured = []
@@ -68,6 +77,7 @@ def _sequential_generate(
                 max_new_tokens=new_tokens,
                 do_sample=False,
                 pad_token_id=loaded.tokenizer.pad_token_id,
+                **options,
             )
             # The end-of-sequence token is not part of the answer; ReaLM does not count it either.
             tokens = int((~torch.isin(out[0, tensor.shape[1] :], stops)).sum())
@@ -108,13 +118,14 @@ def _row(
     measured: tuple[int, float, list[float]],
     peer: list[tuple[int, float]],
     bar: float | None,
+    peer_name: str = PEER,
 ) -> Row:
     tokens, seconds, ttft = measured
     peer_tokens = sum(count for count, _ in peer)
     return Row(
         label,
         tokens / seconds,
-        "the same requests one after another with model.generate",
+        peer_name,
         peer_tokens / sum(spent for _, spent in peer),
         "tokens/s",
         bar,
@@ -132,6 +143,11 @@ class _Measurement:
     concurrency: int
     bar: float | None = None
     reuse_prefix: bool = True
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS
+
+    @property
+    def engine(self) -> tuple[bool, int]:
+        return self.reuse_prefix, self.draft_tokens
 
 
 def _measurements(quick: bool, new_tokens: int, where: str) -> list[_Measurement]:
@@ -148,13 +164,21 @@ def _measurements(quick: bool, new_tokens: int, where: str) -> list[_Measurement
             3.0 if concurrency == BAR_AT else None,
         )
 
-    if quick:
-        return [sustained(BAR_AT)]
     at_bar = REQUESTS_PER_CLIENT * BAR_AT
+    without_drafting = _Measurement(
+        f"generation on {where}, {BAR_AT} concurrent ({at_bar} requests), {tokens}, "
+        "without drafting",
+        at_bar,
+        BAR_AT,
+        draft_tokens=0,
+    )
+    if quick:
+        return [sustained(BAR_AT), without_drafting]
     return [
         sustained(1),
         sustained(16),
         sustained(BAR_AT),
+        without_drafting,
         sustained(4),
         _Measurement(
             f"generation on {where}, one burst of {BAR_AT} requests, {tokens}", BAR_AT, BAR_AT
@@ -177,38 +201,60 @@ def run(quick: bool) -> list[Row]:
     model = os.environ.get("REALM_BENCH_GENERATOR") or ModelSettings().name_or_path
     loaded = load_model(ModelSettings(name_or_path=model))
     plain = load_model(ModelSettings(name_or_path=model, pack_cpu_weights=False))
+    plain.model.set_attn_implementation("sdpa")  # the peer runs transformers' own attention
     where = torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else "CPU"
     measurements = _measurements(quick, new_tokens, where)
     # The warm-up prompt is not among the measured ones: the engine would reuse its whole cache.
     *prompts, warm_up = _prompts(loaded, max(m.requests for m in measurements) + 1)
     batch_size = max(m.concurrency for m in measurements)
     engines = {
-        reuse: GenerationEngine(loaded, batch_size, reuse_prefix=reuse)
-        for reuse in {m.reuse_prefix for m in measurements}
+        (reuse, draft): GenerationEngine(loaded, batch_size, reuse_prefix=reuse, draft_tokens=draft)
+        for reuse, draft in {m.engine for m in measurements}
     }
+    # The sequential peer as a user writes it, and (full run) with transformers' prompt lookup.
+    lookups = [False] if quick else [False, True]
     for engine in engines.values():
         engine.start()
     try:
         # Warm-up on both sides: first calls pay one-off costs (kernel selection, caches).
         for engine in engines.values():
             asyncio.run(_engine_run(engine, [warm_up], 4, 1))
-        _sequential_generate(plain, [warm_up], 4)
+        for lookup in lookups:
+            _sequential_generate(plain, [warm_up], 4, lookup)
         # The peer runs every request once, the even ones before ReaLM's runs and the odd ones
-        # after, so a drift in the machine's speed (~30% within a session here) falls on both
-        # sides alike; each row compares against the same requests.
-        before = _sequential_generate(plain, prompts[0::2], new_tokens)
+        # after (its variants in mirrored order), so a drift in the machine's speed (~30% within
+        # a session here) falls on both sides alike; each row compares against the same requests.
+        before = {
+            lookup: _sequential_generate(plain, prompts[0::2], new_tokens, lookup)
+            for lookup in lookups
+        }
         measured = {
             m: asyncio.run(
-                _engine_run(
-                    engines[m.reuse_prefix], prompts[: m.requests], new_tokens, m.concurrency
-                )
+                _engine_run(engines[m.engine], prompts[: m.requests], new_tokens, m.concurrency)
             )
             for m in measurements
         }
-        after = _sequential_generate(plain, prompts[1::2], new_tokens)
+        after = {
+            lookup: _sequential_generate(plain, prompts[1::2], new_tokens, lookup)
+            for lookup in reversed(lookups)
+        }
     finally:
         for engine in engines.values():
             engine.stop()
-    peer = [done for pair in zip_longest(before, after) for done in pair if done is not None]
+    peers = {
+        lookup: [
+            done
+            for pair in zip_longest(before[lookup], after[lookup])
+            for done in pair
+            if done is not None
+        ]
+        for lookup in lookups
+    }
     by_concurrency = sorted(measurements, key=lambda m: (m.concurrency, m.bar is None))
-    return [_row(m.label, measured[m], peer[: m.requests], m.bar) for m in by_concurrency]
+    rows = [_row(m.label, measured[m], peers[False][: m.requests], m.bar) for m in by_concurrency]
+    if True in peers:
+        barred = next(m for m in measurements if m.bar is not None)
+        rows.append(
+            _row(barred.label, measured[barred], peers[True][: barred.requests], None, LOOKUP_PEER)
+        )
+    return rows
