@@ -3,6 +3,7 @@
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,24 @@ from tests.conftest import fixture_documents
 from tests.servers import RetrieverProcess, health_status
 
 pytestmark = pytest.mark.slow
+
+
+class _HeldOpen:
+    """An upsert's documents that keep its stream (and its server slot) open: the first half
+    is sent, then the stream waits until released, so the server is mid-call for as long as a
+    test needs, on a fast machine as on a slow one."""
+
+    def __init__(self, count: int) -> None:
+        self.documents = _many(count, "d")
+        self.streaming = threading.Event()
+        self.release = threading.Event()
+
+    def __iter__(self) -> Iterator[Document]:
+        half = len(self.documents) // 2
+        yield from self.documents[:half]
+        self.streaming.set()
+        self.release.wait(60)
+        yield from self.documents[half:]
 
 
 def _many(count: int, prefix: str) -> list[Document]:
@@ -49,12 +68,18 @@ def test_not_serving_until_loaded_then_graceful_sigterm_finishes_in_flight_work(
         with RetrieverClient(server.target, timeout=60) as client:
             client.create_collection("c")
             result: list[UpsertSummary] = []
+            documents = _HeldOpen(300)
             upload = threading.Thread(
-                target=lambda: result.append(client.upsert("c", _many(300, "d")))
+                target=lambda: result.append(client.upsert("c", documents, batch_size=50))
             )
             upload.start()
-            time.sleep(1.0)  # the upsert is now encoding on the server
+            assert documents.streaming.wait(60)
             server.signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while "shutting down" not in server.log():  # draining, the upsert still open
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.05)
+            documents.release.set()
             upload.join(120)
         assert len(result) == 1  # the in-flight call was allowed to finish
         assert result[0].inserted == 300
@@ -89,16 +114,28 @@ def test_kill_9_during_an_upsert_keeps_only_acknowledged_writes(tmp_path: Path) 
             client.create_collection("c")
             client.upsert("c", fixture_documents())
             errors: list[Exception] = []
+            doomed = _many(2000, "lost")  # ~4.5 s of encoding on 2 AVX-512 cores, more elsewhere
+            sent: list[int] = []
+            all_sent = threading.Event()
+
+            def count_sent(batch: int) -> None:
+                sent.append(batch)
+                if sum(sent) == len(doomed):
+                    all_sent.set()
 
             def doomed_upsert() -> None:
                 try:
-                    client.upsert("c", _many(400, "lost"))
+                    client.upsert("c", doomed, progress=count_sent)
                 except Unavailable as error:
                     errors.append(error)
 
             upload = threading.Thread(target=doomed_upsert)
             upload.start()
-            time.sleep(1.5)  # mid-write: vectors being encoded, or the log being appended
+            # The server applies a stream when it ends: shortly after the last batch it is
+            # mid-write (encoding the passages, or appending them to the log), on a fast machine
+            # as on a slow one.
+            assert all_sent.wait(60)
+            time.sleep(0.3)
             server.signal(signal.SIGKILL)
             upload.join(60)
         assert server.wait(10) == -signal.SIGKILL
@@ -125,10 +162,12 @@ def test_calls_beyond_the_concurrency_limit_are_refused_at_once(tmp_path: Path) 
         RetrieverClient(server.target, timeout=120) as client,
     ):
         client.create_collection("c")
-        busy = threading.Thread(target=lambda: client.upsert("c", _many(300, "d")))
+        documents = _HeldOpen(300)
+        busy = threading.Thread(target=lambda: client.upsert("c", documents, batch_size=50))
         busy.start()
-        time.sleep(1.0)  # the upsert holds the only slot while it encodes
+        assert documents.streaming.wait(60)
         with pytest.raises(ResourceExhausted):  # refused, not queued behind the upsert
             client.list_collections()
+        documents.release.set()
         busy.join(120)
         assert client.stats("c")[0].documents == 300  # the slot frees up again
