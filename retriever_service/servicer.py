@@ -89,11 +89,22 @@ def _passage(record: PassageRecord) -> common_pb2.Passage:
     )
 
 
-def _hit(hit: Hit) -> retriever_pb2.SearchHit:
-    record = hit.passage
-    return retriever_pb2.SearchHit(
-        passage=_passage(record), score=hit.score, title=record.title, metadata=record.metadata
-    )
+def _add_hits(response: retriever_pb2.SearchResponse, hits: list[Hit]) -> None:
+    """Fills ``response.hits`` in place. Building each hit apart and handing the list to the
+    constructor copies every message again: 37 instead of 17 us for ten hits, a tenth of a
+    small BM25 search's whole server time."""
+    for hit in hits:
+        record = hit.passage
+        message = response.hits.add(score=hit.score, title=record.title)
+        passage = message.passage
+        passage.passage_id = record.passage_id
+        passage.doc_id = record.doc_id
+        passage.text = record.text
+        passage.start = record.start
+        passage.end = record.end
+        metadata = message.metadata
+        for key, value in record.metadata.items():  # twice as fast as update() on a map field
+            metadata[key] = value
 
 
 # BM25 over a collection this size takes about a millisecond or two, less than handing the call
@@ -237,12 +248,11 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     @staticmethod
     def _search(collection: Collection, query: SearchQuery) -> retriever_pb2.SearchResponse:
         view = collection.snapshot()  # report the state that actually answered
-        hits = collection.search(query, view)
-        return retriever_pb2.SearchResponse(
-            hits=[_hit(h) for h in hits],
-            generation=view.generation.number,
-            sequence=view.sequence,
+        response = retriever_pb2.SearchResponse(
+            generation=view.generation.number, sequence=view.sequence
         )
+        _add_hits(response, collection.search(query, view))
+        return response
 
     async def Search(  # noqa: N802
         self, request: retriever_pb2.SearchRequest, context: Context

@@ -64,6 +64,9 @@ def test_upsert_search_get_delete_and_stats(
         assert hits[0].doc_id == "eiffel"
         assert hits[0].passage_id == "eiffel#0"
         assert hits[0].metadata == {"lang": "en", "topic": "landmark"}
+        assert (hits[0].title, hits[0].start) == ("Eiffel Tower", 0)
+        assert hits[0].text.startswith("The Eiffel Tower is a wrought-iron")
+        assert hits[0].score > 0
 
     document = client.get(fixture_collection, "zh-greatwall")
     assert document.title == "长城"
