@@ -17,7 +17,8 @@ Greedy rows also speculate: each step feeds, after a row's last token, a few tok
 its own prompt (``prompt_lookup``) and keeps the guesses the model confirms, plus the model's own
 next token, so one step can yield several tokens of a row. Every row gets the same number of
 input positions; the positions a row did not use (a shorter guess, a rejected one) stay in the
-cache masked out, as left padding does, and trailing ones no row used are cropped.
+cache masked out, as left padding does, and trailing ones no row used are cropped. Once the cache
+holds more such positions than its longest row needs (32 by default), it is rebuilt without them.
 
 Models whose cache is not a plain ``DynamicCache`` (sliding windows, encoder-decoder models) run
 one request at a time through ``model.generate``; they still stream and stop on cancellation.
@@ -51,6 +52,9 @@ from generator_service.speculation import (
 from realm.errors import ResourceExhausted
 
 _LOGGER = logging.getLogger(__name__)
+# Positions the batch's cache may hold beyond what its longest row needs (left padding, rejected
+# guesses) before it is rebuilt without them: one rebuild costs about one step's cache append.
+DEFAULT_MAX_CACHE_HOLES = 32
 
 FinishReason = Literal["stop", "length", "stop_sequence", "cancelled"]
 
@@ -137,12 +141,14 @@ class GenerationEngine:
         max_batch_size: int,
         reuse_prefix: bool = True,
         draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+        max_cache_holes: int = DEFAULT_MAX_CACHE_HOLES,
     ) -> None:
         if draft_tokens < 0:
             raise ValueError(f"draft_tokens={draft_tokens} must be >= 0 (0 turns drafting off)")
         self.loaded = loaded
         self.max_batch_size = max_batch_size
         self.draft_tokens = draft_tokens
+        self.max_cache_holes = max_cache_holes
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._stopping = threading.Event()
@@ -165,7 +171,8 @@ class GenerationEngine:
         self.steps = 0  # decode steps run; read by tests and benchmarks
         self.max_rows_seen = 0
         self.drafted_tokens = 0  # guessed tokens fed to the model, and those it confirmed
-        self.accepted_tokens = 0
+        self.confirmed_tokens = 0
+        self.repacks = 0  # times the batch's cache was rebuilt without its masked-out positions
         self._token_cost = token_cost(loaded.device.type)
 
     @property
@@ -314,6 +321,9 @@ class GenerationEngine:
             self._mask_unused(used, width)
         if len(keep) < len(self._rows):
             self._shrink(keep)
+        mask = self._mask
+        if mask is not None and mask.shape[1] - int(mask.sum(dim=1).max()) > self.max_cache_holes:
+            self._repack()
 
     def _advance(
         self, drafts: list[list[int]], logits: torch.Tensor
@@ -330,7 +340,7 @@ class GenerationEngine:
                 tokens = [*draft[:confirmed], int(predicted[i][confirmed])]
                 row.confirmation.record(len(draft), confirmed)
                 self.drafted_tokens += len(draft)
-                self.accepted_tokens += confirmed
+                self.confirmed_tokens += confirmed
             else:
                 tokens = [_sample(logits[i, 0].float(), row.params, row.sampler)]
             if all(self.accept(row, token) for token in tokens):
@@ -356,6 +366,29 @@ class GenerationEngine:
         if unused:
             self._cache.crop(-unused)
             self._mask = self._mask[:, :-unused]
+
+    def _repack(self) -> None:
+        """Rebuilds the cache with each row's kept positions moved right, in order, and only the
+        left padding the longest row needs. A row that confirms fewer guesses than the others
+        leaves masked-out positions behind every step; without this, its share of the cache (and
+        of every step's attention) would grow with the others' guesses, not its own tokens."""
+        assert self._cache is not None
+        assert self._mask is not None
+        device = self.loaded.device
+        kept = self._mask.sum(dim=1)
+        length = int(kept.max())
+        # Source column of each target column: a row's kept columns, in order, right-aligned;
+        # the padding on their left reads column 0 and stays masked out.
+        order = torch.argsort(self._mask, dim=1, stable=True)[:, -length:]
+        mask = torch.arange(length, device=device) >= (length - kept).unsqueeze(1)
+        order = order.masked_fill(~mask, 0)
+        for layer in _layers(self._cache):
+            keys, values = _kv(layer)
+            index = order[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            layer.keys = keys.gather(2, index)
+            layer.values = values.gather(2, index)
+        self._mask = mask.long()
+        self.repacks += 1
 
     def _shrink(self, keep: list[int]) -> None:
         """Drops finished rows, then the padding columns no remaining row needs."""

@@ -240,8 +240,9 @@ async def test_drafting_from_the_prompt_gives_the_same_greedy_answers_in_fewer_s
 ) -> None:
     """Answers that copy their passage (and some that stray from it, where guesses fail),
     decoded together with and without guessed tokens: the same texts, lengths and finish
-    reasons, in fewer steps. A sampling request in the same batch is never drafted for and
-    still finishes."""
+    reasons, in fewer steps, also when the cache is rebuilt without the masked-out positions of
+    rejected guesses after every step. A sampling request in the same batch is never drafted for
+    and still finishes."""
     builder = PromptBuilder(default_generator.tokenizer, default_generator.context_tokens)
     passage = RetrievedPassage("eiffel", "eiffel#0", COPIED, 0, len(COPIED), 1.0, "Eiffel Tower")
     questions = ["What is the Eiffel Tower?", "Name a colour.", "Summarise it in your own words."]
@@ -268,8 +269,13 @@ async def test_drafting_from_the_prompt_gives_the_same_greedy_answers_in_fewer_s
     assert drafted == await answers(plain)
     assert drafted[-1][1:] == ("length", 7)
     assert drafting.max_rows_seen == 6
-    # Some guesses were confirmed and some were not: both paths of a step ran.
-    assert 0 < drafting.accepted_tokens < drafting.drafted_tokens
+    # Some guesses were confirmed and some were not: both paths of a step ran, and the cache was
+    # rebuilt without the positions of rejected guesses.
+    assert 0 < drafting.confirmed_tokens < drafting.drafted_tokens
+    # Rebuilding the cache after every step that left masked-out positions changes nothing.
+    repacking = GenerationEngine(default_generator, max_batch_size=6, max_cache_holes=0)
+    assert await answers(repacking) == drafted
+    assert repacking.repacks > 0
     assert drafting.steps < plain.steps
     assert plain.drafted_tokens == 0
 
