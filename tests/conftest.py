@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from transformers import LlamaConfig
 
 from client import Document, GeneratorClient, RetrieverClient
 from generator_service.models import LoadedModel, load_model
@@ -24,6 +25,27 @@ def fixture_documents() -> list[Document]:
     with (FIXTURES / "corpus.jsonl").open(encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     return [Document(r["id"], r["text"], r["title"], r["metadata"]) for r in rows]
+
+
+def tiny_llama_config(
+    vocab_size: int,
+    max_positions: int,
+    pad_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> LlamaConfig:
+    """A two-layer Llama with grouped-query attention (4 query heads over 2 key/value heads),
+    small enough to build with random weights in milliseconds."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
 
 
 @pytest.fixture(scope="session")

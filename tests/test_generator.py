@@ -8,7 +8,6 @@ import grpc
 import pytest
 import torch
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
@@ -22,6 +21,7 @@ from generator_service.engine import Finished, GenerationEngine, SamplingParams
 from generator_service.models import LoadedModel, load_model
 from generator_service.prompts import PromptBuilder, RetrievedPassage
 from generator_service.settings import ModelSettings
+from tests.conftest import tiny_llama_config
 
 EIFFEL = "When was the Eiffel Tower completed?"
 
@@ -320,16 +320,8 @@ def _tiny_model(directory: Path, default: LoadedModel, seq2seq: bool) -> Path:
         config.decoder_start_token_id = pad
         model: PreTrainedModel = T5ForConditionalGeneration(config)
     else:
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            pad_token_id=pad,
-            eos_token_id=default.tokenizer.eos_token_id,
+        config = tiny_llama_config(
+            vocab, 512, pad_token_id=pad, eos_token_id=default.tokenizer.eos_token_id
         )
         model = LlamaForCausalLM(config)
     model.save_pretrained(directory)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 
 from generator_service.citations import find_citations, sentence_spans
 from generator_service.cpu_attention import IMPLEMENTATION, use_grouped_cpu_attention
@@ -17,6 +17,7 @@ from generator_service.prompts import PromptBuilder, RetrievedPassage, passage_b
 from generator_service.speculation import ConfirmationRate, choose_width, confirmed_count
 from realm.errors import InvalidArgument
 from realm.qa_metrics import contains, exact_match, normalize, token_f1
+from tests.conftest import tiny_llama_config
 
 
 def _passage(doc: str, text: str, title: str = "") -> RetrievedPassage:
@@ -199,15 +200,7 @@ def test_grouped_cpu_attention_scores_several_new_tokens_as_stock_sdpa_does() ->
     """A padded batch scoring four new tokens per row over a cache, as a drafting step does:
     the grouped kernel gives the stock implementation's logits."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    config = tiny_llama_config(64, 64)
     model = LlamaForCausalLM(config)
     model.train(False)
     prompt = torch.randint(0, 64, (2, 10))
