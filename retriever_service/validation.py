@@ -42,7 +42,7 @@ def result_count(k: int, limits: Limits, field: str = "k") -> int:
 
 
 def documents(batch: Sequence[StoredDocument], limits: Limits, field: str = "documents") -> None:
-    """Checks one batch: non-empty ids and text, sizes, and ids unique within the batch."""
+    """Checks one batch: non-empty ids and text free of NUL, sizes, ids unique in the batch."""
     if len(batch) > limits.max_documents_per_message:
         raise InvalidArgument(
             f"{field} has {len(batch)} documents, above max_documents_per_message="
@@ -63,6 +63,18 @@ def documents(batch: Sequence[StoredDocument], limits: Limits, field: str = "doc
                 "ids must be unique within a batch (send the final version once)"
             )
         seen[document.doc_id] = position
+        for name, value in (
+            ("id", document.doc_id),
+            ("text", document.text),
+            ("title", document.title),
+        ):
+            offset = value.find("\x00")
+            if offset >= 0:
+                # SQLite's string functions stop at NUL: the hit would lose everything after it.
+                raise InvalidArgument(
+                    f"{where}.{name} contains a NUL character at offset {offset} "
+                    f"(id={document.doc_id!r}); remove it"
+                )
         if not document.text.strip():
             raise InvalidArgument(
                 f"{where}.text is empty (id={document.doc_id!r}); every document needs text"

@@ -82,6 +82,24 @@ def test_hits_carry_exact_passage_offsets_and_metadata(filled: Collection) -> No
     assert hit.passage.title == "Colosseum"
 
 
+def test_hits_return_awkward_text_exactly(
+    tmp_path: Path, encoder: SentenceTransformerEncoder
+) -> None:
+    # Hits travel from SQLite packed as JSON: quotes, escapes, control characters, astral
+    # characters and JSON-looking metadata must come back unchanged.
+    # (NUL is refused at the API: SQLite's substr would cut the text there.)
+    text = 'zebra "quoted" back\\slash tab\there\nnew line \x01\x1f 𝄞 emoji 🦓 {"a": [1]}'
+    metadata = {"note": '{"not": "parsed"}', "nul": "a\x00b", "quote": '"', "ünï": "çødé"}
+    collection = _open(tmp_path / "c", encoder, language="en")
+    collection.upsert([StoredDocument("odd", text, 'Title "with" \\ quotes', metadata)])
+    (hit,) = collection.search(SearchQuery("zebra", 1, "bm25"))
+    assert hit.passage.text == text
+    assert hit.passage.title == 'Title "with" \\ quotes'
+    assert hit.passage.metadata == metadata
+    assert type(hit.passage.pid) is int
+    assert (hit.passage.start, hit.passage.end) == (0, len(text))
+
+
 def test_filters_apply_before_top_k_is_cut(filled: Collection) -> None:
     modes: tuple[SearchMode, ...] = ("bm25", "dense", "hybrid")
     for mode in modes:

@@ -227,6 +227,13 @@ def test_bad_input_gets_a_clear_status_and_loses_nothing(
             "documents[0].text is empty (id='a')",
         ),
         (
+            _upsert(
+                stub, retriever_pb2.UpsertRequest(collection=c, documents=[_doc("a", "x\x00y")])
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "documents[0].text contains a NUL character at offset 1 (id='a')",
+        ),
+        (
             _upsert(stub, retriever_pb2.UpsertRequest(collection=c, documents=[_doc("")])),
             grpc.StatusCode.INVALID_ARGUMENT,
             "documents[0].id is empty",
