@@ -21,11 +21,13 @@ from threadpoolctl import threadpool_limits
 
 from bench.common import Row
 from bench.load import LoadResult, run_load, summary
+from bench.transport_floor import save_responses
 from realm.demo import wiki_summaries
 from realm.supervisor import ServiceProcess
 from realm.v1 import common_pb2, retriever_pb2
 from retriever_service.collection import Collection, SearchMode, SearchQuery
 from retriever_service.embedder import load_encoder
+from retriever_service.servicer import search_response
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument
 
@@ -64,6 +66,7 @@ def run(quick: bool) -> list[Row]:
         "hybrid": queries[: 100 if quick else 1_000],
     }
     rows: list[Row] = []
+    bm25_local_qps = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         encoder = load_encoder(CollectionSettings().embedding_model)
@@ -97,6 +100,8 @@ def run(quick: bool) -> list[Row]:
                     partial(run_load, server.target, requests, CONCURRENCY),
                 )
                 local_qps, local_latencies = local
+                if mode == "bm25":
+                    bm25_local_qps = local_qps
                 rows.append(
                     Row(
                         f"{mode} search, {CONCURRENCY} concurrent clients, {len(documents):,} docs",
@@ -110,8 +115,54 @@ def run(quick: bool) -> list[Row]:
                         "the 2 cores with the server; the in-process peer pays no client",
                     )
                 )
+        rows.append(_floor(collection, per_mode["bm25"], Path(tmp), bm25_local_qps, len(documents)))
         collection.close()
     return rows
+
+
+def _floor(
+    collection: Collection, queries: list[str], tmp: Path, local_qps: float, n_documents: int
+) -> Row:
+    """The BM25 requests against a server that answers each from a prepared response: the
+    same bytes on the wire and the same serving stack, but no search."""
+    unique = list(dict.fromkeys(queries))
+    responses = tmp / "prepared.bin"
+    save_responses(
+        responses,
+        [retriever_pb2.SearchRequest(query=q) for q in unique],
+        [search_response(collection, SearchQuery(q, 10, "bm25")) for q in unique],
+    )
+    requests = [
+        retriever_pb2.SearchRequest(
+            collection="bench", query=q, k=10, mode=common_pb2.SEARCH_MODE_BM25
+        )
+        for q in queries
+    ]
+    with ServiceProcess(
+        "retriever",
+        tmp / "floor.log",
+        "--responses",
+        str(responses),
+        module="bench.transport_floor",
+    ) as server:
+        run_load(server.target, requests[:20], CONCURRENCY)  # warm-up
+        runs = sorted(
+            (run_load(server.target, requests, CONCURRENCY) for _ in range(ROUNDS)),
+            key=lambda run: run.qps,
+        )
+    floor = runs[ROUNDS // 2]
+    return Row(
+        f"bm25 transport floor: prepared answers, no search, {CONCURRENCY} concurrent clients, "
+        f"{n_documents:,} docs",
+        floor.qps,
+        "in-process Collection.search",
+        local_qps,
+        "q/s",
+        None,
+        note=f"median of {ROUNDS} runs: {summary(floor)}. The same requests and response bytes "
+        "through the same server stack, with no search: what grpc, the interceptor and the load "
+        "generator leave on this machine; the in-process figure is the bm25 row's",
+    )
 
 
 def _alternating(

@@ -37,10 +37,22 @@ def health_status(target: str, timeout: float = 1.0) -> int | None:
 
 
 class ServiceProcess:
-    """``realm serve SERVICE`` on a loopback port, its output appended to ``log_path``."""
+    """``realm serve SERVICE`` on a loopback port, its output appended to ``log_path``.
 
-    def __init__(self, service: str, log_path: Path, *args: str, port: int | None = None) -> None:
+    ``module`` runs another program with the same ``serve SERVICE --port N`` arguments (the
+    benchmarks' transport-floor server) under the same start, health and stop path.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        log_path: Path,
+        *args: str,
+        port: int | None = None,
+        module: str = "realm.cli.main",
+    ) -> None:
         self.service = service
+        self.module = module
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -53,7 +65,7 @@ class ServiceProcess:
         command = [
             sys.executable,
             "-m",
-            "realm.cli.main",
+            self.module,
             "serve",
             self.service,
             "--port",

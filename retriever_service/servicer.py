@@ -107,6 +107,16 @@ def _add_hits(response: retriever_pb2.SearchResponse, hits: list[Hit]) -> None:
             metadata[key] = value
 
 
+def search_response(collection: Collection, query: SearchQuery) -> retriever_pb2.SearchResponse:
+    """The answer to one search, as ``Search`` sends it."""
+    view = collection.snapshot()  # report the state that actually answered
+    response = retriever_pb2.SearchResponse(
+        generation=view.generation.number, sequence=view.sequence
+    )
+    _add_hits(response, collection.search(query, view))
+    return response
+
+
 # BM25 over a collection this size takes about a millisecond or two, less than handing the call
 # to a worker thread and back costs under load (16 clients, 1k documents: 422 q/s through a
 # thread, 824 q/s inline on the event loop), so such searches run inline. Larger collections,
@@ -245,22 +255,13 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         )
         return collection, query
 
-    @staticmethod
-    def _search(collection: Collection, query: SearchQuery) -> retriever_pb2.SearchResponse:
-        view = collection.snapshot()  # report the state that actually answered
-        response = retriever_pb2.SearchResponse(
-            generation=view.generation.number, sequence=view.sequence
-        )
-        _add_hits(response, collection.search(query, view))
-        return response
-
     async def Search(  # noqa: N802
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
         collection, query = self._query(request, "")
         if query.mode == "bm25" and collection.snapshot().passages <= INLINE_BM25_MAX_PASSAGES:
-            return self._search(collection, query)
-        return await asyncio.to_thread(self._search, collection, query)
+            return search_response(collection, query)
+        return await asyncio.to_thread(search_response, collection, query)
 
     async def BatchSearch(  # noqa: N802
         self, request: retriever_pb2.BatchSearchRequest, context: Context
@@ -273,7 +274,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 f"{self.limits.max_batch_searches}; split the batch"
             )
         queries = [self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
-        responses = await asyncio.to_thread(lambda: [self._search(c, q) for c, q in queries])
+        responses = await asyncio.to_thread(lambda: [search_response(c, q) for c, q in queries])
         return retriever_pb2.BatchSearchResponse(responses=responses)
 
     async def GetDocument(  # noqa: N802

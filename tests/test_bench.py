@@ -7,13 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from bench.common import Row, table
 from bench.generate_bench import _engine_run, _prompts
+from bench.transport_floor import save_responses
 from generator_service.engine import GenerationEngine
 from generator_service.models import LoadedModel
-from tests.servers import REPO
+from realm.supervisor import ServiceProcess
+from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
+from tests.servers import REPO, RetrieverProcess
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +89,39 @@ async def test_the_generation_load_keeps_n_requests_in_flight(
     assert 6 <= tokens <= 24
     assert seconds > 0
     assert engine.max_rows_seen == 2
+
+
+def test_the_transport_floor_sends_the_real_servers_bytes(
+    retriever: RetrieverProcess, fixture_collection: str, tmp_path: Path
+) -> None:
+    """The gRPC benchmark's floor server answers each query with the response prepared for it,
+    byte for byte what the real retriever sent, so the two differ only by the search."""
+    requests = [
+        retriever_pb2.SearchRequest(
+            collection=fixture_collection, query=q, k=10, mode=common_pb2.SEARCH_MODE_BM25
+        )
+        for q in ("iron tower in Paris", "coffee", "remote procedure calls")
+    ]
+    with grpc.insecure_channel(retriever.target) as channel:
+        real = [retriever_pb2_grpc.RetrieverServiceStub(channel).Search(r) for r in requests]
+    assert all(response.hits for response in real)
+    prepared = tmp_path / "prepared.bin"
+    save_responses(prepared, requests, real)
+    with (
+        ServiceProcess(
+            "retriever",
+            tmp_path / "floor.log",
+            "--responses",
+            str(prepared),
+            module="bench.transport_floor",
+        ) as floor,
+        grpc.insecure_channel(floor.target) as channel,
+    ):
+        stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        answered = [stub.Search(r) for r in reversed(requests)]
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Search(retriever_pb2.SearchRequest(collection=fixture_collection, query="nope"))
+    assert [a.SerializeToString() for a in reversed(answered)] == [
+        r.SerializeToString() for r in real
+    ]
+    assert unknown.value.code() is grpc.StatusCode.INTERNAL
