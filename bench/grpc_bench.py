@@ -66,7 +66,7 @@ def run(quick: bool) -> list[Row]:
         "hybrid": queries[: 100 if quick else 1_000],
     }
     rows: list[Row] = []
-    bm25_local_qps = 0.0
+    bm25_run: tuple[list[retriever_pb2.SearchRequest], float] = ([], 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         encoder = load_encoder(CollectionSettings().embedding_model)
@@ -101,7 +101,7 @@ def run(quick: bool) -> list[Row]:
                 )
                 local_qps, local_latencies = local
                 if mode == "bm25":
-                    bm25_local_qps = local_qps
+                    bm25_run = (requests, local_qps)
                 rows.append(
                     Row(
                         f"{mode} search, {CONCURRENCY} concurrent clients, {len(documents):,} docs",
@@ -115,29 +115,27 @@ def run(quick: bool) -> list[Row]:
                         "the 2 cores with the server; the in-process peer pays no client",
                     )
                 )
-        rows.append(_floor(collection, per_mode["bm25"], Path(tmp), bm25_local_qps, len(documents)))
+        rows.append(_floor(collection, *bm25_run, Path(tmp), len(documents)))
         collection.close()
     return rows
 
 
 def _floor(
-    collection: Collection, queries: list[str], tmp: Path, local_qps: float, n_documents: int
+    collection: Collection,
+    requests: list[retriever_pb2.SearchRequest],
+    local_qps: float,
+    tmp: Path,
+    n_documents: int,
 ) -> Row:
-    """The BM25 requests against a server that answers each from a prepared response: the
-    same bytes on the wire and the same serving stack, but no search."""
-    unique = list(dict.fromkeys(queries))
+    """The BM25 row's requests against a server that answers each from a prepared response:
+    the same bytes on the wire and the same serving stack, but no search."""
+    unique = list({r.query: r for r in requests}.values())
     responses = tmp / "prepared.bin"
     save_responses(
         responses,
-        [retriever_pb2.SearchRequest(query=q) for q in unique],
-        [search_response(collection, SearchQuery(q, 10, "bm25")) for q in unique],
+        unique,
+        [search_response(collection, SearchQuery(r.query, r.k, "bm25")) for r in unique],
     )
-    requests = [
-        retriever_pb2.SearchRequest(
-            collection="bench", query=q, k=10, mode=common_pb2.SEARCH_MODE_BM25
-        )
-        for q in queries
-    ]
     with ServiceProcess(
         "retriever",
         tmp / "floor.log",
