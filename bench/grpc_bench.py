@@ -25,8 +25,9 @@ from bench.transport_floor import save_responses
 from realm.demo import wiki_summaries
 from realm.supervisor import ServiceProcess
 from realm.v1 import common_pb2, retriever_pb2
-from retriever_service.collection import Collection, SearchMode, SearchQuery
+from retriever_service.collection import Collection
 from retriever_service.embedder import load_encoder
+from retriever_service.search import SearchMode, SearchQuery
 from retriever_service.servicer import search_response
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument

@@ -97,7 +97,8 @@ def measure(side: str, folder: Path) -> int:
     from annoy import AnnoyIndex
 
     from retriever_service.analyzer import Analyzer
-    from retriever_service.collection import Collection, SearchQuery
+    from retriever_service.collection import Collection
+    from retriever_service.search import SearchQuery
 
     queries: list[str] = json.loads((folder / "queries.json").read_text(encoding="utf-8"))
     analyzer = Analyzer("en")

@@ -19,8 +19,9 @@ from bench.bm25_bench import zipfian
 from bench.common import Row, median_seconds
 from bench.memory_bench import DIMENSION, TREES, HashingEncoder
 from retriever_service.analyzer import Analyzer
-from retriever_service.collection import Collection, SearchQuery
+from retriever_service.collection import Collection
 from retriever_service.embedder import load_encoder
+from retriever_service.search import SearchQuery
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument
 

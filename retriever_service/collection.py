@@ -17,14 +17,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from realm.errors import InvalidArgument, NotFound, StorageError
 from realm.files import write_json_atomic
 from retriever_service import dense as dense_module
-from retriever_service import fusion, log_records
+from retriever_service import log_records
 from retriever_service.analyzer import Analyzer
 from retriever_service.chunker import ChunkSpan, chunk
 from retriever_service.embedder import Encoder
@@ -36,9 +36,11 @@ from retriever_service.generation import (
     write_generation,
 )
 from retriever_service.live import Tail, View, carry_over, fold
+from retriever_service.published import PublishedState
+from retriever_service.search import Hit, Searcher, SearchQuery
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import DocumentStore, PassageRecord, StoreChange, StoredDocument
-from retriever_service.topk import FloatArray, IntArray, top_k
+from retriever_service.topk import FloatArray
 from retriever_service.wal import MAX_RECORD_BYTES, WriteAheadLog
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,28 +50,9 @@ MANIFEST = "manifest.json"
 SETTINGS = "collection.json"
 STORE = "store.sqlite"
 WAL_DIR = "wal"
-SearchMode = Literal["bm25", "dense", "hybrid"]
 EncoderLoader = Callable[[str], Encoder]
 # Tail passages plus tombstones that start a background generation build.
 DEFAULT_COMPACT_THRESHOLD = 20_000
-
-
-@dataclass(frozen=True, slots=True)
-class SearchQuery:
-    """A validated search request in domain terms."""
-
-    text: str
-    k: int
-    mode: SearchMode = "hybrid"
-    filter: tuple[tuple[str, str], ...] = ()
-    fusion_method: fusion.FusionMethod | None = None
-    dense_weight: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    passage: PassageRecord
-    score: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +112,7 @@ class Collection:
         self.compact_threshold = compact_threshold
         self.analyzer = Analyzer(settings.language)
         self.store = DocumentStore(directory / STORE)
+        self.searcher = Searcher(settings, self.analyzer, encoder, self.store)
         self._write_lock = threading.Lock()
         self._compact_lock = threading.Lock()
         self._compact_wanted = threading.Event()
@@ -137,6 +121,9 @@ class Collection:
         self._fallback: Mapping[str, Any] = EMPTY_ENTRY
         self.wal = WriteAheadLog(directory / WAL_DIR)
         self._view = self._recover()
+        # Worker processes answer searches themselves only while they hold this state.
+        self.published = PublishedState.for_writer(directory)
+        self._publish(self._view)
         self._compactor = threading.Thread(
             target=self._compact_in_background, name=f"compact-{name}", daemon=True
         )
@@ -178,6 +165,7 @@ class Collection:
         with self._write_lock:
             self.wal.close()
             self.store.close()
+            self.published.close()
 
     @property
     def generation(self) -> int:
@@ -189,51 +177,7 @@ class Collection:
         return self._view
 
     def search(self, query: SearchQuery, view: View | None = None) -> list[Hit]:
-        view = view or self._view  # one snapshot for the whole query
-        if view.passages == 0:
-            return []
-        allowed = view.allowed_rows(query.filter) if query.filter else None
-        if allowed is not None and allowed.size == 0:
-            return []
-        rows, scores = self._rank(view, query, allowed)
-        pids = view.pids(rows)
-        records = self.store.passages([int(p) for p in pids])
-        # A row purged after a much later swap can be missing for a very old view: skip it.
-        return [
-            Hit(records[int(pid)], float(score))
-            for pid, score in zip(pids, scores, strict=True)
-            if int(pid) in records
-        ]
-
-    def _rank(
-        self, view: View, query: SearchQuery, allowed: IntArray | None
-    ) -> tuple[IntArray, FloatArray]:
-        if query.mode == "bm25":
-            return self._bm25_top(view, query.text, query.k, allowed)[:2]
-        vector = self.encoder.encode([query.text])[0]
-        if query.mode == "dense":
-            return view.dense_top(vector, query.k, allowed)
-        params = fusion.FusionParams()
-        method = query.fusion_method or params.method
-        weight = params.dense_weight if query.dense_weight is None else query.dense_weight
-        depth = max(query.k, params.depth)
-        bm25_rows, _, all_bm25 = self._bm25_top(view, query.text, depth, allowed)
-        dense_rows, _ = view.dense_top(vector, depth, allowed)
-        if method == "rrf":
-            return fusion.rrf(bm25_rows, dense_rows, query.k, weight, params.rrf_k)
-        candidates = np.union1d(bm25_rows, dense_rows)
-        cosines = view.vectors(candidates) @ vector
-        return fusion.weighted(candidates, all_bm25[candidates], cosines, query.k, weight)
-
-    def _bm25_top(
-        self, view: View, text: str, k: int, allowed: IntArray | None
-    ) -> tuple[IntArray, FloatArray, FloatArray]:
-        scores = view.bm25_scores(self.analyzer.tokens(text), self.settings.bm25)
-        matching = np.flatnonzero(scores > 0).astype(np.int64)  # IDF is always positive
-        if allowed is not None:
-            matching = np.intersect1d(matching, allowed, assume_unique=True)
-        rows, best = top_k(scores, k, matching)
-        return rows, best, scores
+        return self.searcher.search(view or self._view, query)  # one snapshot for the query
 
     def get(self, doc_id: str) -> tuple[StoredDocument, list[PassageRecord]]:
         found = self.store.document(self._view.sequence, doc_id)
@@ -290,7 +234,7 @@ class Collection:
                 ),
                 payload,
             )
-            self._view = self._mirror(view, change, prepared)
+            self._publish(self._mirror(view, change, prepared))
             result = UpsertResult(
                 change.inserted,
                 change.replaced,
@@ -310,7 +254,7 @@ class Collection:
                 skip_if=lambda change: not change.deleted_ids,
             )
             if change.deleted_ids:
-                self._view = self._mirror(view, change, None)
+                self._publish(self._mirror(view, change, None))
             sequence = self._view.sequence
         self._maybe_compact()
         deleted = set(change.deleted_ids)
@@ -383,6 +327,11 @@ class Collection:
             documents,
         )
 
+    def _publish(self, view: View) -> None:
+        """Serves ``view`` here and tells worker processes, before the write is acknowledged."""
+        self._view = view
+        self.published.publish(view.generation.number, view.sequence)
+
     # ----------------------------------------------------------------- generations
     def compact(self) -> int:
         """Folds the tail into a new generation now; returns the generation served after."""
@@ -434,7 +383,7 @@ class Collection:
                 )
                 with self._write_lock:
                     self._write_manifest(generation, built_from.generation)  # the commit point
-                    self._view = carry_over(built_from, self._view, generation)
+                    self._publish(carry_over(built_from, self._view, generation))
             except (OSError, sqlite3.Error) as error:
                 shutil.rmtree(self._generation_dir(number), ignore_errors=True)
                 raise StorageError(

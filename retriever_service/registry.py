@@ -80,6 +80,7 @@ class Registry:
             collection = self.get(name)
             documents = collection.stats().documents
             del self._collections[name]
+        collection.published.withdraw()  # workers stop answering for it before it goes
         collection.close()
         # Rename first: a crash mid-delete leaves a dot-directory that start-up sweeps away.
         doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex}"

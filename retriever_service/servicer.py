@@ -16,10 +16,11 @@ from retriever_service import validation
 from retriever_service.analyzer import LANGUAGES, Language
 from retriever_service.bm25 import BM25Params
 from retriever_service.chunker import ChunkerConfig
-from retriever_service.collection import Collection, Hit, SearchMode, SearchQuery
+from retriever_service.collection import Collection
 from retriever_service.dense import AnnoyParams
 from retriever_service.fusion import FusionMethod
 from retriever_service.registry import Registry
+from retriever_service.search import Hit, SearchMode, SearchQuery
 from retriever_service.settings import CollectionSettings, Limits
 from retriever_service.store import PassageRecord, StoredDocument
 

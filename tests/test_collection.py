@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from realm.errors import NotFound, StorageError
-from retriever_service.collection import Collection, SearchMode, SearchQuery
+from retriever_service.collection import Collection
 from retriever_service.embedder import Encoder, SentenceTransformerEncoder
+from retriever_service.search import SearchMode, SearchQuery
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument
 from retriever_service.topk import FloatArray

@@ -14,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from client import Document, NotFound, RealmClientError, RetrieverClient
-from retriever_service.collection import Collection, SearchQuery
+from retriever_service.collection import Collection
 from retriever_service.embedder import SentenceTransformerEncoder
+from retriever_service.search import SearchQuery
 from tests.conftest import fill_disk, flip_byte
 from tests.servers import RetrieverProcess, health_status
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from realm.errors import NotFound, StorageError
-from retriever_service.collection import Collection, SearchQuery
+from retriever_service.collection import Collection
 from retriever_service.embedder import SentenceTransformerEncoder
+from retriever_service.search import SearchQuery
 from retriever_service.settings import CollectionSettings
 from retriever_service.store import StoredDocument
 from tests.conftest import flip_byte
