@@ -17,7 +17,7 @@ from grpc import aio
 
 from realm.server import ServerOptions, start_server
 from realm.v1 import retriever_pb2, retriever_pb2_grpc
-from retriever_service.server import SERVICE_NAME
+from retriever_service.servicer import SERVICE_NAME
 
 QUERIES_SUFFIX = ".queries"
 

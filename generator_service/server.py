@@ -12,7 +12,7 @@ from generator_service.prompts import PromptBuilder
 from generator_service.retrieval import RetrieverGateway
 from generator_service.servicer import GeneratorServicer
 from generator_service.settings import GeneratorConfig
-from realm.server import serve_until_signal
+from realm.server import RunningServer, serve_until_signal
 from realm.v1 import generator_pb2, generator_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ async def serve(config: GeneratorConfig) -> None:
     def register(server: aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
 
-    async def load() -> None:
+    async def load(_: RunningServer) -> None:
         loaded = await asyncio.to_thread(load_model, config.model)
         engine = GenerationEngine(
             loaded, config.model.max_batch_size, draft_tokens=config.model.draft_tokens

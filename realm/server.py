@@ -9,6 +9,7 @@ the grace period, run the service's flush, exit 0.
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ class ServerOptions:
     tls_key_file: Path | None = None
     # When set, every call but health and reflection must carry "authorization: Bearer <token>".
     auth_token: str | None = None
+    # Share the port with other processes of this server (its read workers); off otherwise, so
+    # that a second server started on a port in use fails instead of splitting its traffic.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -65,6 +69,24 @@ class ServerOptions:
         )
 
 
+def refuse_port_in_use(host: str, port: int) -> None:
+    """Fails when ``host:port`` is taken. A server sharing its port with its own workers binds
+    with ``SO_REUSEPORT``, which would also let a second such server join the port silently and
+    take half its connections: it checks first, binding without the option."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As grpc does: a port left in TIME_WAIT by the previous run is free; a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(
+                f"could not bind {host}:{port} ({error.strerror}); is another server on it?"
+            ) from error
+
+
 class RunningServer:
     """A started server: its bound port and the health servicer to flip when ready."""
 
@@ -74,9 +96,11 @@ class RunningServer:
         port: int,
         health_servicer: Any,
         service_names: Sequence[str],
+        loopback_port: int | None = None,
     ) -> None:
         self.server = server
         self.port = port
+        self.loopback_port = loopback_port
         self.health = health_servicer
         self.service_names = service_names
 
@@ -98,8 +122,13 @@ async def start_server(
     options: ServerOptions,
     register: Callable[[aio.Server], None],
     service_names: Sequence[str],
+    loopback_port: bool = False,
 ) -> RunningServer:
-    """Creates, binds and starts the server; health reports NOT_SERVING until ``set_serving``."""
+    """Creates, binds and starts the server; health reports NOT_SERVING until ``set_serving``.
+
+    ``loopback_port`` also binds a plaintext port on 127.0.0.1 that the OS picks, for this
+    server's own worker processes (the interceptors, bearer token included, guard it too).
+    """
     interceptors: list[aio.ServerInterceptor] = []  # type: ignore[type-arg]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
@@ -109,7 +138,7 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(options.reuse_port)),
             # Clients send keepalive pings every 60 s (client.connection); accept them rather
             # than closing the connection with "too many pings".
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
@@ -132,8 +161,11 @@ async def start_server(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {options.host}:{options.port}; is the port in use?")
+    internal = server.add_insecure_port("127.0.0.1:0") if loopback_port else None
+    if internal == 0:
+        raise OSError("could not bind a loopback port for the worker processes")
     await server.start()
-    running = RunningServer(server, port, health_servicer, service_names)
+    running = RunningServer(server, port, health_servicer, service_names, internal)
     await running.set_serving(False)
     _LOGGER.info("listening on %s:%d", options.host, port)
     return running
@@ -143,16 +175,22 @@ async def serve_until_signal(
     options: ServerOptions,
     register: Callable[[aio.Server], None],
     service_names: Sequence[str],
-    load: Callable[[], Coroutine[Any, Any, None]],
+    load: Callable[[RunningServer], Coroutine[Any, Any, None]],
     flush: Callable[[], Coroutine[Any, Any, None]],
+    before_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    loopback_port: bool = False,
 ) -> None:
-    """Runs a service for its whole life: start, load, serve, drain on a signal, flush."""
-    running = await start_server(options, register, service_names)
+    """Runs a service for its whole life: start, load, serve, drain on a signal, flush.
+
+    ``before_stop`` runs when the signal arrives, while this server still answers (the
+    retriever stops its workers there, whose calls it may still be serving).
+    """
+    running = await start_server(options, register, service_names, loopback_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loader = asyncio.create_task(load())
+    loader = asyncio.create_task(load(running))
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if loader in done:
@@ -162,6 +200,8 @@ async def serve_until_signal(
         await waiter
     else:
         loader.cancel()
+    if before_stop is not None:
+        await before_stop()
     _LOGGER.info("shutting down: draining in-flight calls for up to %.1fs", options.grace_seconds)
     await running.stop(options.grace_seconds)
     await flush()

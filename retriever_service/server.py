@@ -2,22 +2,22 @@
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from grpc import aio
 from threadpoolctl import threadpool_limits
 
-from realm.server import ServerOptions, serve_until_signal
-from realm.v1 import retriever_pb2, retriever_pb2_grpc
+from realm.server import RunningServer, ServerOptions, refuse_port_in_use, serve_until_signal
+from realm.v1 import retriever_pb2_grpc
 from retriever_service.collection import DEFAULT_COMPACT_THRESHOLD
 from retriever_service.embedder import DEFAULT_MODEL, load_encoder
 from retriever_service.registry import Registry
-from retriever_service.servicer import RetrieverServicer
+from retriever_service.servicer import SERVICE_NAME, RetrieverServicer
 from retriever_service.settings import Limits
+from retriever_service.workers import MAX_WORKERS, WorkerPool
 
 _LOGGER = logging.getLogger(__name__)
-SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 DEFAULT_PORT = 50051
 
 
@@ -32,12 +32,19 @@ class RetrieverConfig:
     preload_model: str = DEFAULT_MODEL
     # Tail passages plus tombstones that start a background generation build.
     compact_threshold: int = DEFAULT_COMPACT_THRESHOLD
+    # Processes answering on the port: this one (the only writer) and workers - 1 read workers.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.compact_threshold < 1:
             raise ValueError(
                 f"compact_threshold={self.compact_threshold} must be >= 1 (tail passages plus "
                 "tombstones that start a generation build)"
+            )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(
+                f"workers={self.workers} is outside 1..{MAX_WORKERS}; one per core is the most "
+                "that helps"
             )
 
 
@@ -47,22 +54,42 @@ async def serve(config: RetrieverConfig) -> None:
     # gets its parallelism from concurrent requests, so single-threaded BLAS is also the faster
     # choice under load.
     threadpool_limits(1, user_api="blas")
+    with_workers = config.workers > 1
+    if with_workers:
+        refuse_port_in_use(config.server.host, config.server.port)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(
         config.data_dir, load_encoder, config.limits.max_collections, config.compact_threshold
     )
     servicer = RetrieverServicer(registry, config.limits)
+    options = replace(config.server, reuse_port=True) if with_workers else config.server
+    pool = WorkerPool(config.workers - 1, config.data_dir, config.limits, config.preload_model)
 
     def register(server: aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
 
-    async def load() -> None:
+    async def load(running: RunningServer) -> None:
         if config.preload_model:
             await asyncio.to_thread(load_encoder, config.preload_model)
         await asyncio.to_thread(registry.load_all)
         _LOGGER.info("loaded %d collections from %s", len(registry.list()), config.data_dir)
+        if with_workers and running.loopback_port is not None:
+            # Workers bind the port this process got (port 0 picks one) and relay to it.
+            pool.start(replace(options, port=running.port), running.loopback_port)
+
+    async def stop_workers() -> None:
+        if with_workers:
+            await pool.stop(config.server.grace_seconds)
 
     async def flush() -> None:
         registry.close()
 
-    await serve_until_signal(config.server, register, [SERVICE_NAME], load, flush)
+    await serve_until_signal(
+        options,
+        register,
+        [SERVICE_NAME],
+        load,
+        flush,
+        before_stop=stop_workers,
+        loopback_port=with_workers,
+    )

@@ -6,7 +6,7 @@ keeps accepting calls, answering health checks and draining on shutdown.
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from grpc import aio
 
@@ -19,11 +19,13 @@ from retriever_service.chunker import ChunkerConfig
 from retriever_service.collection import Collection
 from retriever_service.dense import AnnoyParams
 from retriever_service.fusion import FusionMethod
+from retriever_service.live import View
 from retriever_service.registry import Registry
 from retriever_service.search import Hit, SearchMode, SearchQuery
 from retriever_service.settings import CollectionSettings, Limits
 from retriever_service.store import PassageRecord, StoredDocument
 
+SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 Context = aio.ServicerContext[Any, Any]
 _MODES: dict[int, SearchMode] = {
     common_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
@@ -108,9 +110,43 @@ def _add_hits(response: retriever_pb2.SearchResponse, hits: list[Hit]) -> None:
             metadata[key] = value
 
 
-def search_response(collection: Collection, query: SearchQuery) -> retriever_pb2.SearchResponse:
+class Searchable(Protocol):
+    """What answers searches: the writer's ``Collection`` or a worker's ``Replica``."""
+
+    def snapshot(self) -> View: ...
+
+    def search(self, query: SearchQuery, view: View | None = None) -> list[Hit]: ...
+
+
+def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: str) -> SearchQuery:
+    """Validates everything in a search request but the collection's name."""
+    mode = _MODES.get(request.mode)
+    if mode is None:
+        raise InvalidArgument(f"{field}mode={request.mode} is unknown; use BM25, DENSE or HYBRID")
+    if request.fusion not in _FUSIONS:
+        raise InvalidArgument(f"{field}fusion={request.fusion} is unknown; use RRF or WEIGHTED")
+    fusion_method = _FUSIONS[request.fusion]
+    dense_weight = request.dense_weight if request.HasField("dense_weight") else None
+    if dense_weight is not None and not 0.0 <= dense_weight <= 1.0:
+        raise InvalidArgument(f"{field}dense_weight={dense_weight} must be in [0, 1]")
+    for key in request.filter:
+        if not key:
+            raise InvalidArgument(f"{field}filter has an empty key; name the metadata field")
+    return SearchQuery(
+        text=validation.query_text(request.query, limits, f"{field}query"),
+        k=validation.result_count(request.k, limits, f"{field}k"),
+        mode=mode,
+        filter=tuple(sorted(request.filter.items())),
+        fusion_method=fusion_method,
+        dense_weight=dense_weight,
+    )
+
+
+def search_response(
+    collection: Searchable, query: SearchQuery, view: View | None = None
+) -> retriever_pb2.SearchResponse:
     """The answer to one search, as ``Search`` sends it."""
-    view = collection.snapshot()  # report the state that actually answered
+    view = view or collection.snapshot()  # report the state that actually answered
     response = retriever_pb2.SearchResponse(
         generation=view.generation.number, sequence=view.sequence
     )
@@ -232,29 +268,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         collection = self.registry.get(
             validation.collection_name(request.collection, f"{field}collection")
         )
-        mode = _MODES.get(request.mode)
-        if mode is None:
-            raise InvalidArgument(
-                f"{field}mode={request.mode} is unknown; use BM25, DENSE or HYBRID"
-            )
-        if request.fusion not in _FUSIONS:
-            raise InvalidArgument(f"{field}fusion={request.fusion} is unknown; use RRF or WEIGHTED")
-        fusion_method = _FUSIONS[request.fusion]
-        dense_weight = request.dense_weight if request.HasField("dense_weight") else None
-        if dense_weight is not None and not 0.0 <= dense_weight <= 1.0:
-            raise InvalidArgument(f"{field}dense_weight={dense_weight} must be in [0, 1]")
-        for key in request.filter:
-            if not key:
-                raise InvalidArgument(f"{field}filter has an empty key; name the metadata field")
-        query = SearchQuery(
-            text=validation.query_text(request.query, self.limits, f"{field}query"),
-            k=validation.result_count(request.k, self.limits, f"{field}k"),
-            mode=mode,
-            filter=tuple(sorted(request.filter.items())),
-            fusion_method=fusion_method,
-            dense_weight=dense_weight,
-        )
-        return collection, query
+        return collection, search_query(request, self.limits, field)
 
     async def Search(  # noqa: N802
         self, request: retriever_pb2.SearchRequest, context: Context

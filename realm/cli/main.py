@@ -115,6 +115,13 @@ def serve_retriever(
             help="Tail passages + tombstones that start a background generation build.",
         ),
     ] = 20_000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="REALM_WORKERS",
+            help="Processes answering on the port: 1 writer + N-1 read workers (one per core).",
+        ),
+    ] = 1,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     auth_token: AuthTokenOpt = None,
@@ -144,6 +151,7 @@ def serve_retriever(
                 max_k=max_k, max_query_chars=max_query_chars, max_document_chars=max_document_chars
             ),
             compact_threshold=compact_threshold,
+            workers=workers,
         )
     except ValueError as error:
         fail(str(error), code=2)

@@ -1,0 +1,172 @@
+"""A worker process's read-only copies of the writer's collections.
+
+A replica loads the generation the writer serves (the same immutable files, the same SQLite
+store, opened for reading) and answers a search only while the writer's published state is
+exactly that generation with no write since. Any other time (a write joined the writer's tail,
+a build is being swapped in, the collection is new or gone) ``Replicas.serving`` says so and
+the worker relays the call to the writer, which always has the newest state. A replica never
+replays the log: the tail exists only in the writer, so two processes can never disagree about
+a write. Reloads run on a background thread; searches are relayed meanwhile.
+"""
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from realm.errors import StorageError
+from retriever_service.analyzer import Analyzer
+from retriever_service.collection import MANIFEST, SETTINGS, STORE, EncoderLoader
+from retriever_service.generation import EMPTY_ENTRY, load_generation
+from retriever_service.live import Tail, View
+from retriever_service.published import WITHDRAWN, PublishedState
+from retriever_service.search import Hit, Searcher, SearchQuery
+from retriever_service.settings import CollectionSettings
+from retriever_service.store import DocumentStore
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Replica:
+    """One collection as a worker serves it: searched from any thread, reloaded from one."""
+
+    def __init__(self, directory: Path, load_encoder: EncoderLoader) -> None:
+        payload = json.loads((directory / SETTINGS).read_text(encoding="utf-8"))
+        self.name: str = payload["name"]
+        self.directory = directory
+        self.settings = CollectionSettings.from_json(payload["settings"])
+        self.encoder = load_encoder(self.settings.embedding_model)
+        self.published = PublishedState.for_reader(directory)
+        self.store = DocumentStore(directory / STORE)
+        self.searcher = Searcher(
+            self.settings, Analyzer(self.settings.language), self.encoder, self.store
+        )
+        self._view: View | None = None
+        self._tried_generation = -1  # the generation last loaded or found unloadable
+
+    @property
+    def withdrawn(self) -> bool:
+        state = self.published.read()
+        return state is not None and state[0] == WITHDRAWN
+
+    def current(self) -> View | None:
+        """The loaded view if it is exactly what the writer serves now, else None."""
+        view = self._view
+        if view is not None and self.published.read() == (view.generation.number, view.sequence):
+            return view
+        return None
+
+    def snapshot(self) -> View:
+        """The loaded view (``search_response`` reports its generation and sequence)."""
+        if self._view is None:
+            raise StorageError(f"collection {self.name!r} has no generation loaded in this worker")
+        return self._view
+
+    def search(self, query: SearchQuery, view: View | None = None) -> list[Hit]:
+        return self.searcher.search(view or self.snapshot(), query)
+
+    def stale(self) -> bool:
+        """The writer serves a generation this replica has not tried to load yet."""
+        state = self.published.read()
+        return state is not None and state[0] not in (WITHDRAWN, self._tried_generation)
+
+    def reload(self) -> None:
+        """Loads the generation the writer publishes (one thread at a time: ``refresh``)."""
+        try:
+            state = self.published.read()
+            if state is None or state[0] in (WITHDRAWN, self._tried_generation):
+                return
+            self._tried_generation = state[0]
+            self._view = self._load(state[0])
+            _LOGGER.info(
+                "collection %s: this worker serves generation %d (log sequence %d)",
+                self.name,
+                self._view.generation.number,
+                self._view.sequence,
+            )
+        except (OSError, StorageError, ValueError, KeyError) as error:
+            # The writer may have built past it already; the next published one is tried.
+            _LOGGER.warning(
+                "collection %s: this worker could not load its generation (%s); the writer "
+                "answers for it meanwhile",
+                self.name,
+                error,
+            )
+
+    def _load(self, number: int) -> View:
+        entries: list[Mapping[str, Any]] = [EMPTY_ENTRY]  # nothing built yet
+        if number != 0:
+            manifest = json.loads((self.directory / MANIFEST).read_text(encoding="utf-8"))
+            entries = manifest["generations"]
+        entry = next((e for e in entries if int(e["generation"]) == number), None)
+        if entry is None:
+            raise StorageError(f"generation {number} is not in {self.directory / MANIFEST}")
+        sequence = int(entry["last_sequence"])
+        generation = load_generation(
+            self.directory,
+            entry,
+            self.settings,
+            self.encoder.dimension,
+            self.store.passage_metadata(sequence),
+        )
+        return View(
+            generation,
+            Tail(self.encoder.dimension),
+            sequence,
+            0,
+            0,
+            generation.n_rows,
+            int(generation.bm25.doc_lengths.sum()),
+            self.store.count_documents(sequence),
+        )
+
+    def close(self) -> None:
+        self.store.close()
+        self.published.close()
+
+
+class Replicas:
+    """Every collection of a data directory, as one worker process serves them.
+
+    ``serving`` is on every search's path and only reads; ``refresh``, which the worker runs
+    every half second on a thread of its own, opens new collections, loads new generations and
+    drops deleted collections.
+    """
+
+    def __init__(self, data_dir: Path, load_encoder: EncoderLoader) -> None:
+        self.root = data_dir / "collections"
+        self._load_encoder = load_encoder
+        self._replicas: dict[str, Replica] = {}
+
+    def serving(self, name: str) -> tuple[Replica, View] | None:
+        """The replica and view to answer a search on ``name`` with, or None: relay it."""
+        replica = self._replicas.get(name)
+        view = None if replica is None else replica.current()
+        return None if replica is None or view is None else (replica, view)
+
+    def refresh(self) -> None:
+        replicas = dict(self._replicas)
+        for name, replica in list(replicas.items()):
+            if replica.withdrawn:
+                # Not closed: a search on another thread may still be reading it.
+                del replicas[name]
+                _LOGGER.info("collection %s was deleted; this worker dropped it", name)
+            elif replica.stale():
+                replica.reload()
+        directories = sorted(self.root.iterdir()) if self.root.exists() else []
+        for directory in directories:
+            if directory.name.startswith(".") or directory.name in replicas:
+                continue
+            try:
+                replica = Replica(directory, self._load_encoder)
+            except (OSError, ValueError, KeyError):
+                continue  # being created or deleted right now: the next refresh sees it
+            replica.reload()
+            replicas[replica.name] = replica
+        self._replicas = replicas  # one assignment: searches see the old or the new dict
+
+    def close(self) -> None:
+        replicas, self._replicas = list(self._replicas.values()), {}
+        for replica in replicas:
+            replica.close()

@@ -1,0 +1,110 @@
+"""The gRPC service of a read worker: searches it can answer itself, the rest to the writer.
+
+A worker shares the server's port (``SO_REUSEPORT``), so any call may reach it. It answers a
+``Search`` from its replica when that holds exactly the writer's state and relays every other
+call, unchanged, to the writer over its loopback port, with the caller's token, request id and
+remaining deadline. A relayed call's status and message are the writer's.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from grpc import aio
+
+from realm.logs import request_id
+from realm.v1 import retriever_pb2, retriever_pb2_grpc
+from retriever_service import validation
+from retriever_service.replica import Replicas
+from retriever_service.servicer import (
+    INLINE_BM25_MAX_PASSAGES,
+    Context,
+    search_query,
+    search_response,
+)
+from retriever_service.settings import Limits
+
+Response = TypeVar("Response")
+_FORWARDED_KEYS = ("authorization",)
+
+
+class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
+    def __init__(self, replicas: Replicas, limits: Limits, writer: aio.Channel) -> None:
+        self.replicas = replicas
+        self.limits = limits
+        self.writer = retriever_pb2_grpc.RetrieverServiceStub(writer)
+
+    async def _relay(
+        self,
+        call: Callable[..., Awaitable[Response]],
+        request: Any,
+        context: Context,
+    ) -> Response:
+        metadata = [
+            (key, value)
+            for key, value in context.invocation_metadata() or ()
+            if key in _FORWARDED_KEYS
+        ]
+        metadata.append(("x-request-id", request_id.get()))
+        try:
+            return await call(request, metadata=metadata, timeout=context.time_remaining())
+        except aio.AioRpcError as error:
+            await context.abort(error.code(), error.details() or "")
+            raise  # abort raises; this keeps the type checker sure nothing returns
+
+    async def Search(  # noqa: N802 -- gRPC method names are PascalCase
+        self, request: retriever_pb2.SearchRequest, context: Context
+    ) -> retriever_pb2.SearchResponse:
+        serving = self.replicas.serving(validation.collection_name(request.collection))
+        if serving is None:
+            return await self._relay(self.writer.Search, request, context)
+        replica, view = serving
+        query = search_query(request, self.limits, "")
+        if query.mode == "bm25" and view.passages <= INLINE_BM25_MAX_PASSAGES:
+            return search_response(replica, query, view)
+        return await asyncio.to_thread(search_response, replica, query, view)
+
+    async def BatchSearch(  # noqa: N802
+        self, request: retriever_pb2.BatchSearchRequest, context: Context
+    ) -> retriever_pb2.BatchSearchResponse:
+        return await self._relay(self.writer.BatchSearch, request, context)
+
+    async def CreateCollection(  # noqa: N802
+        self, request: retriever_pb2.CreateCollectionRequest, context: Context
+    ) -> retriever_pb2.CreateCollectionResponse:
+        return await self._relay(self.writer.CreateCollection, request, context)
+
+    async def ListCollections(  # noqa: N802
+        self, request: retriever_pb2.ListCollectionsRequest, context: Context
+    ) -> retriever_pb2.ListCollectionsResponse:
+        return await self._relay(self.writer.ListCollections, request, context)
+
+    async def DeleteCollection(  # noqa: N802
+        self, request: retriever_pb2.DeleteCollectionRequest, context: Context
+    ) -> retriever_pb2.DeleteCollectionResponse:
+        return await self._relay(self.writer.DeleteCollection, request, context)
+
+    async def Upsert(  # noqa: N802
+        self, request_iterator: AsyncIterator[retriever_pb2.UpsertRequest], context: Context
+    ) -> retriever_pb2.UpsertResponse:
+        return await self._relay(self.writer.Upsert, request_iterator, context)
+
+    async def Delete(  # noqa: N802
+        self, request: retriever_pb2.DeleteRequest, context: Context
+    ) -> retriever_pb2.DeleteResponse:
+        return await self._relay(self.writer.Delete, request, context)
+
+    async def GetDocument(  # noqa: N802
+        self, request: retriever_pb2.GetDocumentRequest, context: Context
+    ) -> retriever_pb2.GetDocumentResponse:
+        return await self._relay(self.writer.GetDocument, request, context)
+
+    async def Stats(  # noqa: N802
+        self, request: retriever_pb2.StatsRequest, context: Context
+    ) -> retriever_pb2.StatsResponse:
+        return await self._relay(self.writer.Stats, request, context)
+
+    async def Compact(  # noqa: N802
+        self, request: retriever_pb2.CompactRequest, context: Context
+    ) -> retriever_pb2.CompactResponse:
+        return await self._relay(self.writer.Compact, request, context)

@@ -1,0 +1,185 @@
+"""Read worker processes: started by the writer, sharing its port, restarted when they die.
+
+One Python process answers on one core at most (the GIL), so ``--workers N`` starts N - 1
+more processes that bind the same port with ``SO_REUSEPORT``; the kernel spreads connections
+over all N. Each worker serves searches from the generation files and the store the writer
+keeps (``replica.py``) and relays everything else to the writer. Workers are the writer's
+children: the writer stops them first on SIGTERM (while it still answers what they relay),
+restarts one that dies, and a worker whose writer is gone stops by itself.
+"""
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from grpc import aio
+from threadpoolctl import threadpool_limits
+
+from realm import logs
+from realm.server import RunningServer, ServerOptions, serve_until_signal
+from realm.v1 import retriever_pb2_grpc
+from retriever_service.embedder import load_encoder
+from retriever_service.replica import Replicas
+from retriever_service.replica_servicer import ReplicaServicer
+from retriever_service.servicer import SERVICE_NAME
+from retriever_service.settings import Limits
+
+_LOGGER = logging.getLogger(__name__)
+MAX_WORKERS = 64
+_PARENT_CHECK_SECONDS = 1.0
+_RESTART_DELAY_SECONDS = 1.0
+_REFRESH_SECONDS = 0.5
+
+
+def run_worker(
+    data_dir: Path,
+    options: ServerOptions,
+    limits: Limits,
+    preload_model: str,
+    writer_address: str,
+    log_level: int,
+) -> None:
+    """A worker process's main (the target ``WorkerPool`` spawns)."""
+    logs.configure(logging.getLevelName(log_level))
+    asyncio.run(_serve(data_dir, options, limits, preload_model, writer_address))
+
+
+async def _serve(
+    data_dir: Path, options: ServerOptions, limits: Limits, preload_model: str, writer: str
+) -> None:
+    threadpool_limits(1, user_api="blas")  # as the writer does; see server.serve
+    replicas = Replicas(data_dir, load_encoder)
+    size = options.max_message_bytes
+    channel = aio.insecure_channel(
+        writer,
+        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+    )
+    servicer = ReplicaServicer(replicas, limits, channel)
+    parent = os.getppid()
+    background: list[asyncio.Task[None]] = []
+
+    def register(server: aio.Server) -> None:
+        retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
+
+    async def load(_: RunningServer) -> None:
+        background.append(asyncio.create_task(_stop_when_orphaned(parent)))
+        if preload_model:
+            await asyncio.to_thread(load_encoder, preload_model)
+        await asyncio.to_thread(replicas.refresh)
+        background.append(asyncio.create_task(_keep_refreshing(replicas)))
+        _LOGGER.info("worker %d serving searches from %s", os.getpid(), data_dir)
+
+    async def flush() -> None:
+        for task in background:
+            task.cancel()
+        replicas.close()
+        await channel.close(None)
+
+    await serve_until_signal(
+        replace(options, reuse_port=True), register, [SERVICE_NAME], load, flush
+    )
+
+
+async def _keep_refreshing(replicas: Replicas) -> None:
+    """Follows the writer: new collections, new generations, deletions (``Replicas.refresh``)."""
+    while True:
+        await asyncio.sleep(_REFRESH_SECONDS)
+        await asyncio.to_thread(replicas.refresh)
+
+
+async def _stop_when_orphaned(parent: int) -> None:
+    """A worker outliving its writer (killed with SIGKILL) would relay into the void: stop."""
+    while os.getppid() == parent:
+        await asyncio.sleep(_PARENT_CHECK_SECONDS)
+    _LOGGER.error("the writer process %d is gone; this worker stops", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class WorkerPool:
+    """The writer's side: ``count`` worker processes kept running until ``stop``."""
+
+    def __init__(
+        self,
+        count: int,
+        data_dir: Path,
+        limits: Limits,
+        preload_model: str,
+    ) -> None:
+        self.count = count
+        self._data_dir = data_dir
+        self._limits = limits
+        self._preload_model = preload_model
+        self._options = ServerOptions()
+        self._context = multiprocessing.get_context("spawn")  # no forked grpc or torch state
+        self._processes: list[BaseProcess] = []
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._writer_address = ""
+
+    def start(self, options: ServerOptions, writer_port: int) -> None:
+        """Spawns the workers; they bind ``options``' port and relay to ``writer_port``."""
+        self._options = options
+        self._writer_address = f"127.0.0.1:{writer_port}"
+        self._processes = [self._spawn(slot) for slot in range(self.count)]
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def _spawn(self, slot: int) -> BaseProcess:
+        process = self._context.Process(
+            target=run_worker,
+            args=(
+                self._data_dir,
+                self._options,
+                self._limits,
+                self._preload_model,
+                self._writer_address,
+                logging.getLogger().level,
+            ),
+            name=f"realm-worker-{slot}",
+            daemon=True,
+        )
+        process.start()
+        _LOGGER.info("started worker %d (pid %s)", slot, process.pid)
+        return process
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(_RESTART_DELAY_SECONDS)
+            for slot, process in enumerate(self._processes):
+                if not process.is_alive() and not self._stopping:
+                    _LOGGER.error(
+                        "worker %d (pid %s) exited with code %s; starting another",
+                        slot,
+                        process.pid,
+                        process.exitcode,
+                    )
+                    self._processes[slot] = self._spawn(slot)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """SIGTERM to every worker, then SIGKILL to any still running after the grace."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds + 1.0  # a worker's drain is grace_seconds
+        for process in self._processes:
+            await asyncio.to_thread(process.join, max(0.0, deadline - loop.time()))
+            if process.is_alive():
+                _LOGGER.error("worker pid %s did not stop in time; killing it", process.pid)
+                process.kill()
+                await asyncio.to_thread(process.join)
+        _LOGGER.info("stopped %d workers", len(self._processes))
