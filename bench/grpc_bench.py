@@ -1,12 +1,16 @@
 """Search over gRPC against an in-process call of the same core, at 16 concurrent clients.
 
 The in-process peer calls ``Collection.search`` from 16 threads; the gRPC side sends the same
-queries from an asyncio client with 16 requests in flight to a real server process. The ratio is
-what the transport, serialisation and servicer cost. A BM25 run over a small collection lasts a
-fraction of a second, so each side runs several times, the two alternating, and the medians are
-compared (single runs moved the ratio between 0.65x and 0.75x on one machine).
+queries from an asyncio client, 16 clients each with a connection of its own, to a real server
+started as an operator would on this machine: ``--workers`` one per core, so a writer and read
+workers share the port. The same server as one process is measured too. The ratio is what the
+transport, serialisation and servicer cost, less what the extra processes win back. A BM25 run
+over a small collection lasts a fraction of a second, so each side runs several times, the
+sides taking turns, and the medians are compared (single runs moved the ratio between 0.65x
+and 0.75x on one machine).
 """
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -34,15 +38,14 @@ from retriever_service.store import StoredDocument
 
 CONCURRENCY = 16
 ROUNDS = 5
+WORKERS = os.cpu_count() or 1  # what docs/operations.md tells operators: one per core
 _PROTO_MODE: dict[SearchMode, common_pb2.SearchMode.ValueType] = {
     "bm25": common_pb2.SEARCH_MODE_BM25,
     "hybrid": common_pb2.SEARCH_MODE_HYBRID,
 }
 
 
-def _in_process(
-    collection: Collection, queries: list[str], mode: SearchMode
-) -> tuple[float, list[float]]:
+def _in_process(collection: Collection, queries: list[str], mode: SearchMode) -> LoadResult:
     latencies: list[float] = []
 
     def one(text: str) -> None:
@@ -53,7 +56,12 @@ def _in_process(
     started = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(one, queries))
-    return len(queries) / (time.perf_counter() - started), latencies
+    seconds = time.perf_counter() - started
+    return LoadResult(len(queries), seconds, {"OK": len(queries)}, latencies)
+
+
+def _remote(server: ServiceProcess, requests: list[retriever_pb2.SearchRequest]) -> LoadResult:
+    return run_load(server.target, requests, CONCURRENCY, connections=CONCURRENCY)
 
 
 def run(quick: bool) -> list[Row]:
@@ -79,42 +87,73 @@ def run(quick: bool) -> list[Row]:
         )
         collection.compact()  # searched as one generation, as after `realm ingest`
         collection.close()
-        # The server gets its own copy, so the two sides never share open files.
-        served = Path(tmp) / "served"
-        shutil.copytree(data_dir, served)
+        # Each server gets its own copy, so no two sides share open files or a writer.
+        for copy in ("served", "single"):
+            shutil.copytree(data_dir, Path(tmp) / copy)
         collection = Collection.open(data_dir / "collections" / "bench", lambda _: encoder)
         with (
             threadpool_limits(1, user_api="blas"),  # as the server does
             ServiceProcess(
-                "retriever", Path(tmp) / "retriever.log", "--data-dir", str(served)
+                "retriever",
+                Path(tmp) / "retriever.log",
+                "--data-dir",
+                str(Path(tmp) / "served"),
+                "--workers",
+                str(WORKERS),
             ) as server,
+            ServiceProcess(
+                "retriever", Path(tmp) / "single.log", "--data-dir", str(Path(tmp) / "single")
+            ) as single,
         ):
             for mode, proto_mode in _PROTO_MODE.items():
                 requests = [
                     retriever_pb2.SearchRequest(collection="bench", query=q, k=10, mode=proto_mode)
                     for q in per_mode[mode]
                 ]
-                _in_process(collection, per_mode[mode][:20], mode)  # warm-up
-                run_load(server.target, requests[:20], CONCURRENCY)
-                local, remote = _alternating(
+                # Warm-up; it also gives the workers time to load (they relay until then).
+                _in_process(collection, per_mode[mode][:20], mode)
+                for target in (server, single):
+                    for _ in range(3):
+                        _remote(target, requests[:50])
+                sides: list[Callable[[], LoadResult]] = [
                     partial(_in_process, collection, per_mode[mode], mode),
-                    partial(run_load, server.target, requests, CONCURRENCY),
-                )
-                local_qps, local_latencies = local
+                    partial(_remote, server, requests),
+                ]
                 if mode == "bm25":
-                    bm25_run = (requests, local_qps)
+                    sides.append(partial(_remote, single, requests))
+                local, remote, *one_process = _medians(sides)
+                if mode == "bm25":
+                    bm25_run = (requests, local.qps)
+                note = (
+                    f"gRPC: median of {ROUNDS} runs: {summary(remote)}; in-process: p50 "
+                    f"{statistics.median(local.latencies_ms):.1f} ms. The load generator shares "
+                    "the cores with the server; the in-process peer pays no client"
+                )
                 rows.append(
                     Row(
-                        f"{mode} search, {CONCURRENCY} concurrent clients, {len(documents):,} docs",
+                        f"{mode} search, {CONCURRENCY} concurrent clients, {len(documents):,} "
+                        f"docs, --workers {WORKERS}",
                         remote.qps,
                         "in-process Collection.search",
-                        local_qps,
+                        local.qps,
                         "q/s",
                         0.75,
-                        note=f"gRPC: median of {ROUNDS} runs: {summary(remote)}; in-process: p50 "
-                        f"{statistics.median(local_latencies):.1f} ms. The load generator shares "
-                        "the 2 cores with the server; the in-process peer pays no client",
+                        note=note,
                     )
+                )
+                rows.extend(
+                    Row(
+                        f"{mode} search, {CONCURRENCY} concurrent clients, {len(documents):,} "
+                        "docs, one process",
+                        alone.qps,
+                        "in-process Collection.search",
+                        local.qps,
+                        "q/s",
+                        None,
+                        note=f"median of {ROUNDS} runs: {summary(alone)}; the in-process figure "
+                        "is the row above's",
+                    )
+                    for alone in one_process
                 )
         rows.append(_floor(collection, *bm25_run, Path(tmp), len(documents)))
         collection.close()
@@ -144,11 +183,8 @@ def _floor(
         str(responses),
         module="bench.transport_floor",
     ) as server:
-        run_load(server.target, requests[:20], CONCURRENCY)  # warm-up
-        runs = sorted(
-            (run_load(server.target, requests, CONCURRENCY) for _ in range(ROUNDS)),
-            key=lambda run: run.qps,
-        )
+        _remote(server, requests[:50])  # warm-up
+        runs = sorted((_remote(server, requests) for _ in range(ROUNDS)), key=lambda run: run.qps)
     floor = runs[ROUNDS // 2]
     return Row(
         f"bm25 transport floor: prepared answers, no search, {CONCURRENCY} concurrent clients, "
@@ -164,20 +200,12 @@ def _floor(
     )
 
 
-def _alternating(
-    local: Callable[[], tuple[float, list[float]]], remote: Callable[[], LoadResult]
-) -> tuple[tuple[float, list[float]], LoadResult]:
-    """Each side's median run by queries/s, over ``ROUNDS`` runs that alternate which goes
-    first, so a drift in the machine's speed falls on both."""
-    local_runs: list[tuple[float, list[float]]] = []
-    remote_runs: list[LoadResult] = []
+def _medians(sides: list[Callable[[], LoadResult]]) -> list[LoadResult]:
+    """Each side's median run by queries/s over ``ROUNDS`` rounds; the side that goes first
+    changes every round, so a drift in the machine's speed falls on all of them."""
+    runs: list[list[LoadResult]] = [[] for _ in sides]
     for round_number in range(ROUNDS):
-        if round_number % 2:
-            remote_runs.append(remote())
-            local_runs.append(local())
-        else:
-            local_runs.append(local())
-            remote_runs.append(remote())
-    local_runs.sort(key=lambda run: run[0])
-    remote_runs.sort(key=lambda run: run.qps)
-    return local_runs[ROUNDS // 2], remote_runs[ROUNDS // 2]
+        for offset in range(len(sides)):
+            index = (round_number + offset) % len(sides)
+            runs[index].append(sides[index]())
+    return [sorted(side, key=lambda run: run.qps)[ROUNDS // 2] for side in runs]

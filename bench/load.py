@@ -1,7 +1,9 @@
 """A small asyncio gRPC load generator: fixed concurrency, bounded by request count and time.
 
 Reports queries/s, status counts and latency percentiles; every request it sends is to the
-loopback server the benchmark started itself.
+loopback server the benchmark started itself. Clients can each have a connection of their own
+(``connections``), as separate client processes would: a server whose processes share a port
+(``--workers``) is spread over by connection, not by call.
 """
 
 import asyncio
@@ -33,16 +35,28 @@ class LoadResult:
 
 
 async def _drive(
-    target: str, requests: list[retriever_pb2.SearchRequest], concurrency: int, max_seconds: float
+    target: str,
+    requests: list[retriever_pb2.SearchRequest],
+    concurrency: int,
+    max_seconds: float,
+    connections: int,
 ) -> LoadResult:
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
     next_index = 0
     deadline = time.monotonic() + max_seconds
-    async with aio.insecure_channel(target) as channel:
-        stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+    # A local subchannel pool per channel: otherwise channels to one target share a connection.
+    channels = [
+        aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections)
+    ]
+    try:
+        stubs = [retriever_pb2_grpc.RetrieverServiceStub(channel) for channel in channels]
+        await asyncio.wait_for(
+            asyncio.gather(*(channel.channel_ready() for channel in channels)), max_seconds
+        )
 
-        async def worker() -> None:
+        async def worker(stub: "retriever_pb2_grpc.RetrieverServiceAsyncStub") -> None:
             nonlocal next_index
             while next_index < len(requests) and time.monotonic() < deadline:
                 request = requests[next_index]
@@ -56,8 +70,11 @@ async def _drive(
                 latencies.append((time.perf_counter() - started) * 1000)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(stubs[i % connections]) for i in range(concurrency)))
         seconds = time.perf_counter() - started
+    finally:
+        for channel in channels:
+            await channel.close(None)
     return LoadResult(len(latencies), seconds, dict(statuses), latencies)
 
 
@@ -66,8 +83,10 @@ def run_load(
     requests: list[retriever_pb2.SearchRequest],
     concurrency: int,
     max_seconds: float = 120,
+    connections: int = 1,
 ) -> LoadResult:
-    return asyncio.run(_drive(target, requests, concurrency, max_seconds))
+    """``concurrency`` clients sharing ``connections`` connections round-robin."""
+    return asyncio.run(_drive(target, requests, concurrency, max_seconds, connections))
 
 
 def summary(result: LoadResult) -> str:

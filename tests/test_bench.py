@@ -12,6 +12,7 @@ import pytest
 
 from bench.common import Row, table
 from bench.generate_bench import _engine_run, _prompts
+from bench.load import run_load
 from bench.transport_floor import save_responses
 from generator_service.engine import GenerationEngine
 from generator_service.models import LoadedModel
@@ -121,7 +122,12 @@ def test_the_transport_floor_sends_the_real_servers_bytes(
         answered = [stub.Search(r) for r in reversed(requests)]
         with pytest.raises(grpc.RpcError) as unknown:
             stub.Search(retriever_pb2.SearchRequest(collection=fixture_collection, query="nope"))
+        # The load generator: 8 clients over 4 connections send every request exactly once.
+        unanswerable = retriever_pb2.SearchRequest(collection=fixture_collection, query="nope")
+        load = run_load(floor.target, [*requests * 10, unanswerable], 8, connections=4)
     assert [a.SerializeToString() for a in reversed(answered)] == [
         r.SerializeToString() for r in real
     ]
     assert unknown.value.code() is grpc.StatusCode.INTERNAL
+    assert load.statuses == {"OK": 30, "INTERNAL": 1}
+    assert len(load.latencies_ms) == load.requests == 31
