@@ -11,6 +11,7 @@ a write. Reloads run on a background thread; searches are relayed meanwhile.
 
 import json
 import logging
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ class Replica:
                 self._view.generation.number,
                 self._view.sequence,
             )
-        except (OSError, StorageError, ValueError, KeyError) as error:
+        except (OSError, sqlite3.Error, StorageError, ValueError, KeyError) as error:
             # The writer may have built past it already; the next published one is tried.
             _LOGGER.warning(
                 "collection %s: this worker could not load its generation (%s); the writer "
@@ -160,7 +161,7 @@ class Replicas:
                 continue
             try:
                 replica = Replica(directory, self._load_encoder)
-            except (OSError, ValueError, KeyError):
+            except (OSError, sqlite3.Error, ValueError, KeyError):
                 continue  # being created or deleted right now: the next refresh sees it
             replica.reload()
             replicas[replica.name] = replica

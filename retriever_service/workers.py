@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -34,6 +35,8 @@ _LOGGER = logging.getLogger(__name__)
 MAX_WORKERS = 64
 _PARENT_CHECK_SECONDS = 1.0
 _RESTART_DELAY_SECONDS = 1.0
+_MAX_RESTART_DELAY_SECONDS = 60.0
+_STABLE_SECONDS = 60.0  # a worker that ran this long died of something else: no backoff
 _REFRESH_SECONDS = 0.5
 
 
@@ -90,7 +93,11 @@ async def _keep_refreshing(replicas: Replicas) -> None:
     """Follows the writer: new collections, new generations, deletions (``Replicas.refresh``)."""
     while True:
         await asyncio.sleep(_REFRESH_SECONDS)
-        await asyncio.to_thread(replicas.refresh)
+        try:
+            await asyncio.to_thread(replicas.refresh)
+        except Exception:
+            # Searches keep being relayed to the writer meanwhile; the next round tries again.
+            _LOGGER.exception("this worker could not follow the writer's collections")
 
 
 async def _stop_when_orphaned(parent: int) -> None:
@@ -118,6 +125,7 @@ class WorkerPool:
         self._options = ServerOptions()
         self._context = multiprocessing.get_context("spawn")  # no forked grpc or torch state
         self._processes: list[BaseProcess] = []
+        self._started: list[float] = []
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._writer_address = ""
@@ -127,11 +135,8 @@ class WorkerPool:
         self._options = options
         self._writer_address = f"127.0.0.1:{writer_port}"
         self._processes = [self._spawn(slot) for slot in range(self.count)]
+        self._started = [time.monotonic()] * self.count
         self._supervisor = asyncio.create_task(self._supervise())
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._processes if p.pid is not None]
 
     def _spawn(self, slot: int) -> BaseProcess:
         process = self._context.Process(
@@ -152,17 +157,36 @@ class WorkerPool:
         return process
 
     async def _supervise(self) -> None:
+        """Restarts dead workers; one that keeps dying young waits twice as long each time (up
+        to a minute), so a worker that cannot start does not fill the log every second."""
+        delays = [0.0] * self.count
+        died: list[float | None] = [None] * self.count
         while not self._stopping:
             await asyncio.sleep(_RESTART_DELAY_SECONDS)
+            now = time.monotonic()
             for slot, process in enumerate(self._processes):
-                if not process.is_alive() and not self._stopping:
+                if process.is_alive() or self._stopping:
+                    continue
+                if died[slot] is None:
+                    died[slot] = now
+                    young = now - self._started[slot] < _STABLE_SECONDS
+                    delays[slot] = (
+                        min(2 * delays[slot], _MAX_RESTART_DELAY_SECONDS)
+                        if young and delays[slot]
+                        else _RESTART_DELAY_SECONDS
+                    )
                     _LOGGER.error(
-                        "worker %d (pid %s) exited with code %s; starting another",
+                        "worker %d (pid %s) exited with code %s; starting another in %.0f s",
                         slot,
                         process.pid,
                         process.exitcode,
+                        delays[slot],
                     )
+                dead_since = died[slot]
+                if dead_since is not None and now - dead_since >= delays[slot]:
                     self._processes[slot] = self._spawn(slot)
+                    self._started[slot] = now
+                    died[slot] = None
 
     async def stop(self, grace_seconds: float) -> None:
         """SIGTERM to every worker, then SIGKILL to any still running after the grace."""
