@@ -10,6 +10,7 @@ sides taking turns, and the medians are compared (single runs moved the ratio be
 and 0.75x on one machine).
 """
 
+import contextlib
 import os
 import shutil
 import statistics
@@ -21,6 +22,8 @@ from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
 from bench.common import Row
@@ -60,6 +63,31 @@ def _in_process(collection: Collection, queries: list[str], mode: SearchMode) ->
     return LoadResult(len(queries), seconds, {"OK": len(queries)}, latencies)
 
 
+def _wait_every_process_serving(target: str, timeout: float = 300.0) -> None:
+    """Health over each of ``CONCURRENCY`` connections: the writer turns SERVING first, a
+    worker once it has loaded the collection (it relays searches until then)."""
+    deadline = time.monotonic() + timeout
+    channels = [
+        grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CONCURRENCY)
+    ]
+    try:
+        while time.monotonic() < deadline:
+            statuses = {
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                .status
+                for channel in channels
+            }
+            if statuses == {health_pb2.HealthCheckResponse.SERVING}:
+                return
+            time.sleep(0.2)
+    finally:
+        for channel in channels:
+            channel.close()
+    raise TimeoutError(f"not every process behind {target} was serving after {timeout:.0f}s")
+
+
 def _remote(server: ServiceProcess, requests: list[retriever_pb2.SearchRequest]) -> LoadResult:
     return run_load(server.target, requests, CONCURRENCY, connections=CONCURRENCY)
 
@@ -67,9 +95,9 @@ def _remote(server: ServiceProcess, requests: list[retriever_pb2.SearchRequest])
 def run(quick: bool) -> list[Row]:
     documents = wiki_summaries(800 if quick else 5_000)
     queries = [d.metadata.get("description") or d.title for d in documents]
-    # A BM25 run lasts long enough that opening the channel (part of every run) weighs
-    # little: 400 requests took 0.2 s and read 10% slower than 4,000. A hybrid search encodes
-    # its query (~10-25 ms of CPU): fewer of them measure it as well.
+    # A BM25 run of 400 requests took 0.2 s and read 10% slower than 4,000; 2,000 or more
+    # last long enough. A hybrid search encodes its query (~10-25 ms of CPU): fewer of them
+    # measure it as well.
     per_mode = {
         "bm25": list(islice(cycle(queries), 2_000 if quick else 4_000)),
         "hybrid": queries[: 100 if quick else 1_000],
@@ -91,30 +119,33 @@ def run(quick: bool) -> list[Row]:
         for copy in ("served", "single"):
             shutil.copytree(data_dir, Path(tmp) / copy)
         collection = Collection.open(data_dir / "collections" / "bench", lambda _: encoder)
-        with (
-            threadpool_limits(1, user_api="blas"),  # as the server does
-            ServiceProcess(
-                "retriever",
-                Path(tmp) / "retriever.log",
-                "--data-dir",
-                str(Path(tmp) / "served"),
-                "--workers",
-                str(WORKERS),
-            ) as server,
-            ServiceProcess(
-                "retriever", Path(tmp) / "single.log", "--data-dir", str(Path(tmp) / "single")
-            ) as single,
-        ):
+        server = ServiceProcess(
+            "retriever",
+            Path(tmp) / "retriever.log",
+            "--data-dir",
+            str(Path(tmp) / "served"),
+            "--workers",
+            str(WORKERS),
+        )
+        single = ServiceProcess(
+            "retriever", Path(tmp) / "single.log", "--data-dir", str(Path(tmp) / "single")
+        )
+        with contextlib.ExitStack() as running:
+            running.enter_context(threadpool_limits(1, user_api="blas"))  # as the server does
+            for process in (server, single):  # both start at once; each loads the model
+                process.start()
+                running.callback(process.stop)
+            for process in (server, single):
+                process.wait_serving()
+            _wait_every_process_serving(server.target)
             for mode, proto_mode in _PROTO_MODE.items():
                 requests = [
                     retriever_pb2.SearchRequest(collection="bench", query=q, k=10, mode=proto_mode)
                     for q in per_mode[mode]
                 ]
-                # Warm-up; it also gives the workers time to load (they relay until then).
-                _in_process(collection, per_mode[mode][:20], mode)
+                _in_process(collection, per_mode[mode][:20], mode)  # warm-up
                 for target in (server, single):
-                    for _ in range(3):
-                        _remote(target, requests[:50])
+                    _remote(target, requests[:20])
                 sides: list[Callable[[], LoadResult]] = [
                     partial(_in_process, collection, per_mode[mode], mode),
                     partial(_remote, server, requests),
@@ -183,7 +214,7 @@ def _floor(
         str(responses),
         module="bench.transport_floor",
     ) as server:
-        _remote(server, requests[:50])  # warm-up
+        _remote(server, requests[:20])  # warm-up
         runs = sorted((_remote(server, requests) for _ in range(ROUNDS)), key=lambda run: run.qps)
     floor = runs[ROUNDS // 2]
     return Row(
