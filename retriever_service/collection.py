@@ -35,7 +35,7 @@ from retriever_service.generation import (
     load_generation,
     write_generation,
 )
-from retriever_service.live import Tail, View, carry_over, fold
+from retriever_service.live import View, carry_over, fold
 from retriever_service.published import PublishedState
 from retriever_service.search import Hit, Searcher, SearchQuery
 from retriever_service.settings import CollectionSettings
@@ -464,14 +464,9 @@ class Collection:
         assert generation is not None
         self.store.roll_back_after(generation.last_sequence)
         self.wal.resume_after(generation.last_sequence)
-        view = View(
+        view = View.of_generation(
             generation,
-            Tail(self.encoder.dimension),
-            generation.last_sequence,
-            0,
-            0,
-            generation.n_rows,
-            int(generation.bm25.doc_lengths.sum()),
+            self.encoder.dimension,
             self.store.count_documents(generation.last_sequence),
         )
         replayed = 0

@@ -115,6 +115,20 @@ class View:
     total_length: int
     documents: int
 
+    @classmethod
+    def of_generation(cls, generation: Generation, dimension: int, documents: int) -> "View":
+        """``generation`` with nothing written since: no tail rows, no tombstones."""
+        return cls(
+            generation,
+            Tail(dimension),
+            generation.last_sequence,
+            0,
+            0,
+            generation.n_rows,
+            int(generation.bm25.doc_lengths.sum()),
+            documents,
+        )
+
     @property
     def pristine(self) -> bool:
         """Nothing changed since the generation: its precomputed scores are exact."""

@@ -20,7 +20,7 @@ from realm.errors import StorageError
 from retriever_service.analyzer import Analyzer
 from retriever_service.collection import MANIFEST, SETTINGS, STORE, EncoderLoader
 from retriever_service.generation import EMPTY_ENTRY, load_generation
-from retriever_service.live import Tail, View
+from retriever_service.live import View
 from retriever_service.published import WITHDRAWN, PublishedState
 from retriever_service.search import Hit, Searcher, SearchQuery
 from retriever_service.settings import CollectionSettings
@@ -111,15 +111,8 @@ class Replica:
             self.encoder.dimension,
             self.store.passage_metadata(sequence),
         )
-        return View(
-            generation,
-            Tail(self.encoder.dimension),
-            sequence,
-            0,
-            0,
-            generation.n_rows,
-            int(generation.bm25.doc_lengths.sum()),
-            self.store.count_documents(sequence),
+        return View.of_generation(
+            generation, self.encoder.dimension, self.store.count_documents(sequence)
         )
 
     def close(self) -> None:
