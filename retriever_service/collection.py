@@ -151,10 +151,9 @@ class Collection:
         load_encoder: EncoderLoader,
         compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
     ) -> "Collection":
-        payload = json.loads((directory / SETTINGS).read_text(encoding="utf-8"))
-        settings = CollectionSettings.from_json(payload["settings"])
+        name, settings = read_settings(directory)
         encoder = load_encoder(settings.embedding_model)
-        return cls(payload["name"], directory, settings, encoder, compact_threshold)
+        return cls(name, directory, settings, encoder, compact_threshold)
 
     def close(self) -> None:
         """Stops the background builder (a build in progress finishes first) and the files."""
@@ -438,7 +437,7 @@ class Collection:
     # ----------------------------------------------------------------- start-up
     def _recover(self) -> View:
         """Loads the newest undamaged generation and replays the log past it."""
-        entries = self._manifest_entries()
+        entries = manifest_entries(self.directory, self.settings, self.encoder.dimension)
         generation: Generation | None = None
         for position, entry in enumerate(entries):
             try:
@@ -505,24 +504,33 @@ class Collection:
                 change = self.store.upsert(db, sequence, record.documents, spans)
         return self._mirror(view, change, prepared)
 
-    def _manifest_entries(self) -> list[Mapping[str, Any]]:
-        """Generations to try, newest first; generation 0 (empty) when nothing was built."""
-        path = self.directory / MANIFEST
-        if not path.exists():
-            return [EMPTY_ENTRY]
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise StorageError(
-                f"{path}: format_version={manifest.get('format_version')} is not "
-                f"{FORMAT_VERSION}; this server cannot read it: re-ingest the collection"
-            )
-        if manifest.get("dimension") != self.encoder.dimension:
-            raise StorageError(
-                f"{path}: dimension={manifest.get('dimension')} but model "
-                f"{self.settings.embedding_model} makes {self.encoder.dimension}-d vectors"
-            )
-        entries: list[Mapping[str, Any]] = manifest["generations"]
-        return entries
+
+def read_settings(directory: Path) -> tuple[str, CollectionSettings]:
+    """The name and settings a collection directory was created with."""
+    payload = json.loads((directory / SETTINGS).read_text(encoding="utf-8"))
+    return payload["name"], CollectionSettings.from_json(payload["settings"])
+
+
+def manifest_entries(
+    directory: Path, settings: CollectionSettings, dimension: int
+) -> list[Mapping[str, Any]]:
+    """Generations to try, newest first; generation 0 (empty) when nothing was built."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return [EMPTY_ENTRY]
+    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise StorageError(
+            f"{path}: format_version={manifest.get('format_version')} is not "
+            f"{FORMAT_VERSION}; this server cannot read it: re-ingest the collection"
+        )
+    if manifest.get("dimension") != dimension:
+        raise StorageError(
+            f"{path}: dimension={manifest.get('dimension')} but model "
+            f"{settings.embedding_model} makes {dimension}-d vectors"
+        )
+    entries: list[Mapping[str, Any]] = manifest["generations"]
+    return entries
 
 
 def _indexed_text(document: StoredDocument, span: ChunkSpan) -> str:

@@ -9,21 +9,23 @@ replays the log: the tail exists only in the writer, so two processes can never 
 a write. Reloads run on a background thread; searches are relayed meanwhile.
 """
 
-import json
 import logging
 import sqlite3
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from realm.errors import StorageError
 from retriever_service.analyzer import Analyzer
-from retriever_service.collection import MANIFEST, SETTINGS, STORE, EncoderLoader
-from retriever_service.generation import EMPTY_ENTRY, load_generation
+from retriever_service.collection import (
+    MANIFEST,
+    STORE,
+    EncoderLoader,
+    manifest_entries,
+    read_settings,
+)
+from retriever_service.generation import load_generation
 from retriever_service.live import View
 from retriever_service.published import WITHDRAWN, PublishedState
 from retriever_service.search import Hit, Searcher, SearchQuery
-from retriever_service.settings import CollectionSettings
 from retriever_service.store import DocumentStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,10 +35,8 @@ class Replica:
     """One collection as a worker serves it: searched from any thread, reloaded from one."""
 
     def __init__(self, directory: Path, load_encoder: EncoderLoader) -> None:
-        payload = json.loads((directory / SETTINGS).read_text(encoding="utf-8"))
-        self.name: str = payload["name"]
+        self.name, self.settings = read_settings(directory)
         self.directory = directory
-        self.settings = CollectionSettings.from_json(payload["settings"])
         self.encoder = load_encoder(self.settings.embedding_model)
         self.published = PublishedState.for_reader(directory)
         self.store = DocumentStore(directory / STORE)
@@ -96,10 +96,7 @@ class Replica:
             )
 
     def _load(self, number: int) -> View:
-        entries: list[Mapping[str, Any]] = [EMPTY_ENTRY]  # nothing built yet
-        if number != 0:
-            manifest = json.loads((self.directory / MANIFEST).read_text(encoding="utf-8"))
-            entries = manifest["generations"]
+        entries = manifest_entries(self.directory, self.settings, self.encoder.dimension)
         entry = next((e for e in entries if int(e["generation"]) == number), None)
         if entry is None:
             raise StorageError(f"generation {number} is not in {self.directory / MANIFEST}")
