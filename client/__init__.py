@@ -4,6 +4,7 @@ from client.connection import ConnectionOptions
 from client.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    IngestInterrupted,
     InvalidArgument,
     NotFound,
     RealmClientError,
@@ -33,6 +34,7 @@ __all__ = [
     "Document",
     "ExtractedField",
     "GeneratorClient",
+    "IngestInterrupted",
     "InvalidArgument",
     "NotFound",
     "RealmClient",

@@ -42,6 +42,19 @@ class Unauthenticated(RealmClientError):
     """The server wants a bearer token (``ConnectionOptions.bearer_token``) or a different one."""
 
 
+class IngestInterrupted(RealmClientError):
+    """An ingest stopped on a batch that kept failing; ``acknowledged`` documents (the first ones
+    in the order given) are durable, so skipping that many resumes it."""
+
+    def __init__(self, cause: RealmClientError, acknowledged: int) -> None:
+        super().__init__(
+            cause.code,
+            f"{cause}; the first {acknowledged} documents were acknowledged (skip them to resume)",
+        )
+        self.cause = cause
+        self.acknowledged = acknowledged
+
+
 _BY_CODE: dict[grpc.StatusCode, type[RealmClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,

@@ -109,6 +109,19 @@ class RealmClient:
             collection, documents, batch_size=batch_size, progress=progress
         )
 
+    def ingest(
+        self,
+        collection: str,
+        documents: Iterable[Document],
+        *,
+        batch_size: int = 256,
+        progress: Progress | None = None,
+    ) -> UpsertSummary:
+        """A large corpus in acknowledged, retried batches (``RetrieverClient.ingest``)."""
+        return self.retriever.ingest(
+            collection, documents, batch_size=batch_size, progress=progress
+        )
+
     def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         return self.retriever.delete(collection, ids)
 

@@ -4,6 +4,7 @@ Connection options (TLS, token, retries of UNAVAILABLE, keepalive) come from
 ``client.connection.ConnectionOptions``, shared with every other client.
 """
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
@@ -11,7 +12,14 @@ from types import TracebackType
 from typing import Literal
 
 from client.connection import RETRIEVER_SERVICE, ConnectionOptions, Target, sync_channel
-from client.errors import translated_errors
+from client.errors import (
+    DeadlineExceeded,
+    IngestInterrupted,
+    RealmClientError,
+    ResourceExhausted,
+    Unavailable,
+    translated_errors,
+)
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
 Mode = Literal["bm25", "dense", "hybrid"]
@@ -25,6 +33,8 @@ _FUSIONS: dict[str, common_pb2.FusionMethod.ValueType] = {
     "weighted": common_pb2.FUSION_METHOD_WEIGHTED,
 }
 DEFAULT_TARGET = "localhost:50051"
+# What ``ingest`` sends again after a pause: the server was away, restarting or too busy.
+_TRANSIENT = (Unavailable, DeadlineExceeded, ResourceExhausted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,63 @@ class RetrieverClient:
         with translated_errors():
             response = self._stub.Upsert(batches(), timeout=timeout, metadata=self._metadata)
         return upsert_summary(response)
+
+    def ingest(
+        self,
+        collection: str,
+        documents: Iterable[Document],
+        *,
+        batch_size: int = 256,
+        attempts: int = 8,
+        max_pause_s: float = 10.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> UpsertSummary:
+        """Writes a large corpus as a series of acknowledged batches, each its own ``Upsert``.
+
+        Unlike one ``upsert`` stream, no connection has to stay open for the whole corpus: a
+        dropped connection, a restarted server or a full write queue costs the batch in flight,
+        which is sent again after a pause (up to ``attempts`` times, pauses doubling to
+        ``max_pause_s``). Sending a batch twice is harmless: an upsert of the same ids replaces
+        them, so a repeated batch counts as replaced. ``progress`` gets each acknowledged
+        batch's size. When a batch keeps failing, ``IngestInterrupted.acknowledged`` says how
+        many leading documents are durable.
+        """
+        if attempts < 1:
+            raise ValueError(f"attempts={attempts} must be >= 1")
+        total = UpsertSummary(0, 0, 0, 0, 0)
+        iterator = iter(documents)
+        acknowledged = 0
+        while batch := list(islice(iterator, batch_size)):
+            try:
+                done = self._upsert_with_retries(collection, batch, attempts, max_pause_s)
+            except RealmClientError as error:
+                raise IngestInterrupted(error, acknowledged) from error
+            total = UpsertSummary(
+                total.inserted + done.inserted,
+                total.replaced + done.replaced,
+                total.passages + done.passages,
+                done.generation,
+                done.sequence,
+            )
+            acknowledged += len(batch)
+            if progress is not None:
+                progress(len(batch))
+        return total
+
+    def _upsert_with_retries(
+        self, collection: str, batch: list[Document], attempts: int, max_pause_s: float
+    ) -> UpsertSummary:
+        pause = min(0.5, max_pause_s)
+        failed = 0
+        while True:
+            try:
+                return self.upsert(collection, batch, batch_size=len(batch))
+            except _TRANSIENT:
+                failed += 1
+                if failed == attempts:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, max_pause_s)
 
     def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         """Deletes documents; returns ``(deleted, ids_not_found)``."""

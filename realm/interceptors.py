@@ -19,6 +19,8 @@ from realm import errors
 from realm.logs import request_id
 
 _LOGGER = logging.getLogger("realm.rpc")
+# Services every caller may use without a token and before the server is ready.
+_OPEN_SERVICES = ("/grpc.health", "/grpc.reflection")
 
 STATUS_OF: dict[type[errors.RealmError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -100,7 +102,7 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         # grpc's handler types describe the sync API; aio handlers hold coroutines, hence Any.
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+        if handler is None or method.startswith(_OPEN_SERVICES):
             return handler
         if handler.unary_unary or handler.stream_unary:
             return _wrap_single_response(handler, method)
@@ -143,6 +145,35 @@ def _wrap_streaming_response(handler: Any, method: str) -> Any:
     return _same_kind(handler, wrapped)
 
 
+class ReadinessGate(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses calls with UNAVAILABLE until the service has loaded and after it starts to stop.
+
+    A restarted retriever answers on its port before its collections are loaded; without the
+    gate a client retrying a write would be told NOT_FOUND for a collection that exists.
+    UNAVAILABLE is what clients retry. Health and reflection pass: they report the state."""
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if self.ready or handler is None or method.startswith(_OPEN_SERVICES):
+            return handler
+        return _same_kind(
+            handler,
+            _refusal(
+                handler,
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is loading or shutting down; retry shortly",
+            ),
+        )
+
+
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED). Health and
     reflection stay open, so probes and load balancers need no secret."""
@@ -157,21 +188,27 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+        if handler is None or method.startswith(_OPEN_SERVICES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         presented = str(metadata.get("authorization", "")).encode()
         if hmac.compare_digest(presented, self._expected):
             return handler
-        return _same_kind(handler, _refusal(handler))
+        return _same_kind(
+            handler,
+            _refusal(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token; send 'authorization: Bearer <token>'",
+            ),
+        )
 
 
-def _refusal(handler: Any) -> Any:
-    message = "missing or wrong bearer token; send 'authorization: Bearer <token>'"
+def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     if handler.unary_unary or handler.stream_unary:
 
         async def refuse(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            await context.abort(code, message)
 
         return refuse
 
@@ -181,7 +218,7 @@ def _refusal(handler: Any) -> Any:
         nothing: tuple[Any, ...] = ()
         for item in nothing:  # makes this an async generator, like the handler it replaces
             yield item
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     return refuse_stream
 

@@ -20,11 +20,13 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from realm.interceptors import BearerTokenInterceptor, ErrorInterceptor
+from realm.interceptors import BearerTokenInterceptor, ErrorInterceptor, ReadinessGate
 
 _LOGGER = logging.getLogger(__name__)
 OVERALL_HEALTH = ""  # the empty service name is the server as a whole
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]  # untyped alias
+# The longest any connection setting may be: gRPC keeps milliseconds in a signed 32-bit int.
+MAX_CONNECTION_SECONDS = 2_000_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,21 @@ class ServerOptions:
     # Share the port with other processes of this server (its read workers); off otherwise, so
     # that a second server started on a port in use fails instead of splitting its traffic.
     reuse_port: bool = False
+    # Connection management (docs/limits.md, "Connections"). The server pings a connection that
+    # has been silent for keepalive_s and drops it when no answer comes within
+    # keepalive_timeout_s, so half-open connections of vanished clients do not pile up.
+    keepalive_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    # The most often a client may ping a connection that carries no data; clients of this
+    # project ping every 60 s. A client pinging more often is sent GOAWAY ("too many pings").
+    min_client_ping_interval_s: float = 10.0
+    # A connection with no call for this long is closed; clients reconnect on their next call.
+    max_connection_idle_s: float = 1800.0
+    # Connections are recycled after this age (gRPC adds +-10% jitter), so that clients spread
+    # again over read workers and replicas that started after them; calls in flight get
+    # max_connection_age_grace_s to finish.
+    max_connection_age_s: float = 1800.0
+    max_connection_age_grace_s: float = 900.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -60,6 +77,42 @@ class ServerOptions:
                 raise ValueError(f"TLS file {path} does not exist")
         if self.auth_token is not None and len(self.auth_token) < 16:
             raise ValueError("auth_token is shorter than 16 characters; use a long random secret")
+        for name in (
+            "keepalive_s",
+            "keepalive_timeout_s",
+            "min_client_ping_interval_s",
+            "max_connection_idle_s",
+            "max_connection_age_s",
+            "max_connection_age_grace_s",
+        ):
+            value = getattr(self, name)
+            if not 0.001 <= value <= MAX_CONNECTION_SECONDS:
+                raise ValueError(
+                    f"{name}={value} is outside 0.001..{MAX_CONNECTION_SECONDS:.0f} seconds"
+                )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The channel arguments of the server (every name is one gRPC knows: a test checks)."""
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", int(self.reuse_port)),
+            ("grpc.keepalive_time_ms", _millis(self.keepalive_s)),
+            ("grpc.keepalive_timeout_ms", _millis(self.keepalive_timeout_s)),
+            # Keep pinging a silent peer during a long call: how a dead client is noticed.
+            ("grpc.http2.max_pings_without_data", 0),
+            # Clients' keepalive pings: allowed without calls and as often as the interval;
+            # two pings too early are forgiven before the connection is closed.
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                _millis(self.min_client_ping_interval_s),
+            ),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.max_connection_idle_ms", _millis(self.max_connection_idle_s)),
+            ("grpc.max_connection_age_ms", _millis(self.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", _millis(self.max_connection_age_grace_s)),
+        ]
 
     def credentials(self) -> grpc.ServerCredentials | None:
         if self.tls_cert_file is None or self.tls_key_file is None:
@@ -67,6 +120,10 @@ class ServerOptions:
         return grpc.ssl_server_credentials(
             [(self.tls_key_file.read_bytes(), self.tls_cert_file.read_bytes())]
         )
+
+
+def _millis(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def refuse_port_in_use(host: str, port: int) -> None:
@@ -96,6 +153,7 @@ class RunningServer:
         port: int,
         health_servicer: Any,
         service_names: Sequence[str],
+        gate: ReadinessGate,
         loopback_port: int | None = None,
     ) -> None:
         self.server = server
@@ -103,6 +161,7 @@ class RunningServer:
         self.loopback_port = loopback_port
         self.health = health_servicer
         self.service_names = service_names
+        self._gate = gate
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -110,6 +169,7 @@ class RunningServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
+        self._gate.ready = serving
         for name in (OVERALL_HEALTH, *self.service_names):
             await self.health.set(name, status)
 
@@ -129,21 +189,14 @@ async def start_server(
     ``loopback_port`` also binds a plaintext port on 127.0.0.1 that the OS picks, for this
     server's own worker processes (the interceptors, bearer token included, guard it too).
     """
-    interceptors: list[aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    gate = ReadinessGate()
+    interceptors: list[aio.ServerInterceptor] = [gate]  # type: ignore[type-arg]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
     interceptors.append(ErrorInterceptor())
     server = aio.server(
         interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.max_send_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", int(options.reuse_port)),
-            # Clients send keepalive pings every 60 s (client.connection); accept them rather
-            # than closing the connection with "too many pings".
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
+        options=options.grpc_options(),
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
     register(server)
@@ -165,7 +218,7 @@ async def start_server(
     if internal == 0:
         raise OSError("could not bind a loopback port for the worker processes")
     await server.start()
-    running = RunningServer(server, port, health_servicer, service_names, internal)
+    running = RunningServer(server, port, health_servicer, service_names, gate, internal)
     await running.set_serving(False)
     _LOGGER.info("listening on %s:%d", options.host, port)
     return running

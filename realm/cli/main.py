@@ -24,7 +24,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client import Answer, GeneratorClient, NotFound, RealmClientError, RetrieverClient
+from client import (
+    Answer,
+    GeneratorClient,
+    IngestInterrupted,
+    NotFound,
+    RealmClientError,
+    RetrieverClient,
+)
 from client.connection import ConnectionOptions
 from client.generator import Task, generate_request
 from client.retriever import Document, Mode, UpsertSummary
@@ -374,7 +381,17 @@ def ingest(
     ],
     collection: CollectionOpt,
     target: Target = "localhost:50051",
-    batch_size: Annotated[int, typer.Option(min=1, max=2048)] = 256,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=2048, help="Documents per acknowledged write.")
+    ] = 256,
+    skip: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Leave out the first N documents: resumes an interrupted ingest (its error "
+            "says how many were acknowledged).",
+        ),
+    ] = 0,
     compact: Annotated[
         bool,
         typer.Option(
@@ -397,7 +414,10 @@ def ingest(
         fail(str(error), code=2)
     with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
         _ensure_collection(client, collection)
-        summary = _upload(client, collection, documents, batch_size)
+        try:
+            summary = _upload(client, collection, documents[skip:], batch_size)
+        except IngestInterrupted as error:
+            fail(f"{error.code.name}: {error}; rerun with --skip {skip + error.acknowledged}")
         generation = client.compact(collection) if compact else summary.generation
     console.print(
         f"{collection}: {summary.inserted} inserted, {summary.replaced} replaced, "
@@ -420,6 +440,7 @@ def _ensure_collection(client: RetrieverClient, name: str) -> bool:
 def _upload(
     client: RetrieverClient, collection: str, documents: list[Document], batch_size: int
 ) -> UpsertSummary:
+    """Sends ``documents`` in acknowledged batches, showing how many are durable."""
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -429,14 +450,13 @@ def _upload(
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("sending", total=len(documents))
-
-        def advance(sent: int) -> None:
-            progress.advance(task, sent)
-            if progress.tasks[0].completed >= len(documents):
-                progress.update(task, description="indexing (encoding passages)")
-
-        return client.upsert(collection, documents, batch_size=batch_size, progress=advance)
+        task = progress.add_task("indexing", total=len(documents))
+        return client.ingest(
+            collection,
+            documents,
+            batch_size=batch_size,
+            progress=lambda acknowledged: progress.advance(task, acknowledged),
+        )
 
 
 @app.command()
@@ -529,22 +549,14 @@ def eval_retrieval(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
     target: Target = "localhost:50051",
 ) -> None:
-    """nDCG@10, Recall@100 and MRR@10 on qrels/test.tsv; fills an empty collection first."""
+    """nDCG@10, Recall@100 and MRR@10 on qrels/test.tsv; indexes what the collection lacks
+    first (so an interrupted run resumes where it stopped)."""
     from realm.evaluation import evaluate_retrieval
 
     search_mode = _mode(mode)
     with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
-        try:
-            empty = client.stats(collection)[0].documents == 0
-        except NotFound:
-            client.create_collection(collection)
-            empty = True
-        if empty:
-            documents = [
-                d for d in read_documents(beir / "corpus.jsonl") if isinstance(d, Document)
-            ]
-            _upload(client, collection, documents, 256)
-            client.compact(collection)
+        documents = [d for d in read_documents(beir / "corpus.jsonl") if isinstance(d, Document)]
+        _index_missing(client, collection, documents)
         metrics = evaluate_retrieval(client, collection, beir, search_mode)
     table = Table(title=f"{beir.name} / {collection} / {mode}")
     for name in ("ndcg@10", "recall@100", "mrr@10", "queries"):
