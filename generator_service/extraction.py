@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from generator_service.citations import best_passage, content_words
 from generator_service.prompts import RetrievedPassage
-from realm.errors import InvalidArgument
+from realm.errors import InvalidArgument, shown
 
-FIELD_NAME = re.compile(r"^[A-Za-z0-9_ ]{1,64}$")
+FIELD_NAME = re.compile(r"[A-Za-z0-9_ ]{1,64}")
 _MARKER = re.compile(r"\s*\[(\d{1,3})\]")
 # A value ends where the model starts another "key: value" pair on the same line.
 _NEXT_PAIR = re.compile(r",\s*[A-Za-z_][A-Za-z0-9_ ]{0,63}:")
@@ -37,9 +37,10 @@ def validate_fields(fields: Sequence[str], max_fields: int) -> list[str]:
     if len(fields) > max_fields:
         raise InvalidArgument(f"fields has {len(fields)} names, above max_fields={max_fields}")
     for name in fields:
-        if not FIELD_NAME.match(name) or not name.strip():
+        if not FIELD_NAME.fullmatch(name) or not name.strip():
             raise InvalidArgument(
-                f"fields contains {name!r}; a field name is 1-64 letters, digits, '_' or spaces"
+                f"fields contains {shown(name)}; a field name is 1-64 letters, digits, '_' or "
+                "spaces"
             )
     if len({_key(name) for name in fields}) != len(fields):
         raise InvalidArgument("fields contains the same name twice")

@@ -7,7 +7,6 @@ once, so overload shows up as a fast, retryable error rather than as timeouts.
 
 import contextlib
 import math
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
@@ -20,11 +19,11 @@ from generator_service.pipeline import Answer, AnswerRequest, Pipeline
 from generator_service.prompts import Task
 from generator_service.retrieval import SearchSpec
 from generator_service.settings import GeneratorLimits
-from realm.errors import InvalidArgument, ResourceExhausted, Unavailable
+from realm.errors import InvalidArgument, ResourceExhausted, Unavailable, shown
+from realm.names import collection_name
 from realm.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
-_COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TASKS: dict[int, Task] = {
     generator_pb2.TASK_UNSPECIFIED: "answer",
     generator_pb2.TASK_ANSWER: "answer",
@@ -71,7 +70,7 @@ def sampling_from_proto(
     for stop in stops:
         if not stop or len(stop) > limits.max_stop_chars:
             raise InvalidArgument(
-                f"parameters.stop contains {stop!r}; each stop string needs "
+                f"parameters.stop contains {shown(stop)}; each stop string needs "
                 f"1..{limits.max_stop_chars} characters"
             )
     return SamplingParams(
@@ -95,11 +94,7 @@ def request_from_proto(
             f"question has {len(question)} characters, above max_question_chars="
             f"{limits.max_question_chars}"
         )
-    if not _COLLECTION.match(request.collection):
-        raise InvalidArgument(
-            f"collection={request.collection!r} is not a valid collection name; use 1-64 "
-            "letters, digits, '_' or '-'"
-        )
+    collection_name(request.collection)
     k = request.k or limits.default_k
     if k > limits.max_k:
         raise InvalidArgument(f"k={k} is outside 1..max_k={limits.max_k}")

@@ -40,3 +40,15 @@ class FailedPrecondition(RealmError):
 
 class StorageError(RealmError):
     """The data directory could not be written or read back (-> INTERNAL, data left intact)."""
+
+
+# Longest piece of a client's value quoted back in an error message.
+MAX_SHOWN_CHARS = 80
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut to ``MAX_SHOWN_CHARS``: a message that echoes
+    a megabyte id back would itself break the message-size limit."""
+    if len(value) <= MAX_SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:MAX_SHOWN_CHARS]!r}... ({len(value):,} characters)"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from realm import errors
@@ -109,13 +110,55 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return _wrap_streaming_response(handler, method)
 
 
+class _Undecodable:
+    """Stands for a request message that did not parse, so the call can fail with
+    INVALID_ARGUMENT: a deserializer that raises makes gRPC answer UNKNOWN with a class name."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def refuse(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"the request is not a valid message ({self.error}); string fields must be UTF-8"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _Undecodable(error)
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    """The request itself, or (a stream of) it with undecodable messages raising."""
+    if isinstance(request, _Undecodable):
+        raise request.refuse()
+    if isinstance(request, AsyncIterator):
+
+        async def messages() -> AsyncIterator[Any]:
+            async for message in request:
+                if isinstance(message, _Undecodable):
+                    raise message.refuse()
+                yield message
+
+        return messages()
+    return request
+
+
 def _wrap_single_response(handler: Any, method: str) -> Any:
     behavior = handler.unary_unary or handler.stream_unary
 
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         with _CallScope(method, context) as scope:
             try:
-                response = await behavior(request, context)
+                response = await behavior(_checked(request), context)
             except Exception as error:  # cancellation (BaseException) passes through
                 if _is_abort(error):
                     raise
@@ -124,7 +167,7 @@ def _wrap_single_response(handler: Any, method: str) -> Any:
             scope.log(grpc.StatusCode.OK)
             return response
 
-    return _same_kind(handler, wrapped)
+    return _same_kind(handler, wrapped, _tolerant(handler.request_deserializer))
 
 
 def _wrap_streaming_response(handler: Any, method: str) -> Any:
@@ -133,7 +176,7 @@ def _wrap_streaming_response(handler: Any, method: str) -> Any:
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _CallScope(method, context) as scope:
             try:
-                async for item in behavior(request, context):
+                async for item in behavior(_checked(request), context):
                     yield item
             except Exception as error:  # cancellation (BaseException) passes through
                 if _is_abort(error):
@@ -142,7 +185,7 @@ def _wrap_streaming_response(handler: Any, method: str) -> Any:
                 raise
             scope.log(grpc.StatusCode.OK)
 
-    return _same_kind(handler, wrapped)
+    return _same_kind(handler, wrapped, _tolerant(handler.request_deserializer))
 
 
 class ReadinessGate(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -223,8 +266,11 @@ def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     return refuse_stream
 
 
-def _same_kind(handler: Any, behavior: Any) -> Any:
-    """A handler of the same streaming kind and codecs as ``handler``, running ``behavior``."""
+def _same_kind(
+    handler: Any, behavior: Any, request_deserializer: Callable[[bytes], Any] | None = None
+) -> Any:
+    """A handler of the same streaming kind and codecs as ``handler``, running ``behavior``
+    (with ``request_deserializer`` in place of the handler's own when given)."""
     if handler.unary_unary:
         factory = grpc.unary_unary_rpc_method_handler
     elif handler.stream_unary:
@@ -235,6 +281,6 @@ def _same_kind(handler: Any, behavior: Any) -> Any:
         factory = grpc.stream_stream_rpc_method_handler
     return factory(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

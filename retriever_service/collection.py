@@ -13,6 +13,7 @@ import logging
 import shutil
 import sqlite3
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from realm.errors import InvalidArgument, NotFound, StorageError
-from realm.files import write_json_atomic
+from realm.errors import InvalidArgument, NotFound, StorageError, shown
+from realm.files import fsync_dir, write_json_atomic
 from retriever_service import dense as dense_module
 from retriever_service import log_records
 from retriever_service.analyzer import Analyzer
@@ -140,8 +141,13 @@ class Collection:
         compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
     ) -> "Collection":
         encoder = load_encoder(settings.embedding_model)  # fail before touching the disk
-        directory.mkdir(parents=True)
-        write_json_atomic(directory / SETTINGS, {"name": name, "settings": settings.to_json()})
+        # Made whole under a dot-name, then renamed into place: a crash leaves either nothing
+        # under ``name`` or a complete collection, never a directory without its settings.
+        staging = directory.with_name(f".creating-{name}-{uuid.uuid4().hex}")
+        staging.mkdir()
+        write_json_atomic(staging / SETTINGS, {"name": name, "settings": settings.to_json()})
+        staging.rename(directory)
+        fsync_dir(directory.parent)
         return cls(name, directory, settings, encoder, compact_threshold)
 
     @classmethod
@@ -181,7 +187,7 @@ class Collection:
     def get(self, doc_id: str) -> tuple[StoredDocument, list[PassageRecord]]:
         found = self.store.document(self._view.sequence, doc_id)
         if found is None:
-            raise NotFound(f"document id={doc_id!r} is not in collection {self.name!r}")
+            raise NotFound(f"document id={shown(doc_id)} is not in collection {self.name!r}")
         return found
 
     def stats(self) -> CollectionStats:

@@ -6,7 +6,8 @@ import threading
 import uuid
 from pathlib import Path
 
-from realm.errors import AlreadyExists, NotFound, ResourceExhausted
+from realm.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from realm.files import fsync_dir
 from retriever_service.collection import (
     DEFAULT_COMPACT_THRESHOLD,
     SETTINGS,
@@ -37,30 +38,58 @@ class Registry:
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
-        """Opens every collection on disk; a damaged one stops start-up with a clear error."""
+        """Opens every collection on disk; a damaged one stops start-up with a clear error.
+
+        Sweeps what interrupted operations leave: dot-directories (a create or a delete cut
+        short) and empty directories (a create by an older version, which made the directory
+        before its settings)."""
         for directory in sorted(self.root.iterdir()):
             if directory.name.startswith("."):
-                shutil.rmtree(directory, ignore_errors=True)  # a delete that was interrupted
+                shutil.rmtree(directory, ignore_errors=True)
             elif (directory / SETTINGS).exists():
                 collection = Collection.open(directory, self._load_encoder, self._compact_threshold)
                 self._collections[collection.name] = collection
+            elif directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+                _LOGGER.warning("removed %s: an empty leftover of an interrupted create", directory)
+            else:
+                _LOGGER.error(
+                    "%s is not a collection (no %s); it is not served: move it out of %s",
+                    directory,
+                    SETTINGS,
+                    self.root,
+                )
+        fsync_dir(self.root)
 
     def create(self, name: str, settings: CollectionSettings) -> Collection:
         with self._lock:
-            if name in self._collections:
-                raise AlreadyExists(
-                    f"collection {name!r} exists already; pick another name or delete it"
-                )
-            if len(self._collections) >= self._max_collections:
-                raise ResourceExhausted(
-                    f"this server holds max_collections={self._max_collections}; delete one "
-                    "or raise --max-collections"
-                )
+            self._check_room(name)
+        # The model is loaded outside the lock: a slow load holds up no other call.
+        encoder = self._load_encoder(settings.embedding_model)
+        with self._lock:
+            self._check_room(name)
             collection = Collection.create(
-                name, self.root / name, settings, self._load_encoder, self._compact_threshold
+                name, self.root / name, settings, lambda _: encoder, self._compact_threshold
             )
             self._collections[name] = collection
             return collection
+
+    def _check_room(self, name: str) -> None:
+        """Refuses a create that cannot succeed (caller holds the lock)."""
+        if name in self._collections:
+            raise AlreadyExists(
+                f"collection {name!r} exists already; pick another name or delete it"
+            )
+        if len(self._collections) >= self._max_collections:
+            raise ResourceExhausted(
+                f"this server holds max_collections={self._max_collections}; delete one "
+                "or raise --max-collections"
+            )
+        if (self.root / name).exists():
+            raise FailedPrecondition(
+                f"{self.root / name} exists but is not a collection; move it away to use the "
+                f"name {name!r}"
+            )
 
     def get(self, name: str) -> Collection:
         collection = self._collections.get(name)
@@ -85,6 +114,7 @@ class Registry:
         # Rename first: a crash mid-delete leaves a dot-directory that start-up sweeps away.
         doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
         collection.directory.rename(doomed)
+        fsync_dir(self.root)  # the name is free for good, even after a power cut
         shutil.rmtree(doomed, ignore_errors=True)
         _LOGGER.info("deleted collection %s (%d documents)", name, documents)
         return documents

@@ -129,6 +129,9 @@ class Replicas:
         self.root = data_dir / "collections"
         self._load_encoder = load_encoder
         self._replicas: dict[str, Replica] = {}
+        # Deleted collections' replicas, closed one refresh later (when no search that found
+        # them can still be reading): until then their files' space is not freed.
+        self._dropped: list[Replica] = []
 
     def serving(self, name: str) -> tuple[Replica, View] | None:
         """The replica and view to answer a search on ``name`` with, or None: relay it."""
@@ -137,11 +140,15 @@ class Replicas:
         return None if replica is None or view is None else (replica, view)
 
     def refresh(self) -> None:
+        for replica in self._dropped:
+            replica.close()
+        self._dropped = []
         replicas = dict(self._replicas)
         for name, replica in list(replicas.items()):
             if replica.withdrawn:
-                # Not closed: a search on another thread may still be reading it.
+                # Not closed yet: a search on another thread may still be reading it.
                 del replicas[name]
+                self._dropped.append(replica)
                 _LOGGER.info("collection %s was deleted; this worker dropped it", name)
             elif replica.stale():
                 replica.reload()
@@ -158,6 +165,7 @@ class Replicas:
         self._replicas = replicas  # one assignment: searches see the old or the new dict
 
     def close(self) -> None:
-        replicas, self._replicas = list(self._replicas.values()), {}
+        replicas, self._replicas = [*self._replicas.values(), *self._dropped], {}
+        self._dropped = []
         for replica in replicas:
             replica.close()

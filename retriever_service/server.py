@@ -2,12 +2,14 @@
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from grpc import aio
 from threadpoolctl import threadpool_limits
 
+from realm.files import lock_directory
 from realm.server import RunningServer, ServerOptions, refuse_port_in_use, serve_until_signal
 from realm.v1 import retriever_pb2_grpc
 from retriever_service.collection import DEFAULT_COMPACT_THRESHOLD
@@ -58,6 +60,14 @@ async def serve(config: RetrieverConfig) -> None:
     if with_workers:
         refuse_port_in_use(config.server.host, config.server.port)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_directory(config.data_dir)  # before anything reads or repairs the directory
+    try:
+        await _serve_locked(config, with_workers)
+    finally:
+        os.close(lock)
+
+
+async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
     registry = Registry(
         config.data_dir, load_encoder, config.limits.max_collections, config.compact_threshold
     )

@@ -10,7 +10,7 @@ from typing import Any, Protocol, cast
 
 from grpc import aio
 
-from realm.errors import InvalidArgument
+from realm.errors import InvalidArgument, shown
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from retriever_service import validation
 from retriever_service.analyzer import LANGUAGES, Language
@@ -42,7 +42,7 @@ _FUSIONS: dict[int, FusionMethod | None] = {
 
 def _language(value: str) -> Language:
     if value not in LANGUAGES:
-        raise ValueError(f"language={value!r} is not supported; use one of {LANGUAGES}")
+        raise ValueError(f"language={shown(value)} is not supported; use one of {LANGUAGES}")
     return cast(Language, value)
 
 
@@ -212,7 +212,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 self.registry.get(name)  # fail fast, before the client streams everything
             elif message.collection != name:
                 raise InvalidArgument(
-                    f"{where}: collection={message.collection!r} differs from {name!r} named "
+                    f"{where}: collection={shown(message.collection)} differs from {name!r} named "
                     "earlier in the stream; use one stream per collection"
                 )
             batch = [
@@ -222,8 +222,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             for position, document in enumerate(batch):
                 if document.doc_id in seen:
                     raise InvalidArgument(
-                        f"{where}: documents[{position}].id={document.doc_id!r} was already sent "
-                        "earlier in this stream; send each id once per stream"
+                        f"{where}: documents[{position}].id={shown(document.doc_id)} was already "
+                        "sent earlier in this stream; send each id once per stream"
                     )
                 seen.add(document.doc_id)
             documents.extend(batch)
@@ -254,9 +254,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
         collection = self.registry.get(validation.collection_name(request.collection))
-        ids = list(dict.fromkeys(request.ids))
-        if not ids:
-            raise InvalidArgument("ids is empty; name at least one document to delete")
+        ids = validation.document_ids(request.ids, self.limits)
         result = await asyncio.to_thread(collection.delete, ids)
         return retriever_pb2.DeleteResponse(
             deleted=result.deleted, not_found=result.not_found, sequence=result.sequence
@@ -296,9 +294,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.GetDocumentRequest, context: Context
     ) -> retriever_pb2.GetDocumentResponse:
         collection = self.registry.get(validation.collection_name(request.collection))
-        if not request.id:
-            raise InvalidArgument("id is empty; name the document to fetch")
-        document, passages = await asyncio.to_thread(collection.get, request.id)
+        doc_id = validation.document_id(request.id, self.limits)
+        document, passages = await asyncio.to_thread(collection.get, doc_id)
         return retriever_pb2.GetDocumentResponse(
             document=common_pb2.Document(
                 id=document.doc_id,

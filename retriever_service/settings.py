@@ -1,6 +1,5 @@
 """Per-collection settings and server-wide limits: the one typed place for retriever knobs."""
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,8 +8,6 @@ from retriever_service.bm25 import BM25Params
 from retriever_service.chunker import ChunkerConfig
 from retriever_service.dense import AnnoyParams
 from retriever_service.embedder import DEFAULT_MODEL
-
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +52,7 @@ class Limits:
     max_documents_per_message: int = 2048
     max_documents_per_stream: int = 200_000
     max_id_bytes: int = 256
+    max_ids_per_delete: int = 10_000
     max_metadata_entries: int = 64
     max_collections: int = 256
 
@@ -67,6 +65,7 @@ class Limits:
             "max_document_chars",
             "max_documents_per_message",
             "max_id_bytes",
+            "max_ids_per_delete",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

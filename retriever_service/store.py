@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from realm.errors import StorageError
+from realm.files import fsync_dir
 from retriever_service.chunker import ChunkSpan
 
 _SCHEMA = """
@@ -87,12 +89,26 @@ class DocumentStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        # Every thread's connection, so that close() releases all their descriptors: a deleted
+        # collection's files are freed only when the last one is closed.
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        created = not path.exists()
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
+        if created:
+            fsync_dir(path.parent)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            with self._connections_lock:
+                if self._closed:
+                    raise StorageError(f"{self.path} is closed (its collection was deleted)")
+                # Each connection is used by the thread that opened it only; check_same_thread
+                # is off so that close() may close it from another thread.
+                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._connections.append(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -111,10 +127,13 @@ class DocumentStore:
         db.execute("COMMIT")
 
     def close(self) -> None:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None:
+        """Closes every thread's connection; later use raises StorageError."""
+        with self._connections_lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for db in connections:
             db.close()
-            self._local.db = None
+        self._local.db = None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

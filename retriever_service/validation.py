@@ -5,18 +5,47 @@ Runs before any state changes, so a refused request leaves the collection exactl
 
 from collections.abc import Mapping, Sequence
 
-from realm.errors import InvalidArgument
-from retriever_service.settings import COLLECTION_NAME, Limits
+from realm.errors import InvalidArgument, shown
+from realm.names import collection_name
+from retriever_service.settings import Limits
 from retriever_service.store import StoredDocument
 
+__all__ = [
+    "collection_name",
+    "document_id",
+    "document_ids",
+    "documents",
+    "metadata",
+    "query_text",
+    "result_count",
+]
 
-def collection_name(name: str, field: str = "collection") -> str:
-    if not COLLECTION_NAME.match(name):
+
+def document_id(doc_id: str, limits: Limits, field: str = "id") -> str:
+    """An id naming an existing document (GetDocument, Delete)."""
+    if not doc_id:
+        raise InvalidArgument(f"{field} is empty; name the document")
+    if len(doc_id.encode()) > limits.max_id_bytes:
         raise InvalidArgument(
-            f"{field}={name!r} is not a valid collection name; use 1-64 characters of "
-            "letters, digits, '_' or '-'"
+            f"{field} has {len(doc_id.encode()):,} bytes, above max_id_bytes={limits.max_id_bytes}"
+            "; no document has such an id"
         )
-    return name
+    return doc_id
+
+
+def document_ids(ids: Sequence[str], limits: Limits, field: str = "ids") -> list[str]:
+    """The distinct ids of a Delete, in order; bounded so one call cannot hold the write lock
+    for long."""
+    if not ids:
+        raise InvalidArgument(f"{field} is empty; name at least one document to delete")
+    if len(ids) > limits.max_ids_per_delete:
+        raise InvalidArgument(
+            f"{field} has {len(ids):,} ids, above max_ids_per_delete="
+            f"{limits.max_ids_per_delete}; split the delete into several calls"
+        )
+    for position, doc_id in enumerate(ids):
+        document_id(doc_id, limits, f"{field}[{position}]")
+    return list(dict.fromkeys(ids))
 
 
 def query_text(text: str, limits: Limits, field: str = "query") -> str:
@@ -59,7 +88,7 @@ def documents(batch: Sequence[StoredDocument], limits: Limits, field: str = "doc
             )
         if document.doc_id in seen:
             raise InvalidArgument(
-                f"{where}.id={document.doc_id!r} repeats {field}[{seen[document.doc_id]}].id; "
+                f"{where}.id={shown(document.doc_id)} repeats {field}[{seen[document.doc_id]}].id; "
                 "ids must be unique within a batch (send the final version once)"
             )
         seen[document.doc_id] = position
@@ -73,17 +102,17 @@ def documents(batch: Sequence[StoredDocument], limits: Limits, field: str = "doc
                 # SQLite's string functions stop at NUL: the hit would lose everything after it.
                 raise InvalidArgument(
                     f"{where}.{name} contains a NUL character at offset {offset} "
-                    f"(id={document.doc_id!r}); remove it"
+                    f"(id={shown(document.doc_id)}); remove it"
                 )
         if not document.text.strip():
             raise InvalidArgument(
-                f"{where}.text is empty (id={document.doc_id!r}); every document needs text"
+                f"{where}.text is empty (id={shown(document.doc_id)}); every document needs text"
             )
         if len(document.text) > limits.max_document_chars:
             raise InvalidArgument(
-                f"{where}.text has {len(document.text)} characters (id={document.doc_id!r}), above "
-                f"max_document_chars={limits.max_document_chars}; split the document or raise "
-                "--max-document-chars"
+                f"{where}.text has {len(document.text)} characters "
+                f"(id={shown(document.doc_id)}), above max_document_chars="
+                f"{limits.max_document_chars}; split the document or raise --max-document-chars"
             )
         metadata(document.metadata, limits, f"{where}.metadata")
 

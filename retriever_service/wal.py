@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from realm.errors import StorageError
-from realm.files import fsync_dir
+from realm.files import fsync_dir, make_durable_dir
 
 _LOGGER = logging.getLogger(__name__)
 _HEADER = struct.Struct("<IQI")
@@ -41,7 +41,7 @@ class WriteAheadLog:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        make_durable_dir(directory)
         self._segments = sorted(
             (int(p.name.removesuffix(SUFFIX)), p) for p in directory.glob(f"*{SUFFIX}")
         )

@@ -135,6 +135,7 @@ def serve_retriever(
     log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the retriever until SIGTERM/SIGINT."""
+    from realm.files import DirectoryLocked
     from realm.server import ServerOptions
     from retriever_service.server import RetrieverConfig, serve
     from retriever_service.settings import Limits
@@ -162,7 +163,10 @@ def serve_retriever(
         )
     except ValueError as error:
         fail(str(error), code=2)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except DirectoryLocked as error:
+        fail(str(error), code=1)
 
 
 @serve_app.command("generator")

@@ -1,0 +1,185 @@
+"""What a security review found, as tests against real server processes: one server per data
+directory, safe collection names, no descriptors left on deleted files, bounded echoes of client
+input, and undecodable requests refused as INVALID_ARGUMENT."""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from client import Document, RetrieverClient
+from realm.errors import InvalidArgument
+from realm.names import collection_name
+from realm.v1 import retriever_pb2, retriever_pb2_grpc
+from tests.servers import REPO, RetrieverProcess
+
+pytestmark = pytest.mark.slow
+_SERVE_RETRIEVER = (sys.executable, "-m", "realm.cli.main", "serve", "retriever")
+
+
+def _status(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.fixture
+def stub(retriever: RetrieverProcess) -> Iterator[retriever_pb2_grpc.RetrieverServiceStub]:
+    with grpc.insecure_channel(retriever.target) as channel:
+        yield retriever_pb2_grpc.RetrieverServiceStub(channel)
+
+
+@pytest.mark.parametrize("name", ["abc\n", "\nabc", "a/b", "..", "", "x" * 65, "名前"])
+def test_collection_names_must_match_whole(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="not a valid collection name"):
+        collection_name(name)
+    assert collection_name("Abc_1-2") == "Abc_1-2"
+
+
+def test_a_name_with_a_trailing_newline_is_refused_by_both_services(
+    stub: retriever_pb2_grpc.RetrieverServiceStub, retriever: RetrieverProcess
+) -> None:
+    code, message = _status(
+        lambda: stub.CreateCollection(retriever_pb2.CreateCollectionRequest(name="abc\n"))
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+    assert not any("\n" in path.name for path in (retriever.data_dir / "collections").iterdir())
+
+
+def test_undecodable_requests_are_invalid_arguments_not_unknown(
+    retriever: RetrieverProcess,
+) -> None:
+    """A string field holding bad UTF-8 fails to parse before any servicer runs."""
+    bad_name = b"\x0a\x02\xff\xfe"  # field 1 (name / collection), two bytes that are not UTF-8
+    with grpc.insecure_channel(retriever.target) as channel:
+        unary = channel.unary_unary("/realm.v1.RetrieverService/CreateCollection", None, None)
+        stream = channel.stream_unary("/realm.v1.RetrieverService/Upsert", None, None)
+        for call in (lambda: unary(bad_name, timeout=10), lambda: stream(iter([bad_name]))):
+            code, message = _status(call)
+            assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+            assert "UTF-8" in message
+
+
+def test_echoed_client_values_are_cut_short(
+    stub: retriever_pb2_grpc.RetrieverServiceStub, fixture_collection: str
+) -> None:
+    """A megabyte id must not come back whole in the error (it would break the message limit)."""
+    huge = "x" * 1_000_000
+    calls = [
+        lambda: stub.GetDocument(
+            retriever_pb2.GetDocumentRequest(collection=fixture_collection, id=huge)
+        ),
+        lambda: stub.Delete(retriever_pb2.DeleteRequest(collection=fixture_collection, ids=[huge])),
+        lambda: stub.CreateCollection(retriever_pb2.CreateCollectionRequest(name=huge)),
+        lambda: stub.Upsert(
+            iter(
+                [
+                    retriever_pb2.UpsertRequest(collection=fixture_collection),
+                    retriever_pb2.UpsertRequest(collection=huge),
+                ]
+            )
+        ),
+    ]
+    for call in calls:
+        code, message = _status(call)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, message[:200]
+        assert len(message) < 400, message[:200]
+
+
+def test_a_delete_names_a_bounded_number_of_ids(
+    stub: retriever_pb2_grpc.RetrieverServiceStub, fixture_collection: str
+) -> None:
+    ids = [f"id-{i}" for i in range(10_001)]
+    code, message = _status(
+        lambda: stub.Delete(retriever_pb2.DeleteRequest(collection=fixture_collection, ids=ids))
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_ids_per_delete=10000" in message
+
+
+def test_a_second_server_on_the_same_data_directory_exits_at_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with RetrieverProcess(data_dir) as first, RetrieverClient(first.target) as client:
+        client.create_collection("owned")
+        client.upsert("owned", [Document("a", "The first server owns this directory.")])
+        second = subprocess.run(
+            [*_SERVE_RETRIEVER, "--port", "0", "--data-dir", str(data_dir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert second.returncode == 1
+        assert f"in use by another retriever (pid {first.process.pid})" in second.stderr  # type: ignore[union-attr]
+        assert client.stats("owned")[0].documents == 1
+        client.upsert("owned", [Document("b", "Still writable by its owner.")])
+        assert client.stats("owned")[0].last_sequence == 2
+
+
+def test_start_up_sweeps_leftovers_and_refuses_a_name_taken_by_a_stray_directory(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data" / "collections"
+    (root / ".creating-half-0123").mkdir(parents=True)  # a create cut short by a crash
+    (root / "empty").mkdir()  # what an older version left when it crashed mid-create
+    (root / "stray").mkdir()
+    (root / "stray" / "notes.txt").write_text("not ours")
+    with RetrieverProcess(tmp_path / "data") as server, RetrieverClient(server.target) as client:
+        assert not (root / ".creating-half-0123").exists()
+        assert not (root / "empty").exists()
+        client.create_collection("empty")  # the name works again
+        code, message = _status(
+            lambda: retriever_pb2_grpc.RetrieverServiceStub(
+                grpc.insecure_channel(server.target)
+            ).CreateCollection(retriever_pb2.CreateCollectionRequest(name="stray"))
+        )
+        assert code is grpc.StatusCode.FAILED_PRECONDITION, message
+        assert "stray exists but is not a collection" in message
+        assert (root / "stray" / "notes.txt").read_text() == "not ours"
+
+
+def _descriptors_into(pid: int, directory: Path) -> list[str]:
+    """Paths under ``directory`` (or deleted files) that process ``pid`` holds open."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith(str(directory)) or target.endswith("(deleted)"):
+            held.append(target)
+    return held
+
+
+def test_deleted_collections_leave_no_open_descriptors(tmp_path: Path) -> None:
+    """Create, write, search from many threads, delete; three rounds. Every descriptor of the
+    deleted collections must be closed, or their disk space is never freed."""
+    data_dir = tmp_path / "data"
+    with RetrieverProcess(data_dir) as server, RetrieverClient(server.target) as client:
+        assert server.process is not None
+        pid = server.process.pid
+        baseline = len(os.listdir(f"/proc/{pid}/fd"))
+        for round_number in range(3):
+            name = f"round-{round_number}"
+            client.create_collection(name)
+            client.upsert(
+                name, [Document(f"d{i}", f"Round {round_number} text {i}.") for i in range(20)]
+            )
+            for mode in ("bm25", "dense", "hybrid") * 4:
+                client.search(name, "text", mode=mode)  # spreads over the server's threads
+            client.get(name, "d3")
+            client.compact(name)
+            client.delete_collection(name)
+        assert _descriptors_into(pid, data_dir / "collections") == []
+        assert len(os.listdir(f"/proc/{pid}/fd")) <= baseline + 2
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
