@@ -9,7 +9,8 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -41,6 +42,41 @@ def status_of(error: errors.RealmError) -> grpc.StatusCode:
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
+
+
+class Admission:
+    """Caps the calls in progress, in total and per method, refusing the one past a cap with
+    RESOURCE_EXHAUSTED at once. Health and reflection never pass through it: gRPC's own
+    ``maximum_concurrent_rpcs`` counted them, so a few stuck streams made a Kubernetes probe
+    fail and the pod restart. Runs on the event loop only, so plain counters suffice."""
+
+    def __init__(self, max_calls: int, max_per_method: Mapping[str, int] | None = None) -> None:
+        self.max_calls = max_calls
+        self.max_per_method = dict(max_per_method or {})
+        self.calls = 0
+        self.per_method: dict[str, int] = {}
+
+    @contextmanager
+    def held(self, method: str) -> Iterator[None]:
+        if self.calls >= self.max_calls:
+            raise errors.ResourceExhausted(
+                f"{self.calls} calls are in progress, the server's max_concurrent_rpcs="
+                f"{self.max_calls}; retry shortly"
+            )
+        cap = self.max_per_method.get(method)
+        running = self.per_method.get(method, 0)
+        if cap is not None and running >= cap:
+            raise errors.ResourceExhausted(
+                f"{running} {method.rsplit('/', 1)[-1]} calls are in progress, this server's "
+                f"limit; retry shortly"
+            )
+        self.calls += 1
+        self.per_method[method] = running + 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
+            self.per_method[method] -= 1
 
 
 class _CallScope:
@@ -93,7 +129,11 @@ def _is_abort(error: BaseException) -> bool:
 
 
 class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps every handler of the server (health and reflection pass through untouched)."""
+    """Wraps every handler of the server (health and reflection pass through untouched):
+    admission, request id, access log and the mapping of errors to statuses."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
 
     async def intercept_service(
         self,
@@ -106,8 +146,8 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or method.startswith(_OPEN_SERVICES):
             return handler
         if handler.unary_unary or handler.stream_unary:
-            return _wrap_single_response(handler, method)
-        return _wrap_streaming_response(handler, method)
+            return _wrap_single_response(handler, method, self.admission)
+        return _wrap_streaming_response(handler, method, self.admission)
 
 
 class _Undecodable:
@@ -152,13 +192,14 @@ def _checked(request: Any) -> Any:
     return request
 
 
-def _wrap_single_response(handler: Any, method: str) -> Any:
+def _wrap_single_response(handler: Any, method: str, admission: Admission) -> Any:
     behavior = handler.unary_unary or handler.stream_unary
 
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         with _CallScope(method, context) as scope:
             try:
-                response = await behavior(_checked(request), context)
+                with admission.held(method):
+                    response = await behavior(_checked(request), context)
             except Exception as error:  # cancellation (BaseException) passes through
                 if _is_abort(error):
                     raise
@@ -170,14 +211,15 @@ def _wrap_single_response(handler: Any, method: str) -> Any:
     return _same_kind(handler, wrapped, _tolerant(handler.request_deserializer))
 
 
-def _wrap_streaming_response(handler: Any, method: str) -> Any:
+def _wrap_streaming_response(handler: Any, method: str, admission: Admission) -> Any:
     behavior = handler.unary_stream or handler.stream_stream
 
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _CallScope(method, context) as scope:
             try:
-                async for item in behavior(_checked(request), context):
-                    yield item
+                with admission.held(method):
+                    async for item in behavior(_checked(request), context):
+                        yield item
             except Exception as error:  # cancellation (BaseException) passes through
                 if _is_abort(error):
                     raise

@@ -10,8 +10,8 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from realm.interceptors import BearerTokenInterceptor, ErrorInterceptor, ReadinessGate
+from realm.interceptors import Admission, BearerTokenInterceptor, ErrorInterceptor, ReadinessGate
 
 _LOGGER = logging.getLogger(__name__)
 OVERALL_HEALTH = ""  # the empty service name is the server as a whole
@@ -36,7 +36,11 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 50051
     max_message_bytes: int = 64 * 1024 * 1024
+    # Calls in progress (health and reflection never count); one more is refused at once.
     max_concurrent_rpcs: int = 256
+    # Tighter caps for particular methods ("/realm.v1.RetrieverService/Upsert": 4), whose calls
+    # each hold a lot of memory or time.
+    max_concurrent_per_method: Mapping[str, int] = field(default_factory=dict)
     grace_seconds: float = 10.0
     reflection: bool = False
     # TLS: PEM certificate chain and private key; both or neither.
@@ -193,11 +197,11 @@ async def start_server(
     interceptors: list[aio.ServerInterceptor] = [gate]  # type: ignore[type-arg]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
-    interceptors.append(ErrorInterceptor())
+    admission = Admission(options.max_concurrent_rpcs, options.max_concurrent_per_method)
+    interceptors.append(ErrorInterceptor(admission))
     server = aio.server(
         interceptors=interceptors,
         options=options.grpc_options(),
-        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
     register(server)
     health_servicer = HealthServicer()

@@ -30,6 +30,10 @@ VOCAB_FILE = "bm25_vocab.json"
 FILES: tuple[str, ...] = (*_FILES, VOCAB_FILE)
 
 
+# Past a few units k1 makes term frequency count linearly; 10 is far beyond any tuned value.
+MAX_K1 = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class BM25Params:
     """Saturation ``k1`` and length normalisation ``b``; Lucene's defaults."""
@@ -38,9 +42,9 @@ class BM25Params:
     b: float = 0.75
 
     def __post_init__(self) -> None:
-        if not (self.k1 >= 0 and np.isfinite(self.k1)):
-            raise ValueError(f"k1={self.k1} must be a finite number >= 0; Lucene uses 1.2")
-        if not 0.0 <= self.b <= 1.0:
+        if not 0.0 <= self.k1 <= MAX_K1:  # also refuses NaN
+            raise ValueError(f"k1={self.k1} must be in [0, {MAX_K1}]; Lucene uses 1.2")
+        if not 0.0 <= self.b <= 1.0:  # also refuses NaN
             raise ValueError(f"b={self.b} must be in [0, 1]; Lucene uses 0.75")
 
 

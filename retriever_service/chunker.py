@@ -14,6 +14,9 @@ _UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|\w+", re.UNICODE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[。！？；]|\n\s*\n")
 
 
+MAX_CHUNK_WORDS = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkSpan:
     """Character offsets ``[start, end)`` of one passage in its document's text."""
@@ -30,8 +33,11 @@ class ChunkerConfig:
     overlap: int = 32
 
     def __post_init__(self) -> None:
-        if self.words < 8:
-            raise ValueError(f"chunk_words={self.words} is below 8; raise chunk_words")
+        if not 8 <= self.words <= MAX_CHUNK_WORDS:
+            raise ValueError(
+                f"chunk_words={self.words} is outside 8..{MAX_CHUNK_WORDS}; embedding models "
+                "read a few hundred words at most"
+            )
         if not 0 <= self.overlap < self.words:
             raise ValueError(
                 f"chunk_overlap={self.overlap} must be in [0, chunk_words={self.words}); "

@@ -31,6 +31,9 @@ METRIC: Final[Literal["angular"]] = "angular"
 _NODE_HEADER_BYTES = 12
 
 
+MAX_TREES = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class AnnoyParams:
     """Build and search effort. The defaults reach recall@10 ≥ 0.95 against exact search.
@@ -52,8 +55,11 @@ class AnnoyParams:
     exact_below: int = 4096
 
     def __post_init__(self) -> None:
-        if self.n_trees < 1:
-            raise ValueError(f"annoy_trees={self.n_trees} must be >= 1")
+        if not 1 <= self.n_trees <= MAX_TREES:
+            raise ValueError(
+                f"annoy_trees={self.n_trees} is outside 1..{MAX_TREES}; recall stops growing "
+                "long before (the default 32 reaches 0.95), while build time and size do not"
+            )
 
 
 class DenseIndex:

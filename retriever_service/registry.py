@@ -4,16 +4,25 @@ import logging
 import shutil
 import threading
 import uuid
+from collections.abc import Collection as Collection_
 from pathlib import Path
 
-from realm.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
-from realm.files import fsync_dir
+from realm.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    shown,
+)
+from realm.files import fsync_dir, make_durable_dir
 from retriever_service.collection import (
     DEFAULT_COMPACT_THRESHOLD,
     SETTINGS,
     Collection,
     EncoderLoader,
 )
+from retriever_service.embedder import DEFAULT_MODEL, Encoder
 from retriever_service.settings import CollectionSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -28,10 +37,14 @@ class Registry:
         load_encoder: EncoderLoader,
         max_collections: int,
         compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
+        embedding_models: Collection_[str] = (DEFAULT_MODEL,),
     ) -> None:
         self.root = data_dir / "collections"
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_durable_dir(self.root)
         self._load_encoder = load_encoder
+        # A client names a model, the server decides what may load: a name from a client would
+        # otherwise make the server read any path it can see or wait on a model hub.
+        self.embedding_models = tuple(dict.fromkeys([DEFAULT_MODEL, *embedding_models]))
         self._max_collections = max_collections
         self._compact_threshold = compact_threshold
         self._collections: dict[str, Collection] = {}
@@ -64,8 +77,7 @@ class Registry:
     def create(self, name: str, settings: CollectionSettings) -> Collection:
         with self._lock:
             self._check_room(name)
-        # The model is loaded outside the lock: a slow load holds up no other call.
-        encoder = self._load_encoder(settings.embedding_model)
+        encoder = self._encoder_for(settings.embedding_model)  # outside the lock: may be slow
         with self._lock:
             self._check_room(name)
             collection = Collection.create(
@@ -73,6 +85,21 @@ class Registry:
             )
             self._collections[name] = collection
             return collection
+
+    def _encoder_for(self, model: str) -> Encoder:
+        if model not in self.embedding_models:
+            raise InvalidArgument(
+                f"config.embedding_model={shown(model)} is not offered by this server; use one "
+                f"of {list(self.embedding_models)} (the operator adds models with "
+                "--embedding-models)"
+            )
+        try:
+            return self._load_encoder(model)
+        except Exception as error:  # any loader failure: the model is unusable here
+            raise FailedPrecondition(
+                f"embedding model {model!r} could not be loaded ({type(error).__name__}); "
+                "the operator must install it or remove it from --embedding-models"
+            ) from error
 
     def _check_room(self, name: str) -> None:
         """Refuses a create that cannot succeed (caller holds the lock)."""

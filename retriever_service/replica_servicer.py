@@ -16,6 +16,7 @@ from realm.logs import request_id
 from realm.v1 import retriever_pb2, retriever_pb2_grpc
 from retriever_service import validation
 from retriever_service.replica import Replicas
+from retriever_service.response_budget import ResponseBudget
 from retriever_service.servicer import (
     INLINE_BM25_MAX_PASSAGES,
     Context,
@@ -60,9 +61,10 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             return await self._relay(self.writer.Search, request, context)
         replica, view = serving
         query = search_query(request, self.limits, "")
+        budget = ResponseBudget(self.limits)
         if query.mode == "bm25" and view.passages <= INLINE_BM25_MAX_PASSAGES:
-            return search_response(replica, query, view)
-        return await asyncio.to_thread(search_response, replica, query, view)
+            return search_response(replica, query, budget, view)
+        return await asyncio.to_thread(search_response, replica, query, budget, view)
 
     async def BatchSearch(  # noqa: N802
         self, request: retriever_pb2.BatchSearchRequest, context: Context

@@ -15,7 +15,7 @@ from realm.v1 import retriever_pb2_grpc
 from retriever_service.collection import DEFAULT_COMPACT_THRESHOLD
 from retriever_service.embedder import DEFAULT_MODEL, load_encoder
 from retriever_service.registry import Registry
-from retriever_service.servicer import SERVICE_NAME, RetrieverServicer
+from retriever_service.servicer import SERVICE_NAME, UPSERT_METHOD, RetrieverServicer
 from retriever_service.settings import Limits
 from retriever_service.workers import MAX_WORKERS, WorkerPool
 
@@ -36,6 +36,9 @@ class RetrieverConfig:
     compact_threshold: int = DEFAULT_COMPACT_THRESHOLD
     # Processes answering on the port: this one (the only writer) and workers - 1 read workers.
     workers: int = 1
+    # Embedding models a client may choose for a new collection (the packaged default always
+    # may); each is loaded at start-up, so a model that cannot load stops the server at once.
+    embedding_models: tuple[str, ...] = (DEFAULT_MODEL,)
 
     def __post_init__(self) -> None:
         if self.compact_threshold < 1:
@@ -69,18 +72,27 @@ async def serve(config: RetrieverConfig) -> None:
 
 async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
     registry = Registry(
-        config.data_dir, load_encoder, config.limits.max_collections, config.compact_threshold
+        config.data_dir,
+        load_encoder,
+        config.limits.max_collections,
+        config.compact_threshold,
+        config.embedding_models,
     )
     servicer = RetrieverServicer(registry, config.limits)
-    options = replace(config.server, reuse_port=True) if with_workers else config.server
+    options = replace(
+        config.server,
+        reuse_port=with_workers,
+        max_concurrent_per_method={UPSERT_METHOD: config.limits.max_concurrent_upserts},
+    )
     pool = WorkerPool(config.workers - 1, config.data_dir, config.limits, config.preload_model)
 
     def register(server: aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
 
     async def load(running: RunningServer) -> None:
-        if config.preload_model:
-            await asyncio.to_thread(load_encoder, config.preload_model)
+        for model in dict.fromkeys([config.preload_model, *registry.embedding_models]):
+            if model:
+                await asyncio.to_thread(load_encoder, model)
         await asyncio.to_thread(registry.load_all)
         _LOGGER.info("loaded %d collections from %s", len(registry.list()), config.data_dir)
         if with_workers and running.loopback_port is not None:

@@ -11,6 +11,7 @@ from typing import Any, Protocol, cast
 from grpc import aio
 
 from realm.errors import InvalidArgument, shown
+from realm.streams import paced
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from retriever_service import validation
 from retriever_service.analyzer import LANGUAGES, Language
@@ -21,12 +22,14 @@ from retriever_service.dense import AnnoyParams
 from retriever_service.fusion import FusionMethod
 from retriever_service.live import View
 from retriever_service.registry import Registry
+from retriever_service.response_budget import ResponseBudget
 from retriever_service.search import Hit, SearchMode, SearchQuery
 from retriever_service.settings import CollectionSettings, Limits
 from retriever_service.store import PassageRecord, StoredDocument
 
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 Context = aio.ServicerContext[Any, Any]
+UPSERT_METHOD = f"/{SERVICE_NAME}/Upsert"
 _MODES: dict[int, SearchMode] = {
     common_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
     common_pb2.SEARCH_MODE_BM25: "bm25",
@@ -129,9 +132,7 @@ def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: st
     dense_weight = request.dense_weight if request.HasField("dense_weight") else None
     if dense_weight is not None and not 0.0 <= dense_weight <= 1.0:
         raise InvalidArgument(f"{field}dense_weight={dense_weight} must be in [0, 1]")
-    for key in request.filter:
-        if not key:
-            raise InvalidArgument(f"{field}filter has an empty key; name the metadata field")
+    validation.search_filter(request.filter, limits, f"{field}filter")
     return SearchQuery(
         text=validation.query_text(request.query, limits, f"{field}query"),
         k=validation.result_count(request.k, limits, f"{field}k"),
@@ -143,14 +144,17 @@ def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: st
 
 
 def search_response(
-    collection: Searchable, query: SearchQuery, view: View | None = None
+    collection: Searchable, query: SearchQuery, budget: ResponseBudget, view: View | None = None
 ) -> retriever_pb2.SearchResponse:
-    """The answer to one search, as ``Search`` sends it."""
+    """The answer to one search, as ``Search`` sends it, charged to ``budget`` before it is
+    built."""
     view = view or collection.snapshot()  # report the state that actually answered
     response = retriever_pb2.SearchResponse(
         generation=view.generation.number, sequence=view.sequence
     )
-    _add_hits(response, collection.search(query, view))
+    hits = collection.search(query, view)
+    budget.charge(hits)
+    _add_hits(response, hits)
     return response
 
 
@@ -205,8 +209,18 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         documents: list[StoredDocument] = []
         seen: set[str] = set()
         message_number = 0
-        async for message in request_iterator:
+        stream_bytes = 0
+        async for message in paced(
+            request_iterator, self.limits.stream_idle_s, self.limits.max_stream_s, "Upsert"
+        ):
             where = f"message {message_number}"
+            stream_bytes += message.ByteSize()
+            if stream_bytes > self.limits.max_stream_bytes:
+                raise InvalidArgument(
+                    f"{where}: the stream carries more than max_stream_bytes="
+                    f"{self.limits.max_stream_bytes:,} bytes (it is held whole until it ends); "
+                    "split it into several streams (RetrieverClient.ingest does)"
+                )
             if name is None:
                 name = validation.collection_name(message.collection)
                 self.registry.get(name)  # fail fast, before the client streams everything
@@ -272,9 +286,10 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
         collection, query = self._query(request, "")
+        budget = ResponseBudget(self.limits)
         if query.mode == "bm25" and collection.snapshot().passages <= INLINE_BM25_MAX_PASSAGES:
-            return search_response(collection, query)
-        return await asyncio.to_thread(search_response, collection, query)
+            return search_response(collection, query, budget)
+        return await asyncio.to_thread(search_response, collection, query, budget)
 
     async def BatchSearch(  # noqa: N802
         self, request: retriever_pb2.BatchSearchRequest, context: Context
@@ -287,7 +302,10 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 f"{self.limits.max_batch_searches}; split the batch"
             )
         queries = [self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
-        responses = await asyncio.to_thread(lambda: [search_response(c, q) for c, q in queries])
+        budget = ResponseBudget(self.limits)  # one budget for the whole batch's response
+        responses = await asyncio.to_thread(
+            lambda: [search_response(c, q, budget) for c, q in queries]
+        )
         return retriever_pb2.BatchSearchResponse(responses=responses)
 
     async def GetDocument(  # noqa: N802

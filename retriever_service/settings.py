@@ -53,8 +53,21 @@ class Limits:
     max_documents_per_stream: int = 200_000
     max_id_bytes: int = 256
     max_ids_per_delete: int = 10_000
+    max_title_bytes: int = 2048
     max_metadata_entries: int = 64
+    max_metadata_key_bytes: int = 64
+    max_metadata_value_bytes: int = 1024
+    max_filter_entries: int = 16
     max_collections: int = 256
+    # One Upsert stream: the bytes of its ids, texts, titles and metadata (it is held whole
+    # until it ends), how long it may go without a message, and how long it may stay open.
+    max_stream_bytes: int = 128 * 1024 * 1024
+    stream_idle_s: float = 60.0
+    max_stream_s: float = 600.0
+    # Upsert streams in progress at once; one more gets RESOURCE_EXHAUSTED.
+    max_concurrent_upserts: int = 4
+    # What one Search or BatchSearch response may carry; checked before it is built.
+    max_response_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in (
@@ -66,8 +79,18 @@ class Limits:
             "max_documents_per_message",
             "max_id_bytes",
             "max_ids_per_delete",
+            "max_title_bytes",
+            "max_metadata_key_bytes",
+            "max_metadata_value_bytes",
+            "max_filter_entries",
+            "max_stream_bytes",
+            "max_concurrent_upserts",
+            "max_response_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("stream_idle_s", "max_stream_s"):
+            if not 0 < getattr(self, name) <= 86_400:
+                raise ValueError(f"{name}={getattr(self, name)} is outside (0, 86400] seconds")
         if self.default_k > self.max_k:
             raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")

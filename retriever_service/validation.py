@@ -18,6 +18,7 @@ __all__ = [
     "metadata",
     "query_text",
     "result_count",
+    "search_filter",
 ]
 
 
@@ -104,6 +105,12 @@ def documents(batch: Sequence[StoredDocument], limits: Limits, field: str = "doc
                     f"{where}.{name} contains a NUL character at offset {offset} "
                     f"(id={shown(document.doc_id)}); remove it"
                 )
+        if len(document.title.encode()) > limits.max_title_bytes:
+            raise InvalidArgument(
+                f"{where}.title has {len(document.title.encode()):,} bytes "
+                f"(id={shown(document.doc_id)}), above max_title_bytes={limits.max_title_bytes}"
+                "; shorten it (the text is the place for long content)"
+            )
         if not document.text.strip():
             raise InvalidArgument(
                 f"{where}.text is empty (id={shown(document.doc_id)}); every document needs text"
@@ -123,6 +130,27 @@ def metadata(entries: Mapping[str, str], limits: Limits, field: str) -> None:
             f"{field} has {len(entries)} entries, above max_metadata_entries="
             f"{limits.max_metadata_entries}; keep only the fields you filter or show"
         )
-    for key in entries:
+    for key, value in entries.items():
         if not key:
             raise InvalidArgument(f"{field} has an empty key; name every metadata field")
+        if len(key.encode()) > limits.max_metadata_key_bytes:
+            raise InvalidArgument(
+                f"{field} key {shown(key)} is longer than max_metadata_key_bytes="
+                f"{limits.max_metadata_key_bytes}"
+            )
+        if len(value.encode()) > limits.max_metadata_value_bytes:
+            raise InvalidArgument(
+                f"{field}[{shown(key)}] has {len(value.encode()):,} bytes, above "
+                f"max_metadata_value_bytes={limits.max_metadata_value_bytes}; metadata is for "
+                "short fields to filter and show"
+            )
+
+
+def search_filter(entries: Mapping[str, str], limits: Limits, field: str) -> None:
+    """A search's metadata filter: few entries, each as bounded as stored metadata."""
+    if len(entries) > limits.max_filter_entries:
+        raise InvalidArgument(
+            f"{field} has {len(entries):,} entries, above max_filter_entries="
+            f"{limits.max_filter_entries}"
+        )
+    metadata(entries, limits, field)

@@ -6,18 +6,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
-from client import Document, RetrieverClient
+from client import Document, RealmClientError, RetrieverClient
 from realm.errors import InvalidArgument
 from realm.names import collection_name
-from realm.v1 import retriever_pb2, retriever_pb2_grpc
-from tests.servers import REPO, RetrieverProcess
+from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
+from tests.servers import REPO, RetrieverProcess, health_status
 
 pytestmark = pytest.mark.slow
 _SERVE_RETRIEVER = (sys.executable, "-m", "realm.cli.main", "serve", "retriever")
@@ -183,3 +186,121 @@ def test_deleted_collections_leave_no_open_descriptors(tmp_path: Path) -> None:
         assert len(os.listdir(f"/proc/{pid}/fd")) <= baseline + 2
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        (retriever_pb2.CollectionConfig(embedding_model="/etc"), "not offered by this server"),
+        (retriever_pb2.CollectionConfig(embedding_model="someone/model"), "--embedding-models"),
+        (retriever_pb2.CollectionConfig(annoy_trees=4294967295), "annoy_trees=4294967295"),
+        (retriever_pb2.CollectionConfig(k1=3e38), "k1="),
+        (retriever_pb2.CollectionConfig(k1=float("nan")), "k1=nan"),
+        (retriever_pb2.CollectionConfig(b=float("inf")), "b=inf"),
+        (retriever_pb2.CollectionConfig(chunk_words=2**32 - 1), "chunk_words=4294967295"),
+    ],
+)
+def test_collection_settings_are_bounded_and_models_come_from_the_allowlist(
+    stub: retriever_pb2_grpc.RetrieverServiceStub,
+    config: retriever_pb2.CollectionConfig,
+    fragment: str,
+) -> None:
+    code, message = _status(
+        lambda: stub.CreateCollection(
+            retriever_pb2.CreateCollectionRequest(name="bounded", config=config), timeout=30
+        )
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+    assert fragment in message
+
+
+def test_titles_metadata_and_filters_are_bounded(
+    stub: retriever_pb2_grpc.RetrieverServiceStub, fixture_collection: str, retriever: Any
+) -> None:
+    def upsert(**fields: Any) -> tuple[grpc.StatusCode, str]:
+        document = common_pb2.Document(id="big", text="Some text.", **fields)
+        request = retriever_pb2.UpsertRequest(collection=fixture_collection, documents=[document])
+        return _status(lambda: stub.Upsert(iter([request]), timeout=30))
+
+    assert upsert(title="t" * 5_000_000)[1].startswith("message 0: documents[0].title has")
+    assert "max_metadata_value_bytes" in upsert(metadata={"k": "v" * 5_000_000})[1]
+    assert "max_metadata_key_bytes" in upsert(metadata={"k" * 100: "v"})[1]
+    wide_filter = {f"key{i}": "v" for i in range(1_000_000)}
+    code, message = _status(
+        lambda: stub.Search(
+            retriever_pb2.SearchRequest(
+                collection=fixture_collection, query="tower", filter=wide_filter
+            ),
+            timeout=60,
+        )
+    )
+    assert (code, "max_filter_entries=16" in message) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+    assert health_status(retriever.target) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetrieverProcess]:
+    """A retriever with small caps, so that running into each is quick."""
+    data_dir = tmp_path_factory.mktemp("tight") / "data"
+    caps = ("--max-message-bytes", "300000", "--max-concurrent-rpcs", "4")
+    streams = ("--max-concurrent-upserts", "2", "--upsert-idle-seconds", "2")
+    with RetrieverProcess(data_dir, *caps, *streams) as server:
+        yield server
+
+
+def test_a_response_too_large_to_send_is_refused_before_it_is_built(
+    tight_server: RetrieverProcess,
+) -> None:
+    with RetrieverClient(tight_server.target) as client:
+        client.create_collection("wide", chunk_words=200)
+        words = " ".join(f"word{i}" for i in range(180))
+        documents = [Document(f"d{i}", f"Shared {words}.") for i in range(300)]
+        client.upsert("wide", documents, batch_size=50)
+        assert len(client.search("wide", "shared", mode="bm25", k=10)) == 10
+        code, message = _status_of_client(
+            lambda: client.search("wide", "shared", mode="bm25", k=300)
+        )
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_response_bytes=300,000" in message
+
+
+def _status_of_client(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    try:
+        call()
+    except RealmClientError as error:
+        return error.code, str(error)
+    return grpc.StatusCode.OK, ""
+
+
+def test_stuck_upsert_streams_are_capped_timed_out_and_never_starve_health(
+    tight_server: RetrieverProcess,
+) -> None:
+    """Streams that send one message and then nothing: the third is refused at once, health
+    stays SERVING throughout, and the idle limit ends the stuck ones with a clear status."""
+    release = threading.Event()
+    with RetrieverClient(tight_server.target) as client:
+        client.create_collection("stuck")
+
+    def stuck_stream() -> Iterator[retriever_pb2.UpsertRequest]:
+        yield retriever_pb2.UpsertRequest(collection="stuck")
+        release.wait(30)
+
+    with grpc.insecure_channel(tight_server.target) as channel:
+        stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        stuck = [stub.Upsert.future(stuck_stream(), timeout=30) for _ in range(2)]
+        time.sleep(0.5)
+        code, message = _status(lambda: stub.Upsert(stuck_stream(), timeout=30))
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, message
+        assert "Upsert calls are in progress" in message
+        for _ in range(3):  # more probes than the server's max_concurrent_rpcs allows calls
+            assert health_status(tight_server.target) == health_pb2.HealthCheckResponse.SERVING
+        for future in stuck:
+            with pytest.raises(grpc.RpcError) as ended:
+                future.result(timeout=30)
+            assert ended.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "stream_idle_s=2" in (ended.value.details() or "")
+        release.set()
+        fine = retriever_pb2.UpsertRequest(
+            collection="stuck", documents=[common_pb2.Document(id="a", text="Now it works.")]
+        )
+        assert stub.Upsert(iter([fine]), timeout=60).inserted == 1

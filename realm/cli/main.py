@@ -115,6 +115,19 @@ def serve_retriever(
     * 1024,
     max_concurrent_rpcs: Annotated[int, typer.Option(envvar="REALM_MAX_CONCURRENT_RPCS")] = 256,
     grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 10.0,
+    max_concurrent_upserts: Annotated[
+        int, typer.Option(envvar="REALM_MAX_CONCURRENT_UPSERTS", help="Upsert streams at once.")
+    ] = 4,
+    upsert_idle_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="REALM_UPSERT_IDLE_SECONDS", help="An Upsert stream silent this long fails."
+        ),
+    ] = 60.0,
+    upsert_max_seconds: Annotated[
+        float,
+        typer.Option(envvar="REALM_UPSERT_MAX_SECONDS", help="Longest an Upsert stream may last."),
+    ] = 600.0,
     compact_threshold: Annotated[
         int,
         typer.Option(
@@ -129,6 +142,14 @@ def serve_retriever(
             help="Processes answering on the port: 1 writer + N-1 read workers (one per core).",
         ),
     ] = 1,
+    embedding_models: Annotated[
+        str,
+        typer.Option(
+            envvar="REALM_EMBEDDING_MODELS",
+            help="Comma-separated sentence-transformers names or directories that clients may "
+            "choose for a collection (the packaged default always may); loaded at start.",
+        ),
+    ] = "",
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     auth_token: AuthTokenOpt = None,
@@ -156,10 +177,17 @@ def serve_retriever(
                 auth_token=auth_token,
             ),
             limits=Limits(
-                max_k=max_k, max_query_chars=max_query_chars, max_document_chars=max_document_chars
+                max_k=max_k,
+                max_query_chars=max_query_chars,
+                max_document_chars=max_document_chars,
+                max_concurrent_upserts=max_concurrent_upserts,
+                stream_idle_s=upsert_idle_seconds,
+                max_stream_s=upsert_max_seconds,
+                max_response_bytes=max_message_bytes,
             ),
             compact_threshold=compact_threshold,
             workers=workers,
+            embedding_models=tuple(m.strip() for m in embedding_models.split(",") if m.strip()),
         )
     except ValueError as error:
         fail(str(error), code=2)
