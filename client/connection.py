@@ -32,8 +32,13 @@ class ConnectionOptions:
     tls: bool = False
     # PEM root certificate(s) to verify the server with; implies TLS.
     tls_root_certificate: bytes | None = None
-    # Sent as "authorization: Bearer <token>" on every call.
+    # Client certificate chain and key (PEM) for servers that require mutual TLS.
+    tls_client_certificate: bytes | None = None
+    tls_client_key: bytes | None = None
+    # Sent as "authorization: Bearer <token>" on every call. Refused over plaintext to anything
+    # but a loopback address unless allow_plaintext_token says the network is trusted.
     bearer_token: str | None = None
+    allow_plaintext_token: bool = False
     # Attempts per call (1 = no retry); only UNAVAILABLE is retried.
     max_attempts: int = 4
     initial_backoff_s: float = 0.1
@@ -51,6 +56,12 @@ class ConnectionOptions:
                 raise ValueError(f"{name}={value} must be > 0 or None")
         if self.initial_backoff_s <= 0 or self.max_backoff_s < self.initial_backoff_s:
             raise ValueError("backoff must satisfy 0 < initial_backoff_s <= max_backoff_s")
+        if (self.tls_client_certificate is None) != (self.tls_client_key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls or self.tls_root_certificate or self.tls_client_certificate)
 
     @classmethod
     def with_root_certificate(cls, path: Path, **settings: Any) -> "ConnectionOptions":
@@ -126,10 +137,35 @@ def channel_options(services: Sequence[str], options: ConnectionOptions) -> list
     return settings
 
 
-def _credentials(options: ConnectionOptions) -> grpc.ChannelCredentials | None:
-    if not (options.tls or options.tls_root_certificate):
+def _credentials(address: str, options: ConnectionOptions) -> grpc.ChannelCredentials | None:
+    if not options.uses_tls:
+        if options.bearer_token and not options.allow_plaintext_token and not _loopback(address):
+            raise ValueError(
+                f"refusing to send the bearer token to {address} over plaintext, where anyone "
+                "on the path can read it; use TLS (tls=True or tls_root_certificate) or set "
+                "allow_plaintext_token=True on a network you trust"
+            )
         return None
-    return grpc.ssl_channel_credentials(root_certificates=options.tls_root_certificate)
+    return grpc.ssl_channel_credentials(
+        root_certificates=options.tls_root_certificate,
+        private_key=options.tls_client_key,
+        certificate_chain=options.tls_client_certificate,
+    )
+
+
+def _loopback(address: str) -> bool:
+    """Whether every host of a gRPC target is this machine (where plaintext stays local)."""
+    hosts = address.split(":", 1)[1].split(",") if address.startswith("ipv") else [address]
+    for host in hosts:
+        name = host.removeprefix("dns:///").rsplit(":", 1)[0].strip("[]")
+        if name == "localhost":
+            continue
+        try:
+            if not ipaddress.ip_address(name).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return True
 
 
 def sync_channel(
@@ -137,7 +173,7 @@ def sync_channel(
 ) -> grpc.Channel:
     address = grpc_target(target)
     settings = channel_options(services, options)
-    credentials = _credentials(options)
+    credentials = _credentials(address, options)
     if credentials is None:
         return grpc.insecure_channel(address, options=settings)
     return grpc.secure_channel(address, credentials, options=settings)
@@ -146,7 +182,7 @@ def sync_channel(
 def aio_channel(target: Target, services: Sequence[str], options: ConnectionOptions) -> aio.Channel:
     address = grpc_target(target)
     settings = channel_options(services, options)
-    credentials = _credentials(options)
+    credentials = _credentials(address, options)
     if credentials is None:
         return aio.insecure_channel(address, options=settings)
     return aio.secure_channel(address, credentials, options=settings)

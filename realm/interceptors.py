@@ -260,8 +260,9 @@ class ReadinessGate(aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED). Health and
-    reflection stay open, so probes and load balancers need no secret."""
+    """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED). Health stays
+    open, so probes and load balancers need no secret; reflection, which describes the whole
+    API, does not."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
@@ -273,7 +274,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_OPEN_SERVICES):
+        if handler is None or method.startswith("/grpc.health"):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         presented = str(metadata.get("authorization", "")).encode()

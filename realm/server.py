@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,9 @@ class ServerOptions:
     # TLS: PEM certificate chain and private key; both or neither.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    # When set, every call but health and reflection must carry "authorization: Bearer <token>".
+    # Mutual TLS: clients must present a certificate signed by this PEM CA bundle.
+    tls_client_ca_file: Path | None = None
+    # When set, every call but health must carry "authorization: Bearer <token>".
     auth_token: str | None = None
     # Share the port with other processes of this server (its read workers); off otherwise, so
     # that a second server started on a port in use fails instead of splitting its traffic.
@@ -76,9 +79,13 @@ class ServerOptions:
             raise ValueError(f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be >= 1")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both a certificate file and a key file")
-        for path in (self.tls_cert_file, self.tls_key_file):
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("mutual TLS (a client CA) needs the server's own TLS cert and key")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            _check_key_pair(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
         if self.auth_token is not None and len(self.auth_token) < 16:
             raise ValueError("auth_token is shorter than 16 characters; use a long random secret")
         for name in (
@@ -121,9 +128,32 @@ class ServerOptions:
     def credentials(self) -> grpc.ServerCredentials | None:
         if self.tls_cert_file is None or self.tls_key_file is None:
             return None
+        client_ca = self.tls_client_ca_file
         return grpc.ssl_server_credentials(
-            [(self.tls_key_file.read_bytes(), self.tls_cert_file.read_bytes())]
+            [(self.tls_key_file.read_bytes(), self.tls_cert_file.read_bytes())],
+            root_certificates=None if client_ca is None else client_ca.read_bytes(),
+            require_client_auth=client_ca is not None,
         )
+
+
+def _check_key_pair(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Loads the TLS files as Python's ssl module would, so a bad or mismatched file stops
+    start-up naming the file; gRPC only reports that the port could not be bound."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        raise ValueError(
+            f"TLS: certificate {cert} and key {key} cannot be used together ({error.reason}); "
+            "give a PEM certificate chain and the PEM private key it was issued for"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as error:
+            raise ValueError(
+                f"TLS: client CA {client_ca} is not a PEM certificate bundle ({error.reason})"
+            ) from None
 
 
 def _millis(seconds: float) -> int:

@@ -166,8 +166,11 @@ def _wait_serving_over_tls(target: str, cert: Path, server: RetrieverProcess) ->
 def test_tls_and_bearer_token(certificate: tuple[Path, Path], tmp_path: Path) -> None:
     cert, key = certificate
     token = secrets.token_hex(16)
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")  # a trailing newline, as editors leave, is not part of it
     server = RetrieverProcess(
-        tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(key), "--auth-token", token
+        tmp_path / "data",
+        *("--tls-cert", str(cert), "--tls-key", str(key), "--auth-token-file", str(token_file)),
     )
     server.start()
     good = ConnectionOptions.with_root_certificate(cert, bearer_token=token, timeout=30)

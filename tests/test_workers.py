@@ -91,8 +91,11 @@ def _gone(pid: int, timeout: float = 30) -> bool:
 
 
 def _two_processes(data_dir: Path) -> RetrieverProcess:
+    token_file = data_dir.parent / "token"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(TOKEN)
     return RetrieverProcess(
-        data_dir, "--workers", "2", "--auth-token", TOKEN, "--log-level", "DEBUG"
+        data_dir, "--workers", "2", "--auth-token-file", str(token_file), "--log-level", "DEBUG"
     )
 
 

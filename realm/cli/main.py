@@ -59,9 +59,20 @@ TlsCertOpt = Annotated[
 TlsKeyOpt = Annotated[
     Path | None, typer.Option(envvar="REALM_TLS_KEY", help="PEM private key (TLS).")
 ]
-AuthTokenOpt = Annotated[
-    str | None,
-    typer.Option(envvar="REALM_AUTH_TOKEN", help="Require 'authorization: Bearer TOKEN'."),
+TlsClientCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="REALM_TLS_CLIENT_CA",
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+    ),
+]
+AuthTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="REALM_AUTH_TOKEN_FILE",
+        help="File holding the token every call must carry as 'authorization: Bearer TOKEN' "
+        "(or set REALM_AUTH_TOKEN; never a flag, which 'ps' would show).",
+    ),
 ]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="bm25, dense or hybrid.")]
@@ -77,20 +88,50 @@ def _mode(value: str) -> Mode:
     return mode
 
 
+def _secret(variable: str, file_variable: str, file: Path | None = None) -> str | None:
+    """A secret from a file (the path given, or ``file_variable``) or from ``variable``: never
+    from a flag, where other users of the machine would see it in ``ps``."""
+    path = file or (Path(os.environ[file_variable]) if os.environ.get(file_variable) else None)
+    if path is None:
+        return os.environ.get(variable) or None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError as error:
+        return fail(f"cannot read the secret in {path}: {error.strerror}", code=2)
+
+
+def _pem(variable: str) -> bytes | None:
+    path = os.environ.get(variable)
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        return fail(f"{variable}: cannot read {path}: {error.strerror}", code=2)
+
+
+def _plaintext_token_allowed() -> bool:
+    return os.environ.get("REALM_ALLOW_PLAINTEXT_TOKEN", "") in {"1", "true", "yes"}
+
+
 def _connection(timeout: float | None) -> ConnectionOptions:
-    """Client connection settings: TLS and token come from the environment, so scripts and
-    people set them once (``REALM_TLS_CA``: PEM file to verify servers; ``REALM_TOKEN``)."""
-    ca = os.environ.get("REALM_TLS_CA")
+    """Client connection settings from the environment, so scripts and people set them once:
+    ``REALM_TLS_CA`` (PEM to verify servers), ``REALM_TLS_CLIENT_CERT`` / ``REALM_TLS_CLIENT_KEY``
+    (mutual TLS), ``REALM_TOKEN`` or ``REALM_TOKEN_FILE``, ``REALM_ALLOW_PLAINTEXT_TOKEN``."""
+    ca = _pem("REALM_TLS_CA")
     try:
         return ConnectionOptions(
             timeout=timeout,
             generate_timeout=timeout,
-            tls=bool(ca),
-            tls_root_certificate=Path(ca).read_bytes() if ca else None,
-            bearer_token=os.environ.get("REALM_TOKEN") or None,
+            tls=ca is not None,
+            tls_root_certificate=ca,
+            tls_client_certificate=_pem("REALM_TLS_CLIENT_CERT"),
+            tls_client_key=_pem("REALM_TLS_CLIENT_KEY"),
+            bearer_token=_secret("REALM_TOKEN", "REALM_TOKEN_FILE"),
+            allow_plaintext_token=_plaintext_token_allowed(),
         )
-    except OSError as error:
-        return fail(f"REALM_TLS_CA: cannot read {ca}: {error.strerror}", code=2)
+    except ValueError as error:
+        return fail(str(error), code=2)
 
 
 @contextmanager
@@ -152,7 +193,8 @@ def serve_retriever(
     ] = "",
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
-    auth_token: AuthTokenOpt = None,
+    tls_client_ca: TlsClientCaOpt = None,
+    auth_token_file: AuthTokenFileOpt = None,
     log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the retriever until SIGTERM/SIGINT."""
@@ -174,7 +216,8 @@ def serve_retriever(
                 grace_seconds=grace_seconds,
                 tls_cert_file=tls_cert,
                 tls_key_file=tls_key,
-                auth_token=auth_token,
+                tls_client_ca_file=tls_client_ca,
+                auth_token=_secret("REALM_AUTH_TOKEN", "REALM_AUTH_TOKEN_FILE", auth_token_file),
             ),
             limits=Limits(
                 max_k=max_k,
@@ -229,13 +272,28 @@ def serve_generator(
     grace_seconds: Annotated[float, typer.Option(envvar="REALM_GRACE_SECONDS")] = 30.0,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
-    auth_token: AuthTokenOpt = None,
+    tls_client_ca: TlsClientCaOpt = None,
+    auth_token_file: AuthTokenFileOpt = None,
     retriever_tls_ca: Annotated[
         Path | None,
         typer.Option(envvar="REALM_RETRIEVER_TLS_CA", help="PEM file to verify the retriever."),
     ] = None,
-    retriever_token: Annotated[
-        str | None, typer.Option(envvar="REALM_RETRIEVER_TOKEN", help="Token for the retriever.")
+    retriever_tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="REALM_RETRIEVER_TLS_CERT", help="Client certificate for a mutual-TLS retriever."
+        ),
+    ] = None,
+    retriever_tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="REALM_RETRIEVER_TLS_KEY", help="Key of --retriever-tls-cert."),
+    ] = None,
+    retriever_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="REALM_RETRIEVER_TOKEN_FILE",
+            help="File holding the retriever's token (or set REALM_RETRIEVER_TOKEN).",
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
 ) -> None:
@@ -260,7 +318,8 @@ def serve_generator(
                 grace_seconds=grace_seconds,
                 tls_cert_file=tls_cert,
                 tls_key_file=tls_key,
-                auth_token=auth_token,
+                tls_client_ca_file=tls_client_ca,
+                auth_token=_secret("REALM_AUTH_TOKEN", "REALM_AUTH_TOKEN_FILE", auth_token_file),
             ),
             model=ModelSettings(
                 name_or_path=model,
@@ -280,7 +339,14 @@ def serve_generator(
             retriever_connection=ConnectionOptions(
                 tls=retriever_tls_ca is not None,
                 tls_root_certificate=retriever_tls_ca.read_bytes() if retriever_tls_ca else None,
-                bearer_token=retriever_token,
+                tls_client_certificate=retriever_tls_cert.read_bytes()
+                if retriever_tls_cert
+                else None,
+                tls_client_key=retriever_tls_key.read_bytes() if retriever_tls_key else None,
+                bearer_token=_secret(
+                    "REALM_RETRIEVER_TOKEN", "REALM_RETRIEVER_TOKEN_FILE", retriever_token_file
+                ),
+                allow_plaintext_token=_plaintext_token_allowed(),
             ),
         )
     except (ValueError, OSError) as error:
