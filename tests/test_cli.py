@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from client import RetrieverClient
+from realm.supervisor import free_port
 from tests.conftest import FIXTURES
 from tests.servers import REPO, GeneratorProcess, RetrieverProcess
 
@@ -258,3 +259,11 @@ def test_chat_answers_each_line_until_end_of_input(
     assert result.returncode == 0, result.stderr
     assert "1889" in result.stdout
     assert "Sources" in result.stdout
+
+
+def test_health_is_the_probe_exit_code(retriever: RetrieverProcess) -> None:
+    serving = realm("health", "--target", retriever.target)
+    assert (serving.returncode, serving.stdout.strip()) == (0, f"{retriever.target}: SERVING")
+    nobody = realm("health", "--target", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert nobody.returncode == 1
+    assert "UNAVAILABLE" in nobody.stderr or "DEADLINE_EXCEEDED" in nobody.stderr

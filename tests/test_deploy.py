@@ -1,15 +1,19 @@
 """The deployment manifests stay in step with the code: every setting they pass exists, and the
 probes and Services point at the ports the containers open."""
 
+import copy
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
+import pytest
 import typer.main
 import yaml
 
 from realm.cli.main import app
 from tests.servers import REPO
 
+KUBERNETES_VERSION = "1.33"  # the oldest release the manifests promise to work on
 MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
 
 
@@ -27,16 +31,22 @@ def test_there_is_a_manifest_per_service() -> None:
     assert [p.name for p in MANIFESTS] == ["generator.yaml", "retriever.yaml"]
 
 
+def _workloads() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (path.name, document)
+        for path in MANIFESTS
+        for document in _documents(path)
+        if document["kind"] in ("Deployment", "StatefulSet")
+    ]
+
+
 def test_every_environment_setting_is_one_the_server_reads() -> None:
-    for path in MANIFESTS:
-        for document in _documents(path):
-            if document["kind"] not in ("Deployment", "StatefulSet"):
-                continue
-            [container] = document["spec"]["template"]["spec"]["containers"]
-            service = container["args"][1]
-            known = _serve_envvars(service)
-            names = {e["name"] for e in container["env"]}
-            assert names <= known, f"{path.name}: unknown settings {sorted(names - known)}"
+    for name, workload in _workloads():
+        [container] = workload["spec"]["template"]["spec"]["containers"]
+        service = container["args"][1]
+        known = _serve_envvars(service)
+        names = {e["name"] for e in container["env"]}
+        assert names <= known, f"{name}: unknown settings {sorted(names - known)}"
 
 
 def test_probes_and_services_use_the_container_port() -> None:
@@ -47,8 +57,65 @@ def test_probes_and_services_use_the_container_port() -> None:
         [container] = workload["spec"]["template"]["spec"]["containers"]
         [port] = container["ports"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == port["containerPort"]
+            command = container[probe]["exec"]["command"]
+            assert command[:3] == ["realm", "health", "--target"]
+            assert command[3] == f"localhost:{port['containerPort']}"
         assert service["spec"]["clusterIP"] == "None", "clients balance per call over pods"
         assert service["spec"]["ports"][0]["targetPort"] == port["name"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["REALM_PORT"] == str(port["containerPort"])
+
+
+def test_pods_run_locked_down_with_tls_a_required_token_and_cpu_limits() -> None:
+    """What a security review asks of a pod that binds 0.0.0.0."""
+    for name, workload in _workloads():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"], name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        [container] = pod["containers"]
+        hardened = container["securityContext"]
+        assert hardened["readOnlyRootFilesystem"] is True, name
+        assert hardened["allowPrivilegeEscalation"] is False, name
+        assert hardened["capabilities"] == {"drop": ["ALL"]}, name
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["REALM_TLS_CERT"], f"{name}: TLS is off"
+        assert env["REALM_TLS_KEY"], f"{name}: TLS is off"
+        assert env["REALM_AUTH_TOKEN_FILE"], f"{name}: no token"
+        assert not any("valueFrom" in e for e in container["env"]), "secrets come as files"
+        for volume in pod["volumes"]:
+            if "secret" in volume:
+                assert volume["secret"].get("optional", False) is False, f"{name}: {volume}"
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert {str(Path(env["REALM_AUTH_TOKEN_FILE"]).parent), "/tmp"} <= mounts, name
+
+
+def test_a_network_policy_admits_only_the_callers_of_each_service() -> None:
+    allowed = {
+        "realm-retriever": [{"app": "realm-generator"}, {"realm-client": "true"}],
+        "realm-generator": [{"realm-client": "true"}],
+    }
+    policies = {
+        d["metadata"]["name"]: d
+        for path in MANIFESTS
+        for d in _documents(path)
+        if d["kind"] == "NetworkPolicy"
+    }
+    assert set(policies) == set(allowed)
+    for name, policy in policies.items():
+        assert policy["spec"]["podSelector"]["matchLabels"] == {"app": name}
+        [rule] = policy["spec"]["ingress"]
+        assert [peer["podSelector"]["matchLabels"] for peer in rule["from"]] == allowed[name]
+
+
+def test_the_manifests_match_the_kubernetes_schemas() -> None:
+    for path in MANIFESTS:
+        for document in _documents(path):
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    [(_, workload)] = [w for w in _workloads() if w[1]["kind"] == "Deployment"]
+    misspelt = copy.deepcopy(workload)
+    misspelt["spec"]["template"]["spec"]["securityContext"]["runAsNonRoots"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, KUBERNETES_VERSION, strict=True)

@@ -558,6 +558,36 @@ def _upload(
 
 
 @app.command()
+def health(
+    target: Annotated[str, typer.Option("--target", help="Server address HOST:PORT.")],
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="PEM to verify a TLS server (a probe inside its pod).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1)] = 5.0,
+) -> None:
+    """Exit 0 if the server reports SERVING, 1 otherwise: a readiness probe for TLS servers,
+    which Kubernetes' own gRPC probe cannot reach (it speaks plaintext only)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if tls_ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+        channel = grpc.secure_channel(target, credentials)
+    with channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            fail(f"{target}: {error.code().name}: {error.details()}")
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        fail(f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}")
+    console.print(f"{target}: SERVING")
+
+
+@app.command()
 def stats(
     collection: Annotated[
         str, typer.Option("--collection", "-c", help="One collection; default all.")
