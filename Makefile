@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PROTO_FILES := $(wildcard proto/realm/v1/*.proto)
 
-.PHONY: install test lint typecheck proto proto-check docs demo bench clean
+.PHONY: install test lint typecheck proto proto-check docs demo bench fuzz soak clean
 
 install: $(STAMP)
 
@@ -54,6 +54,14 @@ test: install proto-check lint typecheck
 
 demo: install
 	$(BIN)/realm demo
+
+# The long forms of what CI runs briefly: the API fuzzer with many more examples, and the mixed
+# workload for 30 minutes instead of 2.
+fuzz: install
+	REALM_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
+
+soak: install
+	REALM_SOAK_SECONDS=1800 $(BIN)/python -m pytest -q -s --timeout 2400 tests/test_soak.py
 
 # Benchmarks against peer libraries; ARGS="bm25 --quick" runs a subset at small sizes.
 bench: install
