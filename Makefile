@@ -58,7 +58,7 @@ demo: install
 # The long forms of what CI runs briefly: the API fuzzer with many more examples, and the mixed
 # workload for 30 minutes instead of 2.
 fuzz: install
-	REALM_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q -p no:randomly tests/test_fuzz.py
+	REALM_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 soak: install
 	REALM_SOAK_SECONDS=1800 $(BIN)/python -m pytest -q -s --timeout 2400 tests/test_soak.py
