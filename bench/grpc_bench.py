@@ -34,9 +34,10 @@ from realm.supervisor import ServiceProcess
 from realm.v1 import common_pb2, retriever_pb2
 from retriever_service.collection import Collection
 from retriever_service.embedder import load_encoder
+from retriever_service.response_budget import ResponseBudget
 from retriever_service.search import SearchMode, SearchQuery
 from retriever_service.servicer import search_response
-from retriever_service.settings import CollectionSettings
+from retriever_service.settings import CollectionSettings, Limits
 from retriever_service.store import StoredDocument
 
 CONCURRENCY = 16
@@ -205,7 +206,10 @@ def _floor(
     save_responses(
         responses,
         unique,
-        [search_response(collection, SearchQuery(r.query, r.k, "bm25")) for r in unique],
+        [
+            search_response(collection, SearchQuery(r.query, r.k, "bm25"), ResponseBudget(Limits()))
+            for r in unique
+        ],
     )
     with ServiceProcess(
         "retriever",

@@ -45,19 +45,25 @@ def status_of(error: errors.RealmError) -> grpc.StatusCode:
 
 
 class Admission:
-    """Caps the calls in progress, in total and per method, refusing the one past a cap with
-    RESOURCE_EXHAUSTED at once. Health and reflection never pass through it: gRPC's own
+    """Decides whether a call may run now. Until the service is ``ready`` (and once it starts
+    to stop) every call gets UNAVAILABLE, which clients retry: a restarted retriever listens
+    before its collections are loaded, and would otherwise answer NOT_FOUND for a collection
+    that exists. Past a cap on calls in progress, in total or per method, a call gets
+    RESOURCE_EXHAUSTED at once. Health and reflection never pass through here: gRPC's own
     ``maximum_concurrent_rpcs`` counted them, so a few stuck streams made a Kubernetes probe
     fail and the pod restart. Runs on the event loop only, so plain counters suffice."""
 
     def __init__(self, max_calls: int, max_per_method: Mapping[str, int] | None = None) -> None:
         self.max_calls = max_calls
         self.max_per_method = dict(max_per_method or {})
+        self.ready = False
         self.calls = 0
         self.per_method: dict[str, int] = {}
 
     @contextmanager
     def held(self, method: str) -> Iterator[None]:
+        if not self.ready:
+            raise errors.Unavailable("the server is loading or shutting down; retry shortly")
         if self.calls >= self.max_calls:
             raise errors.ResourceExhausted(
                 f"{self.calls} calls are in progress, the server's max_concurrent_rpcs="
@@ -228,35 +234,6 @@ def _wrap_streaming_response(handler: Any, method: str, admission: Admission) ->
             scope.log(grpc.StatusCode.OK)
 
     return _same_kind(handler, wrapped, _tolerant(handler.request_deserializer))
-
-
-class ReadinessGate(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls with UNAVAILABLE until the service has loaded and after it starts to stop.
-
-    A restarted retriever answers on its port before its collections are loaded; without the
-    gate a client retrying a write would be told NOT_FOUND for a collection that exists.
-    UNAVAILABLE is what clients retry. Health and reflection pass: they report the state."""
-
-    def __init__(self) -> None:
-        self.ready = False
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if self.ready or handler is None or method.startswith(_OPEN_SERVICES):
-            return handler
-        return _same_kind(
-            handler,
-            _refusal(
-                handler,
-                grpc.StatusCode.UNAVAILABLE,
-                "the server is loading or shutting down; retry shortly",
-            ),
-        )
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -21,7 +21,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from realm.interceptors import Admission, BearerTokenInterceptor, ErrorInterceptor, ReadinessGate
+from realm.interceptors import Admission, BearerTokenInterceptor, ErrorInterceptor
 
 _LOGGER = logging.getLogger(__name__)
 OVERALL_HEALTH = ""  # the empty service name is the server as a whole
@@ -187,7 +187,7 @@ class RunningServer:
         port: int,
         health_servicer: Any,
         service_names: Sequence[str],
-        gate: ReadinessGate,
+        admission: Admission,
         loopback_port: int | None = None,
     ) -> None:
         self.server = server
@@ -195,7 +195,7 @@ class RunningServer:
         self.loopback_port = loopback_port
         self.health = health_servicer
         self.service_names = service_names
-        self._gate = gate
+        self._admission = admission
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -203,7 +203,7 @@ class RunningServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        self._gate.ready = serving
+        self._admission.ready = serving
         for name in (OVERALL_HEALTH, *self.service_names):
             await self.health.set(name, status)
 
@@ -223,8 +223,7 @@ async def start_server(
     ``loopback_port`` also binds a plaintext port on 127.0.0.1 that the OS picks, for this
     server's own worker processes (the interceptors, bearer token included, guard it too).
     """
-    gate = ReadinessGate()
-    interceptors: list[aio.ServerInterceptor] = [gate]  # type: ignore[type-arg]
+    interceptors: list[aio.ServerInterceptor] = []  # type: ignore[type-arg]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
     admission = Admission(options.max_concurrent_rpcs, options.max_concurrent_per_method)
@@ -252,7 +251,7 @@ async def start_server(
     if internal == 0:
         raise OSError("could not bind a loopback port for the worker processes")
     await server.start()
-    running = RunningServer(server, port, health_servicer, service_names, gate, internal)
+    running = RunningServer(server, port, health_servicer, service_names, admission, internal)
     await running.set_serving(False)
     _LOGGER.info("listening on %s:%d", options.host, port)
     return running
