@@ -163,27 +163,38 @@ def _descriptors_into(pid: int, directory: Path) -> list[str]:
     return held
 
 
-def test_deleted_collections_leave_no_open_descriptors(tmp_path: Path) -> None:
-    """Create, write, search from many threads, delete; three rounds. Every descriptor of the
-    deleted collections must be closed, or their disk space is never freed."""
+def _resident_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+
+
+def test_deleted_collections_leave_no_open_descriptors_and_no_memory(tmp_path: Path) -> None:
+    """Create, write, search from many threads, build, delete; eight rounds. Every descriptor
+    of the deleted collections must be closed (or their disk space is never freed), and memory
+    must stop growing once the first rounds have warmed the caches up."""
     data_dir = tmp_path / "data"
     with RetrieverProcess(data_dir) as server, RetrieverClient(server.target) as client:
         assert server.process is not None
         pid = server.process.pid
-        baseline = len(os.listdir(f"/proc/{pid}/fd"))
-        for round_number in range(3):
+        descriptors = len(os.listdir(f"/proc/{pid}/fd"))
+        warm: int | None = None
+        for round_number in range(8):
             name = f"round-{round_number}"
             client.create_collection(name)
             client.upsert(
-                name, [Document(f"d{i}", f"Round {round_number} text {i}.") for i in range(20)]
+                name, [Document(f"d{i}", f"Round {round_number} text {i}.") for i in range(40)]
             )
             for mode in ("bm25", "dense", "hybrid") * 4:
                 client.search(name, "text", mode=mode)  # spreads over the server's threads
             client.get(name, "d3")
             client.compact(name)
             client.delete_collection(name)
+            if round_number == 2:
+                warm = _resident_kib(pid)
         assert _descriptors_into(pid, data_dir / "collections") == []
-        assert len(os.listdir(f"/proc/{pid}/fd")) <= baseline + 2
+        assert len(os.listdir(f"/proc/{pid}/fd")) <= descriptors + 2
+        assert warm is not None
+        assert _resident_kib(pid) <= warm + 32 * 1024, "memory grows with every collection"
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
 
