@@ -137,14 +137,23 @@ def channel_options(services: Sequence[str], options: ConnectionOptions) -> list
     return settings
 
 
+def check_token_transport(target: Target, options: ConnectionOptions) -> None:
+    """Refuses a bearer token bound for plaintext to another machine, where anyone on the path
+    could read it (ValueError naming the fix); a channel does this check when it is made."""
+    address = grpc_target(target)
+    if options.uses_tls or not options.bearer_token or options.allow_plaintext_token:
+        return
+    if not _loopback(address):
+        raise ValueError(
+            f"refusing to send the bearer token to {address} over plaintext, where anyone on "
+            "the path can read it; use TLS (tls=True or tls_root_certificate) or set "
+            "allow_plaintext_token=True (REALM_ALLOW_PLAINTEXT_TOKEN=1) on a network you trust"
+        )
+
+
 def _credentials(address: str, options: ConnectionOptions) -> grpc.ChannelCredentials | None:
+    check_token_transport(address, options)
     if not options.uses_tls:
-        if options.bearer_token and not options.allow_plaintext_token and not _loopback(address):
-            raise ValueError(
-                f"refusing to send the bearer token to {address} over plaintext, where anyone "
-                "on the path can read it; use TLS (tls=True or tls_root_certificate) or set "
-                "allow_plaintext_token=True on a network you trust"
-            )
         return None
     return grpc.ssl_channel_credentials(
         root_certificates=options.tls_root_certificate,

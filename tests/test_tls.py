@@ -2,6 +2,7 @@
 (streaming ones and reflection included), tokens never sent over plaintext by accident, and
 certificate mistakes named at start-up."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -203,3 +204,27 @@ def test_a_certificate_that_does_not_fit_its_key_is_named_at_start_up(
     )
     assert started.returncode == 2
     assert f"certificate {pki['server']} and key {pki['client_key']}" in started.stderr
+
+
+def test_the_generator_refuses_to_start_with_a_token_for_a_plaintext_retriever() -> None:
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "realm.cli.main",
+            "serve",
+            "generator",
+            "--port",
+            "0",
+            "--retriever",
+            "retriever.example:50051",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "REALM_RETRIEVER_TOKEN": TOKEN},
+    )
+    assert started.returncode == 2
+    assert "refusing to send the bearer token to retriever.example:50051" in started.stderr

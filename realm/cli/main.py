@@ -32,7 +32,7 @@ from client import (
     RealmClientError,
     RetrieverClient,
 )
-from client.connection import ConnectionOptions
+from client.connection import ConnectionOptions, check_token_transport
 from client.generator import Task, generate_request
 from client.retriever import Document, Mode, UpsertSummary
 from realm import logs
@@ -349,6 +349,7 @@ def serve_generator(
                 allow_plaintext_token=_plaintext_token_allowed(),
             ),
         )
+        check_token_transport(config.retriever_target, config.retriever_connection)
     except (ValueError, OSError) as error:
         fail(str(error), code=2)
     asyncio.run(serve(config))
