@@ -4,7 +4,7 @@ import logging
 import shutil
 import threading
 import uuid
-from collections.abc import Collection as Collection_
+from collections.abc import Iterable
 from pathlib import Path
 
 from realm.errors import (
@@ -37,7 +37,7 @@ class Registry:
         load_encoder: EncoderLoader,
         max_collections: int,
         compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
-        embedding_models: Collection_[str] = (DEFAULT_MODEL,),
+        embedding_models: Iterable[str] = (DEFAULT_MODEL,),
     ) -> None:
         self.root = data_dir / "collections"
         make_durable_dir(self.root)
