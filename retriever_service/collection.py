@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from realm.errors import InvalidArgument, NotFound, StorageError, shown
-from realm.files import fsync_dir, write_json_atomic
+from realm.files import fsync_dir, make_durable_dir, write_json_atomic
 from retriever_service import dense as dense_module
 from retriever_service import log_records
 from retriever_service.analyzer import Analyzer
@@ -143,6 +143,7 @@ class Collection:
         encoder = load_encoder(settings.embedding_model)  # fail before touching the disk
         # Made whole under a dot-name, then renamed into place: a crash leaves either nothing
         # under ``name`` or a complete collection, never a directory without its settings.
+        make_durable_dir(directory.parent)
         staging = directory.with_name(f".creating-{name}-{uuid.uuid4().hex}")
         staging.mkdir()
         write_json_atomic(staging / SETTINGS, {"name": name, "settings": settings.to_json()})
