@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the retriever's gRPC API against a real server process.
+"""Property-based fuzzing of both services' gRPC APIs against real server processes.
 
 Random requests within and beyond every limit, random strings and bytes for names and ids,
 floats including NaN and the infinities, random stream shapes and undecodable messages. The
@@ -19,8 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import Document, RetrieverClient
-from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
-from tests.servers import RetrieverProcess, health_status
+from realm.v1 import (
+    common_pb2,
+    generator_pb2,
+    generator_pb2_grpc,
+    retriever_pb2,
+    retriever_pb2_grpc,
+)
+from tests.servers import GeneratorProcess, RetrieverProcess, health_status
 
 pytestmark = pytest.mark.slow
 
@@ -240,6 +246,59 @@ def test_arbitrary_bytes_as_requests(fuzzed: RetrieverProcess, method: str, payl
         _outcome(
             channel.stream_unary("/realm.v1.RetrieverService/Upsert", None, None), iter([payload])
         )
+
+
+@st.composite
+def generate_requests(draw: st.DrawFn) -> generator_pb2.GenerateRequest:
+    """Questions over the shared answer collection; answers are kept to a few tokens."""
+    parameters = generator_pb2.GenerationParameters(
+        max_new_tokens=draw(st.sampled_from([1, 2, 3, 1025, 2**32 - 1])),
+        stop=draw(st.lists(st.text(max_size=70), max_size=5)),
+    )
+    if draw(st.booleans()):
+        parameters.temperature = draw(floats32)
+    if draw(st.booleans()):
+        parameters.top_p = draw(floats32)
+    if draw(st.booleans()):
+        parameters.seed = draw(st.integers(0, 2**64 - 1))
+    task = cast(generator_pb2.Task.ValueType, draw(st.integers(0, 4)))  # 4: undefined
+    return generator_pb2.GenerateRequest(
+        question=draw(st.one_of(words, texts, st.just("x" * 2001))),
+        collection=draw(st.one_of(st.just("answers"), names)),
+        mode=cast(common_pb2.SearchMode.ValueType, draw(st.integers(0, 4))),
+        k=draw(uint32),
+        parameters=parameters,
+        allow_no_context=draw(st.booleans()),
+        task=task,
+        fields=draw(st.lists(st.one_of(st.sampled_from(["city", "year"]), texts), max_size=3)),
+        filter=draw(st.one_of(st.just({}), small_maps)),
+    )
+
+
+plausible_generate_requests = st.builds(
+    generator_pb2.GenerateRequest,
+    question=words,
+    collection=st.just("answers"),
+    mode=st.sampled_from([0, 1, 2, 3]),
+    k=st.integers(0, 5),
+    parameters=st.builds(generator_pb2.GenerationParameters, max_new_tokens=st.integers(1, 3)),
+    task=st.sampled_from([0, 1, 2]),
+)
+
+
+@settings(FUZZ_SETTINGS, max_examples=max(EXAMPLES // 2, 1))
+@given(request=st.one_of(plausible_generate_requests, generate_requests()))
+def test_generation_requests(
+    generator: GeneratorProcess, answer_collection: str, request: generator_pb2.GenerateRequest
+) -> None:
+    """The generator's API, unary and streamed, against the shared generator process."""
+    with grpc.insecure_channel(generator.target) as channel:
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        _outcome(stub.Generate, request)
+        _outcome(
+            lambda message, timeout: list(stub.GenerateStream(message, timeout=timeout)), request
+        )
+    assert health_status(generator.target, timeout=10) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_the_server_survived_the_fuzzing(fuzzed: RetrieverProcess, tmp_path: Path) -> None:
