@@ -1,12 +1,14 @@
 """Power cuts, not just crashes: SIGKILL keeps the page cache, so it can never catch a missing
 fsync. Here every fsync the retriever makes is recorded (a shim around ``os.fsync``): a file's
 bytes and a directory's entries, by inode, as they were when made durable. From that record we
-build each on-disk state a power cut could leave after each fsync — everything written but not
-yet fsynced is gone, names created or renamed without a directory fsync are not there (as in
-ALICE's and LazyFS's model of lost unsynced data) — and recover from every one of them.
+build each on-disk state a power cut could leave after each fsync — names created or renamed
+without a directory fsync are not there, and data written since a file's last fsync may be gone
+(as in ALICE's and LazyFS's models) — and recover from every one of them.
 
-SQLite makes its own writes durable (``synchronous=FULL``), out of sight of the shim; its files
-are taken as they were at each moment, names included only once a directory fsync saw them.
+Unsynced data meets one of four fates: all lost, all kept, appends torn in half, or kept in
+some files and lost in others (writes reordered across files). SQLite makes its own writes
+durable (``synchronous=FULL``), out of sight of the shim; its files are taken as they were at
+each moment, names included only once a directory fsync saw them.
 """
 
 import contextlib
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import pytest
 
@@ -34,6 +36,11 @@ NAME = "cut"
 _SQLITE_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm")
 
 
+# What a power cut does to the data written to a file since its last fsync.
+Fate = Literal["lost", "kept", "torn", "mixed"]
+FATES: tuple[Fate, ...] = ("lost", "kept", "torn", "mixed")
+
+
 @dataclass
 class DiskRecord:
     """Durable facts in the order they became true; ``events`` counts fsyncs so far."""
@@ -41,9 +48,10 @@ class DiskRecord:
     root: Path
     events: int = 0
     # inode -> [(event, bytes)] / [(event, {name: (inode, is_dir)})]
-    contents: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    synced: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
     entries: dict[int, list[tuple[int, dict[str, tuple[int, bool]]]]] = field(default_factory=dict)
-    sqlite: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    # Every file's bytes at each event, synced or not (SQLite's files are always taken so).
+    current: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
 
     def on_fsync(self, fd: int) -> None:
         self.events += 1
@@ -57,25 +65,40 @@ class DiskRecord:
         else:
             with open(f"/proc/self/fd/{fd}", "rb") as handle:  # the fd may be write-only
                 data = handle.read()
-            self.contents.setdefault(info.st_ino, []).append((self.events, data))
+            self.synced.setdefault(info.st_ino, []).append((self.events, data))
         for path in self.root.rglob("*"):
-            if path.name.endswith(_SQLITE_SUFFIXES) and path.is_file():
-                history = self.sqlite.setdefault(path.stat().st_ino, [])
-                history.append((self.events, path.read_bytes()))
+            if path.is_file():
+                history = self.current.setdefault(path.stat().st_ino, [])
+                data = path.read_bytes()
+                if not history or history[-1][1] != data:
+                    history.append((self.events, data))
 
-    def rebuild(self, at: int, inode: int, into: Path) -> None:
-        """Writes the directory ``inode`` as a power cut right after event ``at`` leaves it."""
+    def rebuild(self, at: int, inode: int, into: Path, fate: Fate) -> None:
+        """Writes the directory ``inode`` as a power cut right after event ``at`` leaves it,
+        unsynced file data meeting ``fate``: all lost, all kept, appends torn in half, or kept
+        in some files and lost in others (writes reordered across files)."""
         into.mkdir(parents=True, exist_ok=True)
         no_entries: dict[str, tuple[int, bool]] = {}
         for name, (child, is_dir) in _latest(self.entries.get(inode, []), at, no_entries).items():
             if is_dir:
-                self.rebuild(at, child, into / name)
+                self.rebuild(at, child, into / name, fate)
+                continue
+            now = _latest(self.current.get(child, []), at, b"")
+            if name.endswith(_SQLITE_SUFFIXES):
+                (into / name).write_bytes(now)  # SQLite keeps its own files consistent
+                continue
+            durable = _latest(self.synced.get(child, []), at, b"")
+            if fate == "mixed":
+                fate_here: Fate = "kept" if child % 2 else "lost"
             else:
-                synced: list[tuple[int, bytes | None]] = list(self.contents.get(child, []))
-                data = _latest(synced, at, None)
-                if data is None:
-                    data = _latest(self.sqlite.get(child, []), at, b"")
-                (into / name).write_bytes(data)
+                fate_here = fate
+            if fate_here == "kept":
+                data = now
+            elif fate_here == "torn" and len(now) > len(durable) and now.startswith(durable):
+                data = now[: len(durable) + (len(now) - len(durable)) // 2]
+            else:
+                data = durable
+            (into / name).write_bytes(data)
 
 
 def _latest(history: list[tuple[int, T]], at: int, default: T) -> T:
@@ -194,19 +217,27 @@ def test_recovery_from_every_state_a_power_cut_can_leave(
     assert recorded.events > 30, "the shim saw too few fsyncs to mean anything"
     problems = []
     for at in range(1, recorded.events + 1):
-        state = tmp_path / f"cut-{at:03d}" / "data"
-        recorded.rebuild(at, root_inode, state / "collections")
-        done, maybe = acknowledged.expected(at)
-        try:
-            recovered = Registry(state, load, 4, DEFAULT_COMPACT_THRESHOLD)
-            recovered.load_all()
-        except Exception as error:  # a state recovery refuses: a durability bug
-            problems.append(f"cut after fsync {at}: recovery failed: {error}")
-            continue
-        try:
-            problem = _check(recovered, done, maybe)
-        finally:
-            recovered.close()
-        if problem:
-            problems.append(f"cut after fsync {at}: {problem}")
+        for fate in FATES:
+            state = tmp_path / f"cut-{at:03d}-{fate}" / "data"
+            recorded.rebuild(at, root_inode, state / "collections", fate)
+            problem = _recover_and_check(state, load, *acknowledged.expected(at))
+            if problem:
+                problems.append(f"cut after fsync {at}, unsynced data {fate}: {problem}")
     assert problems == [], "\n".join(problems)
+
+
+def _recover_and_check(
+    state: Path,
+    load: Callable[[str], SentenceTransformerEncoder],
+    done: dict[str, str] | None,
+    maybe: dict[str, str] | None,
+) -> str:
+    try:
+        recovered = Registry(state, load, 4, DEFAULT_COMPACT_THRESHOLD)
+        recovered.load_all()
+    except Exception as error:  # a state recovery refuses: a durability bug
+        return f"recovery failed: {error}"
+    try:
+        return _check(recovered, done, maybe)
+    finally:
+        recovered.close()
