@@ -14,11 +14,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import Document, RetrieverClient, Unavailable
+from client import Document, GeneratorClient, RetrieverClient, Unavailable, generate_request
 from client.connection import ConnectionOptions
 from realm.server import ServerOptions
 from realm.v1 import retriever_pb2
-from tests.servers import REPO, RetrieverProcess
+from tests.servers import REPO, GeneratorProcess, RetrieverProcess
 
 pytestmark = pytest.mark.slow
 TOKEN = "tls-test-token-0123456789abcdef"  # noqa: S105 -- a test server's token
@@ -228,3 +228,25 @@ def test_the_generator_refuses_to_start_with_a_token_for_a_plaintext_retriever()
     )
     assert started.returncode == 2
     assert "refusing to send the bearer token to retriever.example:50051" in started.stderr
+
+
+def test_the_generator_reaches_a_mutual_tls_retriever_with_its_token(
+    pki: dict[str, Path], mtls_server: RetrieverProcess, tmp_path: Path
+) -> None:
+    target = f"localhost:{mtls_server.port}"
+    with RetrieverClient(target, options=_options(pki, "client", TOKEN)) as client:
+        client.create_collection("handbook")
+        client.upsert("handbook", [Document("leave", "Staff get 25 days of paid leave.")])
+    generator = GeneratorProcess(
+        tmp_path,
+        target,
+        *("--retriever-tls-ca", str(pki["ca"]), "--retriever-token-file", str(pki["token"])),
+        *("--retriever-tls-cert", str(pki["client"])),
+        *("--retriever-tls-key", str(pki["client_key"])),
+    )
+    with generator, GeneratorClient(generator.target, timeout=300) as asker:
+        answer = asker.ask(
+            generate_request("How many days of leave?", "handbook", k=1, max_new_tokens=4)
+        )
+    assert answer.context_used
+    assert [source.doc_id for source in answer.sources] == ["leave"]
