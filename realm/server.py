@@ -66,9 +66,10 @@ class ServerOptions:
     max_connection_idle_s: float = 1800.0
     # Connections are recycled after this age (gRPC adds +-10% jitter), so that clients spread
     # again over read workers and replicas that started after them; calls in flight get
-    # max_connection_age_grace_s to finish.
+    # max_connection_age_grace_s to finish (an hour: a Compact of a large collection is long,
+    # and new calls move to a new connection at once whatever the grace).
     max_connection_age_s: float = 1800.0
-    max_connection_age_grace_s: float = 900.0
+    max_connection_age_grace_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
