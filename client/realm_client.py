@@ -6,6 +6,7 @@ dataclasses of ``client.retriever`` and ``client.generator``; failures are the t
 of ``client.errors``, carrying the server's message.
 """
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
@@ -19,18 +20,22 @@ from client.connection import (
     Target,
     aio_channel,
 )
-from client.errors import translated_errors
+from client.errors import IngestInterrupted, RealmClientError, translated_errors
 from client.generator import Answer, GeneratorClient, Task, answer_from_proto, generate_request
 from client.retriever import (
+    NOTHING_WRITTEN,
+    TRANSIENT,
     CollectionInfo,
     Document,
     Mode,
     RetrieverClient,
     SearchHit,
     UpsertSummary,
+    added,
     collection_info,
     document_message,
     hits_from_proto,
+    retry_pauses,
     search_request,
     upsert_summary,
 )
@@ -241,13 +246,7 @@ class AsyncRealmClient:
         server applies the whole stream at once when it ends, so there is no deadline."""
 
         async def batches() -> AsyncIterator[retriever_pb2.UpsertRequest]:
-            batch: list[Document] = []
-            async for document in _aiter(documents):
-                batch.append(document)
-                if len(batch) == batch_size:
-                    yield _upsert_message(collection, batch, progress)
-                    batch = []
-            if batch:
+            async for batch in _batches(_aiter(documents), batch_size):
                 yield _upsert_message(collection, batch, progress)
 
         with translated_errors():
@@ -255,6 +254,35 @@ class AsyncRealmClient:
                 batches(), timeout=None, metadata=self._metadata
             )
         return upsert_summary(response)
+
+    async def ingest(
+        self,
+        collection: str,
+        documents: Iterable[Document] | AsyncIterable[Document],
+        *,
+        batch_size: int = 256,
+        attempts: int = 8,
+        max_pause_s: float = 10.0,
+        progress: Progress | None = None,
+    ) -> UpsertSummary:
+        """A large corpus in acknowledged, retried batches (``RetrieverClient.ingest``)."""
+        total, acknowledged = NOTHING_WRITTEN, 0
+        async for batch in _batches(_aiter(documents), batch_size):
+            for pause in retry_pauses(attempts, max_pause_s):
+                try:
+                    done = await self.upsert(collection, batch, batch_size=len(batch))
+                    break
+                except TRANSIENT as error:
+                    if pause is None:
+                        raise IngestInterrupted(error, acknowledged) from error
+                    await asyncio.sleep(pause)
+                except RealmClientError as error:
+                    raise IngestInterrupted(error, acknowledged) from error
+            total = added(total, done)
+            acknowledged += len(batch)
+            if progress is not None:
+                progress(len(batch))
+        return total
 
     async def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         with translated_errors():
@@ -351,6 +379,17 @@ def _upsert_message(
     if progress is not None:
         progress(len(batch))
     return message
+
+
+async def _batches(documents: AsyncIterator[Document], size: int) -> AsyncIterator[list[Document]]:
+    batch: list[Document] = []
+    async for document in documents:
+        batch.append(document)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 async def _aiter(

@@ -33,8 +33,8 @@ _FUSIONS: dict[str, common_pb2.FusionMethod.ValueType] = {
     "weighted": common_pb2.FUSION_METHOD_WEIGHTED,
 }
 DEFAULT_TARGET = "localhost:50051"
-# What ``ingest`` sends again after a pause: the server was away, restarting or too busy.
-_TRANSIENT = (Unavailable, DeadlineExceeded, ResourceExhausted)
+# What an ingest sends again after a pause: the server was away, restarting or too busy.
+TRANSIENT = (Unavailable, DeadlineExceeded, ResourceExhausted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,42 +189,24 @@ class RetrieverClient:
         batch's size. When a batch keeps failing, ``IngestInterrupted.acknowledged`` says how
         many leading documents are durable.
         """
-        if attempts < 1:
-            raise ValueError(f"attempts={attempts} must be >= 1")
-        total = UpsertSummary(0, 0, 0, 0, 0)
+        total, acknowledged = NOTHING_WRITTEN, 0
         iterator = iter(documents)
-        acknowledged = 0
         while batch := list(islice(iterator, batch_size)):
-            try:
-                done = self._upsert_with_retries(collection, batch, attempts, max_pause_s)
-            except RealmClientError as error:
-                raise IngestInterrupted(error, acknowledged) from error
-            total = UpsertSummary(
-                total.inserted + done.inserted,
-                total.replaced + done.replaced,
-                total.passages + done.passages,
-                done.generation,
-                done.sequence,
-            )
+            for pause in retry_pauses(attempts, max_pause_s):
+                try:
+                    done = self.upsert(collection, batch, batch_size=len(batch))
+                    break
+                except TRANSIENT as error:
+                    if pause is None:
+                        raise IngestInterrupted(error, acknowledged) from error
+                    time.sleep(pause)
+                except RealmClientError as error:
+                    raise IngestInterrupted(error, acknowledged) from error
+            total = added(total, done)
             acknowledged += len(batch)
             if progress is not None:
                 progress(len(batch))
         return total
-
-    def _upsert_with_retries(
-        self, collection: str, batch: list[Document], attempts: int, max_pause_s: float
-    ) -> UpsertSummary:
-        pause = min(0.5, max_pause_s)
-        failed = 0
-        while True:
-            try:
-                return self.upsert(collection, batch, batch_size=len(batch))
-            except _TRANSIENT:
-                failed += 1
-                if failed == attempts:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, max_pause_s)
 
     def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         """Deletes documents; returns ``(deleted, ids_not_found)``."""
@@ -342,6 +324,32 @@ def document_message(document: Document) -> common_pb2.Document:
     return common_pb2.Document(
         id=document.id, text=document.text, title=document.title, metadata=dict(document.metadata)
     )
+
+
+NOTHING_WRITTEN = UpsertSummary(0, 0, 0, 0, 0)
+
+
+def added(total: UpsertSummary, done: UpsertSummary) -> UpsertSummary:
+    """Two writes' summaries as one: counts add up, the later write's generation and sequence."""
+    return UpsertSummary(
+        total.inserted + done.inserted,
+        total.replaced + done.replaced,
+        total.passages + done.passages,
+        done.generation,
+        done.sequence,
+    )
+
+
+def retry_pauses(attempts: int, max_pause_s: float) -> Iterator[float | None]:
+    """The pause after each failed attempt of an ingest batch, doubling from half a second to
+    ``max_pause_s``; None after the last attempt, which gives up."""
+    if attempts < 1:
+        raise ValueError(f"attempts={attempts} must be >= 1")
+    pause = min(0.5, max_pause_s)
+    for _ in range(attempts - 1):
+        yield pause
+        pause = min(pause * 2, max_pause_s)
+    yield None
 
 
 def upsert_summary(response: retriever_pb2.UpsertResponse) -> UpsertSummary:

@@ -2,11 +2,12 @@
 and an ingest that cannot go on says how many documents are durable."""
 
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from client import Document, IngestInterrupted, RetrieverClient, Unavailable
+from client import AsyncRealmClient, Document, IngestInterrupted, RetrieverClient, Unavailable
 from tests.servers import RetrieverProcess
 
 pytestmark = pytest.mark.slow
@@ -60,3 +61,34 @@ def test_ingest_goes_on_through_a_server_restart_and_reports_where_it_stopped(
     assert interrupted.value.acknowledged == 0
     assert isinstance(interrupted.value.cause, Unavailable)
     assert "skip them to resume" in str(interrupted.value)
+
+
+async def test_the_asyncio_client_ingests_through_a_restart_too(tmp_path: Path) -> None:
+    server = RetrieverProcess(tmp_path / "data")
+    batches: list[int] = []
+
+    def kill_and_restart_after_the_first_batch(size: int) -> None:
+        batches.append(size)
+        if len(batches) == 1:
+            server.signal(signal.SIGKILL)
+            server.wait()
+            server.start()
+
+    async def documents() -> AsyncIterator[Document]:  # an async source, as a crawler would be
+        for document in _documents(4 * BATCH):
+            yield document
+
+    with server:
+        async with AsyncRealmClient(retriever=server.target) as realm:
+            await realm.create_collection("resume")
+            summary = await realm.ingest(
+                "resume",
+                documents(),
+                batch_size=BATCH,
+                progress=kill_and_restart_after_the_first_batch,
+            )
+        server.wait_serving()
+        with RetrieverClient(server.target) as client:
+            assert client.stats("resume")[0].documents == 4 * BATCH
+    assert batches == [BATCH] * 4
+    assert summary.inserted == 4 * BATCH
