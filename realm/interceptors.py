@@ -21,7 +21,8 @@ from realm import errors
 from realm.logs import request_id
 
 _LOGGER = logging.getLogger("realm.rpc")
-# Services every caller may use without a token and before the server is ready.
+# Services that report on the server rather than use it: never refused by admission (health
+# must answer while the server is full or loading), nor wrapped by the error mapping.
 _OPEN_SERVICES = ("/grpc.health", "/grpc.reflection")
 
 STATUS_OF: dict[type[errors.RealmError], grpc.StatusCode] = {
