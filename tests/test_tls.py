@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from client import Document, GeneratorClient, RetrieverClient, Unavailable, generate_request
 from client.connection import ConnectionOptions
 from realm.server import ServerOptions
-from realm.v1 import retriever_pb2
+from realm.v1 import generator_pb2, retriever_pb2
 from tests.servers import REPO, GeneratorProcess, RetrieverProcess
 
 pytestmark = pytest.mark.slow
@@ -243,10 +243,36 @@ def test_the_generator_reaches_a_mutual_tls_retriever_with_its_token(
         *("--retriever-tls-ca", str(pki["ca"]), "--retriever-token-file", str(pki["token"])),
         *("--retriever-tls-cert", str(pki["client"])),
         *("--retriever-tls-key", str(pki["client_key"])),
+        *("--auth-token-file", str(pki["token"])),  # its own callers need the token too
     )
-    with generator, GeneratorClient(generator.target, timeout=300) as asker:
+    with (
+        generator,
+        GeneratorClient(generator.target, timeout=300, options=_plain(TOKEN)) as asker,
+    ):
         answer = asker.ask(
             generate_request("How many days of leave?", "handbook", k=1, max_new_tokens=4)
         )
+        service = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
+        with grpc.insecure_channel(generator.target) as channel:
+            for method in service.methods:  # Generate, GenerateStream (streamed), Info
+                path = f"/{service.full_name}/{method.name}"
+                if method.server_streaming:
+                    code = _streamed_status_without_token(channel, path)
+                else:
+                    code = _status_without_token(channel, path, client_streaming=False)
+                assert code is grpc.StatusCode.UNAUTHENTICATED, path
     assert answer.context_used
     assert [source.doc_id for source in answer.sources] == ["leave"]
+
+
+def _plain(token: str) -> ConnectionOptions:
+    return ConnectionOptions(bearer_token=token, timeout=300)
+
+
+def _streamed_status_without_token(channel: grpc.Channel, path: str) -> grpc.StatusCode:
+    try:
+        list(channel.unary_stream(path, None, None)(b"", timeout=10))
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.OK
