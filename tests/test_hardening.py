@@ -47,7 +47,7 @@ def test_collection_names_must_match_whole(name: str) -> None:
     assert collection_name("Abc_1-2") == "Abc_1-2"
 
 
-def test_a_name_with_a_trailing_newline_is_refused_by_both_services(
+def test_a_name_with_a_trailing_newline_is_refused_and_makes_no_directory(
     stub: retriever_pb2_grpc.RetrieverServiceStub, retriever: RetrieverProcess
 ) -> None:
     code, message = _status(
