@@ -1,5 +1,6 @@
 """The services as real child processes, for tests (the same supervisor ``realm demo`` uses)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,25 @@ from realm.supervisor import ServiceProcess, free_port, health_status
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["REPO", "GeneratorProcess", "RetrieverProcess", "StubRetriever", "health_status"]
+__all__ = [
+    "REPO",
+    "GeneratorProcess",
+    "RetrieverProcess",
+    "StubRetriever",
+    "health_status",
+    "open_descriptors",
+    "resident_kib",
+]
+
+
+def resident_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB, as the kernel reports it (VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 class RetrieverProcess(ServiceProcess):

@@ -20,7 +20,7 @@ from client import Document, RealmClientError, RetrieverClient
 from realm.errors import InvalidArgument
 from realm.names import collection_name
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
-from tests.servers import REPO, RetrieverProcess, health_status
+from tests.servers import REPO, RetrieverProcess, health_status, open_descriptors, resident_kib
 
 pytestmark = pytest.mark.slow
 _SERVE_RETRIEVER = (sys.executable, "-m", "realm.cli.main", "serve", "retriever")
@@ -163,11 +163,6 @@ def _descriptors_into(pid: int, directory: Path) -> list[str]:
     return held
 
 
-def _resident_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-
-
 def test_deleted_collections_leave_no_open_descriptors_and_no_memory(tmp_path: Path) -> None:
     """Create, write, search from many threads, build, delete; eight rounds. Every descriptor
     of the deleted collections must be closed (or their disk space is never freed), and memory
@@ -176,7 +171,7 @@ def test_deleted_collections_leave_no_open_descriptors_and_no_memory(tmp_path: P
     with RetrieverProcess(data_dir) as server, RetrieverClient(server.target) as client:
         assert server.process is not None
         pid = server.process.pid
-        descriptors = len(os.listdir(f"/proc/{pid}/fd"))
+        descriptors = open_descriptors(pid)
         warm: int | None = None
         for round_number in range(8):
             name = f"round-{round_number}"
@@ -190,11 +185,11 @@ def test_deleted_collections_leave_no_open_descriptors_and_no_memory(tmp_path: P
             client.compact(name)
             client.delete_collection(name)
             if round_number == 2:
-                warm = _resident_kib(pid)
+                warm = resident_kib(pid)
         assert _descriptors_into(pid, data_dir / "collections") == []
-        assert len(os.listdir(f"/proc/{pid}/fd")) <= descriptors + 2
+        assert open_descriptors(pid) <= descriptors + 2
         assert warm is not None
-        assert _resident_kib(pid) <= warm + 32 * 1024, "memory grows with every collection"
+        assert resident_kib(pid) <= warm + 32 * 1024, "memory grows with every collection"
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
 

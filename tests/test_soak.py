@@ -18,7 +18,7 @@ import pytest
 
 from client import Document, GeneratorClient, NotFound, RetrieverClient, generate_request
 from client.retriever import Mode
-from tests.servers import GeneratorProcess, RetrieverProcess
+from tests.servers import GeneratorProcess, RetrieverProcess, open_descriptors, resident_kib
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,7 @@ def _text(doc_id: str, version: int, rng: random.Random) -> str:
 
 
 def _resources(pid: int) -> tuple[int, int]:
-    """(resident memory in KiB, open descriptors) of a process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    return resident_kib(pid), open_descriptors(pid)
 
 
 class Ledger:
