@@ -26,7 +26,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy realm retriever_service generator_service client tests $(wildcard bench)
+	$(BIN)/mypy realm tests $(wildcard bench)
 
 # One pinned command generates the stubs and their typed .pyi (grpcio-tools and mypy-protobuf are
 # pinned in constraints.txt).
@@ -47,7 +47,7 @@ proto-check: install
 
 # docs/api.md is rendered from the protos' comments (a test keeps it current).
 docs: install
-	$(BIN)/python -m realm.protodoc
+	$(BIN)/python -m realm.app.protodoc
 
 test: install proto-check lint typecheck
 	$(BIN)/python -m pytest -q

@@ -13,10 +13,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.common import Row, median_seconds
-from realm.demo import wiki_summaries
-from retriever_service.analyzer import Analyzer
-from retriever_service.bm25 import BM25Index, BM25Params
-from retriever_service.topk import top_k
+from realm.app.corpus import wiki_summaries
+from realm.retriever.analyzer import Analyzer
+from realm.retriever.bm25 import BM25Index, BM25Params
+from realm.retriever.topk import top_k
 
 
 @dataclass(frozen=True, slots=True)

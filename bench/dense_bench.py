@@ -13,8 +13,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.common import Row, median_seconds
-from retriever_service.dense import AnnoyParams, DenseIndex
-from retriever_service.topk import FloatArray
+from realm.retriever.dense import AnnoyParams, DenseIndex
+from realm.retriever.topk import FloatArray
 
 WARMUP_QUERIES = 20
 EXACT_TIMED_QUERIES = 100

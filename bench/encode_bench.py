@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 
 from bench.common import Row
-from realm.demo import wiki_summaries
-from retriever_service.embedder import DEFAULT_MODEL, load_encoder
+from realm.app.corpus import wiki_summaries
+from realm.retriever.embedder import DEFAULT_MODEL, load_encoder
 
 ROUNDS = 6
 

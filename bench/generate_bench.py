@@ -26,11 +26,11 @@ from itertools import zip_longest
 import torch
 
 from bench.common import Row
-from generator_service.engine import Delta, Finished, GenerationEngine, SamplingParams
-from generator_service.models import LoadedModel, load_model
-from generator_service.prompts import PromptBuilder, RetrievedPassage
-from generator_service.settings import DEFAULT_DRAFT_TOKENS, ModelSettings
-from realm.demo import wiki_summaries
+from realm.app.corpus import wiki_summaries
+from realm.generator.engine import Delta, Finished, GenerationEngine, SamplingParams
+from realm.generator.models import LoadedModel, load_model
+from realm.generator.prompts import PromptBuilder, RetrievedPassage
+from realm.generator.settings import DEFAULT_DRAFT_TOKENS, ModelSettings
 
 BAR_AT = 8
 # N clients send twice N requests, so N are in flight for most of the run. With fewer, the start
@@ -43,7 +43,7 @@ REQUESTS_PER_CLIENT = 2
 def _prompts(loaded: LoadedModel, count: int) -> list[list[int]]:
     builder = PromptBuilder(loaded.tokenizer, loaded.context_tokens)
     prompts = []
-    for document in wiki_summaries(count + 5)[5:]:  # past the demo's sample articles
+    for document in wiki_summaries(count):
         text = " ".join(document.text.split()[:120])
         passage = RetrievedPassage(
             document.id, document.id, text, 0, len(text), 1.0, document.title

@@ -29,16 +29,16 @@ from threadpoolctl import threadpool_limits
 from bench.common import Row
 from bench.load import LoadResult, run_load, summary
 from bench.transport_floor import save_responses
-from realm.demo import wiki_summaries
-from realm.supervisor import ServiceProcess
+from realm.app.corpus import wiki_summaries
+from realm.app.supervisor import ServiceProcess
+from realm.retriever.collection import Collection
+from realm.retriever.embedder import load_encoder
+from realm.retriever.response_budget import ResponseBudget
+from realm.retriever.search import SearchMode, SearchQuery
+from realm.retriever.servicer import search_response
+from realm.retriever.settings import CollectionSettings, Limits
+from realm.retriever.store import StoredDocument
 from realm.v1 import common_pb2, retriever_pb2
-from retriever_service.collection import Collection
-from retriever_service.embedder import load_encoder
-from retriever_service.response_budget import ResponseBudget
-from retriever_service.search import SearchMode, SearchQuery
-from retriever_service.servicer import search_response
-from retriever_service.settings import CollectionSettings, Limits
-from retriever_service.store import StoredDocument
 
 CONCURRENCY = 16
 ROUNDS = 5

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.bm25_bench import zipfian
 from bench.common import Row
-from retriever_service.topk import FloatArray
+from realm.retriever.topk import FloatArray
 
 DIMENSION = 384
 TREES = 32
@@ -63,10 +63,10 @@ def build(folder: Path, passages: int) -> None:
     import bm25s
     from annoy import AnnoyIndex
 
-    from retriever_service.analyzer import Analyzer
-    from retriever_service.collection import Collection
-    from retriever_service.settings import CollectionSettings
-    from retriever_service.store import StoredDocument
+    from realm.retriever.analyzer import Analyzer
+    from realm.retriever.collection import Collection
+    from realm.retriever.settings import CollectionSettings
+    from realm.retriever.store import StoredDocument
 
     corpus = zipfian(passages, QUERIES, length=40)
     texts = [" ".join(words) for words in corpus.documents]
@@ -96,9 +96,9 @@ def measure(side: str, folder: Path) -> int:
     import bm25s
     from annoy import AnnoyIndex
 
-    from retriever_service.analyzer import Analyzer
-    from retriever_service.collection import Collection
-    from retriever_service.search import SearchQuery
+    from realm.retriever.analyzer import Analyzer
+    from realm.retriever.collection import Collection
+    from realm.retriever.search import SearchQuery
 
     queries: list[str] = json.loads((folder / "queries.json").read_text(encoding="utf-8"))
     analyzer = Analyzer("en")

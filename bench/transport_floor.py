@@ -15,9 +15,9 @@ from typing import Any
 
 from grpc import aio
 
+from realm.retriever.servicer import SERVICE_NAME
 from realm.server import ServerOptions, start_server
 from realm.v1 import retriever_pb2, retriever_pb2_grpc
-from retriever_service.servicer import SERVICE_NAME
 
 QUERIES_SUFFIX = ".queries"
 

@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from realm.demo import wiki_summaries
+from realm.app.corpus import wiki_summaries
 
 
 def write(out: Path, every: int) -> tuple[int, int]:

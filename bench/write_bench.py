@@ -18,12 +18,12 @@ from pathlib import Path
 from bench.bm25_bench import zipfian
 from bench.common import Row, median_seconds
 from bench.memory_bench import DIMENSION, TREES, HashingEncoder
-from retriever_service.analyzer import Analyzer
-from retriever_service.collection import Collection
-from retriever_service.embedder import load_encoder
-from retriever_service.search import SearchQuery
-from retriever_service.settings import CollectionSettings
-from retriever_service.store import StoredDocument
+from realm.retriever.analyzer import Analyzer
+from realm.retriever.collection import Collection
+from realm.retriever.embedder import load_encoder
+from realm.retriever.search import SearchQuery
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.store import StoredDocument
 
 BATCH = 64
 # Sub-millisecond BM25 latencies need more samples than hybrid ones (~15 ms each).

@@ -1,7 +1,7 @@
 """Python client for ReaLM's gRPC services: typed results, typed errors, no protobufs to handle."""
 
-from client.connection import ConnectionOptions
-from client.errors import (
+from realm.channels import ConnectionOptions
+from realm.client.errors import (
     AlreadyExists,
     DeadlineExceeded,
     IngestInterrupted,
@@ -12,7 +12,7 @@ from client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from client.generator import (
+from realm.client.generator import (
     Answer,
     CitationSpan,
     ExtractedField,
@@ -20,8 +20,14 @@ from client.generator import (
     Source,
     generate_request,
 )
-from client.realm_client import AsyncRealmClient, RealmClient
-from client.retriever import CollectionInfo, Document, RetrieverClient, SearchHit, UpsertSummary
+from realm.client.realm_client import AsyncRealmClient, RealmClient
+from realm.client.retriever import (
+    CollectionInfo,
+    Document,
+    RetrieverClient,
+    SearchHit,
+    UpsertSummary,
+)
 
 __all__ = [
     "AlreadyExists",

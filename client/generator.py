@@ -2,7 +2,7 @@
 
 Results are dataclasses, not protobufs, so callers never depend on generated code. UNAVAILABLE
 is retried by gRPC's own retry policy (a streamed call only until its first message arrives);
-connection settings come from ``client.connection.ConnectionOptions``.
+connection settings come from ``realm.channels.ConnectionOptions``.
 """
 
 import json
@@ -13,9 +13,9 @@ from typing import Literal
 
 import grpc
 
-from client.connection import GENERATOR_SERVICE, ConnectionOptions, Target, sync_channel
-from client.errors import from_rpc_error
-from client.retriever import SEARCH_MODES, Mode
+from realm.channels import GENERATOR_SERVICE, ConnectionOptions, Target, sync_channel
+from realm.client.errors import from_rpc_error
+from realm.client.retriever import SEARCH_MODES, Mode
 from realm.v1 import generator_pb2, generator_pb2_grpc
 
 Task = Literal["answer", "summarize", "extract"]

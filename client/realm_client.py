@@ -2,8 +2,8 @@
 
 Collections, documents and search go to the retriever; ``ask`` and ``ask_stream`` go to the
 generator. Either target may be omitted when only the other service is used. Results are the
-dataclasses of ``client.retriever`` and ``client.generator``; failures are the typed exceptions
-of ``client.errors``, carrying the server's message.
+dataclasses of ``realm.client.retriever`` and ``realm.client.generator``; failures are the typed
+exceptions of ``realm.client.errors``, carrying the server's message.
 """
 
 import asyncio
@@ -13,16 +13,22 @@ from typing import Any, Literal
 
 from grpc import aio
 
-from client.connection import (
+from realm.channels import (
     GENERATOR_SERVICE,
     RETRIEVER_SERVICE,
     ConnectionOptions,
     Target,
     aio_channel,
 )
-from client.errors import IngestInterrupted, RealmClientError, translated_errors
-from client.generator import Answer, GeneratorClient, Task, answer_from_proto, generate_request
-from client.retriever import (
+from realm.client.errors import IngestInterrupted, RealmClientError, translated_errors
+from realm.client.generator import (
+    Answer,
+    GeneratorClient,
+    Task,
+    answer_from_proto,
+    generate_request,
+)
+from realm.client.retriever import (
     NOTHING_WRITTEN,
     TRANSIENT,
     CollectionInfo,

@@ -1,7 +1,7 @@
 """Synchronous client for the retriever service.
 
 Connection options (TLS, token, retries of UNAVAILABLE, keepalive) come from
-``client.connection.ConnectionOptions``, shared with every other client.
+``realm.channels.ConnectionOptions``, shared with every other client.
 """
 
 import time
@@ -11,8 +11,8 @@ from itertools import islice
 from types import TracebackType
 from typing import Literal
 
-from client.connection import RETRIEVER_SERVICE, ConnectionOptions, Target, sync_channel
-from client.errors import (
+from realm.channels import RETRIEVER_SERVICE, ConnectionOptions, Target, sync_channel
+from realm.client.errors import (
     DeadlineExceeded,
     IngestInterrupted,
     RealmClientError,

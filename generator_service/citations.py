@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from generator_service.prompts import RetrievedPassage
+from realm.generator.prompts import RetrievedPassage
 
 Origin = Literal["model", "attributed"]
 

@@ -39,17 +39,17 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.streamers import BaseStreamer
 
-from generator_service.models import LoadedModel
-from generator_service.prefix_reuse import PrefixReuse
-from generator_service.prompt_lookup import PromptLookup
-from generator_service.settings import DEFAULT_DRAFT_TOKENS
-from generator_service.speculation import (
+from realm.errors import ResourceExhausted
+from realm.generator.models import LoadedModel
+from realm.generator.prefix_reuse import PrefixReuse
+from realm.generator.prompt_lookup import PromptLookup
+from realm.generator.settings import DEFAULT_DRAFT_TOKENS
+from realm.generator.speculation import (
     ConfirmationRate,
     choose_width,
     confirmed_count,
     token_cost,
 )
-from realm.errors import ResourceExhausted
 
 _LOGGER = logging.getLogger(__name__)
 # Positions the batch's cache may hold beyond what its longest row needs (left padding, rejected

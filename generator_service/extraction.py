@@ -12,9 +12,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from generator_service.citations import best_passage, content_words
-from generator_service.prompts import RetrievedPassage
 from realm.errors import InvalidArgument, shown
+from realm.generator.citations import best_passage, content_words
+from realm.generator.prompts import RetrievedPassage
 
 FIELD_NAME = re.compile(r"[A-Za-z0-9_ ]{1,64}")
 _MARKER = re.compile(r"\s*\[(\d{1,3})\]")

@@ -25,10 +25,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from generator_service.cpu_attention import use_grouped_cpu_attention
-from generator_service.cpu_kernels import pack_linear_layers
-from generator_service.settings import DEFAULT_MODEL, ModelSettings
 from realm.files import sha256_file
+from realm.generator.cpu_attention import use_grouped_cpu_attention
+from realm.generator.cpu_kernels import pack_linear_layers
+from realm.generator.settings import DEFAULT_MODEL, ModelSettings
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from generator_service.citations import Citation, find_citations
-from generator_service.engine import Delta, FinishReason, GenerationEngine, SamplingParams
-from generator_service.extraction import Field, parse_fields, to_json
-from generator_service.prompts import PromptBuilder, RetrievedPassage, Task
-from generator_service.retrieval import RetrieverGateway, SearchSpec
 from realm import errors
+from realm.generator.citations import Citation, find_citations
+from realm.generator.engine import Delta, FinishReason, GenerationEngine, SamplingParams
+from realm.generator.extraction import Field, parse_fields, to_json
+from realm.generator.prompts import PromptBuilder, RetrievedPassage, Task
+from realm.generator.retrieval import RetrieverGateway, SearchSpec
 
 _LOGGER = logging.getLogger(__name__)
 # A field value is a name, a date or a number, not a paragraph.

@@ -4,7 +4,7 @@ grpc.aio does not carry a caller's deadline into the calls a servicer makes, so 
 an explicit timeout: the smaller of the configured bound and what the generator's own caller has
 left. UNAVAILABLE is retried by gRPC's retry policy with a short backoff, so a retriever that is
 down is reported within a fraction of a second instead of after the caller's whole deadline; the
-channel (``client.connection``, shared with the client library) caps the reconnect backoff, so
+channel (``realm.channels``, shared with the client library) caps the reconnect backoff, so
 a restarted retriever is found again quickly.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 import grpc
 from grpc import aio
 
-from client.connection import RETRIEVER_SERVICE, ConnectionOptions, aio_channel
-from generator_service.prompts import RetrievedPassage
 from realm import errors
+from realm.channels import RETRIEVER_SERVICE, ConnectionOptions, aio_channel
+from realm.generator.prompts import RetrievedPassage
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
 

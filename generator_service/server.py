@@ -5,13 +5,13 @@ import logging
 
 from grpc import aio
 
-from generator_service.engine import GenerationEngine
-from generator_service.models import load_model
-from generator_service.pipeline import Pipeline
-from generator_service.prompts import PromptBuilder
-from generator_service.retrieval import RetrieverGateway
-from generator_service.servicer import GeneratorServicer
-from generator_service.settings import GeneratorConfig
+from realm.generator.engine import GenerationEngine
+from realm.generator.models import load_model
+from realm.generator.pipeline import Pipeline
+from realm.generator.prompts import PromptBuilder
+from realm.generator.retrieval import RetrieverGateway
+from realm.generator.servicer import GeneratorServicer
+from realm.generator.settings import GeneratorConfig
 from realm.server import RunningServer, serve_until_signal
 from realm.v1 import generator_pb2, generator_pb2_grpc
 

@@ -12,14 +12,14 @@ from typing import Any
 
 from grpc import aio
 
-from generator_service.engine import SamplingParams
-from generator_service.extraction import validate_fields
-from generator_service.models import LoadedModel
-from generator_service.pipeline import Answer, AnswerRequest, Pipeline
-from generator_service.prompts import Task
-from generator_service.retrieval import SearchSpec
-from generator_service.settings import GeneratorLimits
 from realm.errors import InvalidArgument, ResourceExhausted, Unavailable, shown
+from realm.generator.engine import SamplingParams
+from realm.generator.extraction import validate_fields
+from realm.generator.models import LoadedModel
+from realm.generator.pipeline import Answer, AnswerRequest, Pipeline
+from realm.generator.prompts import Task
+from realm.generator.retrieval import SearchSpec
+from realm.generator.settings import GeneratorLimits
 from realm.names import collection_name
 from realm.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 

@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.connection import ConnectionOptions
+from realm.channels import ConnectionOptions
 from realm.server import ServerOptions
 
 DEFAULT_PORT = 50052

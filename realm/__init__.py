@@ -1,7 +1,9 @@
 """ReaLM: retrieval-augmented generation served over gRPC.
 
-This package holds what both services share: generated stubs (``realm.v1``), the error
-hierarchy, server bootstrap, logging and the ``realm`` command line.
+``realm`` itself is the foundation every other layer stands on: generated stubs (``realm.v1``),
+the server bootstrap and interceptors, client channels, errors, logs, files and names. It imports
+no service. ``realm.retriever``, ``realm.generator`` and ``realm.client`` stand on it;
+``realm.app`` (the command line, demo, evaluation) stands on all of them (docs/architecture.md).
 """
 
 __version__ = "0.1.0"

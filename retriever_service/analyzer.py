@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 import Stemmer
 
-from retriever_service import stopwords
+from realm.retriever import stopwords
 
 Language = Literal["en", "zh", "none"]
 LANGUAGES: tuple[str, ...] = get_args(Language)

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from retriever_service.topk import FloatArray, IntArray
+from realm.retriever.topk import FloatArray, IntArray
 
 _FILES = (
     "bm25_data.npy",

@@ -24,25 +24,25 @@ import numpy as np
 
 from realm.errors import InvalidArgument, NotFound, StorageError, shown
 from realm.files import fsync_dir, make_durable_dir, write_json_atomic
-from retriever_service import dense as dense_module
-from retriever_service import log_records
-from retriever_service.analyzer import Analyzer
-from retriever_service.chunker import ChunkSpan, chunk
-from retriever_service.embedder import Encoder
-from retriever_service.generation import (
+from realm.retriever import dense as dense_module
+from realm.retriever import log_records
+from realm.retriever.analyzer import Analyzer
+from realm.retriever.chunker import ChunkSpan, chunk
+from realm.retriever.embedder import Encoder
+from realm.retriever.generation import (
     EMPTY_ENTRY,
     GENERATIONS,
     Generation,
     load_generation,
     write_generation,
 )
-from retriever_service.live import View, carry_over, fold
-from retriever_service.published import PublishedState
-from retriever_service.search import Hit, Searcher, SearchQuery
-from retriever_service.settings import CollectionSettings
-from retriever_service.store import DocumentStore, PassageRecord, StoreChange, StoredDocument
-from retriever_service.topk import FloatArray
-from retriever_service.wal import MAX_RECORD_BYTES, WriteAheadLog
+from realm.retriever.live import View, carry_over, fold
+from realm.retriever.published import PublishedState
+from realm.retriever.search import Hit, Searcher, SearchQuery
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.store import DocumentStore, PassageRecord, StoreChange, StoredDocument
+from realm.retriever.topk import FloatArray
+from realm.retriever.wal import MAX_RECORD_BYTES, WriteAheadLog
 
 _LOGGER = logging.getLogger(__name__)
 

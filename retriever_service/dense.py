@@ -21,7 +21,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from realm.errors import StorageError
-from retriever_service.topk import FloatArray, IntArray, top_k
+from realm.retriever.topk import FloatArray, IntArray, top_k
 
 VECTORS_FILE = "dense_vectors.npy"
 ANNOY_FILE = "dense.ann"

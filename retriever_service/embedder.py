@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from retriever_service.topk import FloatArray
+from realm.retriever.topk import FloatArray
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from retriever_service.topk import FloatArray, IntArray, top_k
+from realm.retriever.topk import FloatArray, IntArray, top_k
 
 FusionMethod = Literal["rrf", "weighted"]
 

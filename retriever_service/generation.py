@@ -18,10 +18,10 @@ import numpy.typing as npt
 
 from realm.errors import StorageError
 from realm.files import fsync_dir, fsync_file, sha256_file
-from retriever_service.bm25 import BM25Index
-from retriever_service.dense import DenseIndex
-from retriever_service.settings import CollectionSettings
-from retriever_service.topk import FloatArray, IntArray
+from realm.retriever.bm25 import BM25Index
+from realm.retriever.dense import DenseIndex
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.topk import FloatArray, IntArray
 
 _LOGGER = logging.getLogger(__name__)
 PIDS_FILE = "pids.npy"

@@ -18,9 +18,9 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from retriever_service.bm25 import BM25Index, BM25Params, contributions, idf_of
-from retriever_service.generation import Generation
-from retriever_service.topk import FloatArray, IntArray, top_k
+from realm.retriever.bm25 import BM25Index, BM25Params, contributions, idf_of
+from realm.retriever.generation import Generation
+from realm.retriever.topk import FloatArray, IntArray, top_k
 
 ALIVE = np.iinfo(np.int64).max
 ScalarT = TypeVar("ScalarT", bound=np.generic)

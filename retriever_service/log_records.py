@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retriever_service.store import StoredDocument
-from retriever_service.topk import FloatArray
+from realm.retriever.store import StoredDocument
+from realm.retriever.topk import FloatArray
 
 _LENGTH = struct.Struct("<I")
 _UPSERT = b"U"

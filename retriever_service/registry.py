@@ -16,14 +16,14 @@ from realm.errors import (
     shown,
 )
 from realm.files import fsync_dir, make_durable_dir
-from retriever_service.collection import (
+from realm.retriever.collection import (
     DEFAULT_COMPACT_THRESHOLD,
     SETTINGS,
     Collection,
     EncoderLoader,
 )
-from retriever_service.embedder import DEFAULT_MODEL, Encoder
-from retriever_service.settings import CollectionSettings
+from realm.retriever.embedder import DEFAULT_MODEL, Encoder
+from realm.retriever.settings import CollectionSettings
 
 _LOGGER = logging.getLogger(__name__)
 

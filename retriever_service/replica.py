@@ -14,19 +14,19 @@ import sqlite3
 from pathlib import Path
 
 from realm.errors import StorageError
-from retriever_service.analyzer import Analyzer
-from retriever_service.collection import (
+from realm.retriever.analyzer import Analyzer
+from realm.retriever.collection import (
     MANIFEST,
     STORE,
     EncoderLoader,
     manifest_entries,
     read_settings,
 )
-from retriever_service.generation import load_generation
-from retriever_service.live import View
-from retriever_service.published import WITHDRAWN, PublishedState
-from retriever_service.search import Hit, Searcher, SearchQuery
-from retriever_service.store import DocumentStore
+from realm.retriever.generation import load_generation
+from realm.retriever.live import View
+from realm.retriever.published import WITHDRAWN, PublishedState
+from realm.retriever.search import Hit, Searcher, SearchQuery
+from realm.retriever.store import DocumentStore
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ from typing import Any, TypeVar
 from grpc import aio
 
 from realm.logs import request_id
-from realm.v1 import retriever_pb2, retriever_pb2_grpc
-from retriever_service import validation
-from retriever_service.replica import Replicas
-from retriever_service.response_budget import ResponseBudget
-from retriever_service.servicer import (
+from realm.retriever import validation
+from realm.retriever.replica import Replicas
+from realm.retriever.response_budget import ResponseBudget
+from realm.retriever.servicer import (
     INLINE_BM25_MAX_PASSAGES,
     Context,
     search_query,
     search_response,
 )
-from retriever_service.settings import Limits
+from realm.retriever.settings import Limits
+from realm.v1 import retriever_pb2, retriever_pb2_grpc
 
 Response = TypeVar("Response")
 _FORWARDED_KEYS = ("authorization",)

@@ -1,8 +1,8 @@
 """How many bytes of passages a search response may carry, checked before it is built."""
 
 from realm.errors import ResourceExhausted
-from retriever_service.search import Hit
-from retriever_service.settings import Limits
+from realm.retriever.search import Hit
+from realm.retriever.settings import Limits
 
 _HIT_OVERHEAD = 64  # ids, offsets, score and framing of one hit, generously
 

@@ -9,13 +9,13 @@ from typing import Literal
 
 import numpy as np
 
-from retriever_service import fusion
-from retriever_service.analyzer import Analyzer
-from retriever_service.embedder import Encoder
-from retriever_service.live import View
-from retriever_service.settings import CollectionSettings
-from retriever_service.store import DocumentStore, PassageRecord
-from retriever_service.topk import FloatArray, IntArray, top_k
+from realm.retriever import fusion
+from realm.retriever.analyzer import Analyzer
+from realm.retriever.embedder import Encoder
+from realm.retriever.live import View
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.store import DocumentStore, PassageRecord
+from realm.retriever.topk import FloatArray, IntArray, top_k
 
 SearchMode = Literal["bm25", "dense", "hybrid"]
 

@@ -10,14 +10,14 @@ from grpc import aio
 from threadpoolctl import threadpool_limits
 
 from realm.files import lock_directory
+from realm.retriever.collection import DEFAULT_COMPACT_THRESHOLD
+from realm.retriever.embedder import DEFAULT_MODEL, load_encoder
+from realm.retriever.registry import Registry
+from realm.retriever.servicer import SERVICE_NAME, UPSERT_METHOD, RetrieverServicer
+from realm.retriever.settings import Limits
+from realm.retriever.workers import MAX_WORKERS, WorkerPool
 from realm.server import RunningServer, ServerOptions, refuse_port_in_use, serve_until_signal
 from realm.v1 import retriever_pb2_grpc
-from retriever_service.collection import DEFAULT_COMPACT_THRESHOLD
-from retriever_service.embedder import DEFAULT_MODEL, load_encoder
-from retriever_service.registry import Registry
-from retriever_service.servicer import SERVICE_NAME, UPSERT_METHOD, RetrieverServicer
-from retriever_service.settings import Limits
-from retriever_service.workers import MAX_WORKERS, WorkerPool
 
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_PORT = 50051

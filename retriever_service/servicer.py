@@ -11,21 +11,21 @@ from typing import Any, Protocol, cast
 from grpc import aio
 
 from realm.errors import InvalidArgument, shown
+from realm.retriever import validation
+from realm.retriever.analyzer import LANGUAGES, Language
+from realm.retriever.bm25 import BM25Params
+from realm.retriever.chunker import ChunkerConfig
+from realm.retriever.collection import Collection
+from realm.retriever.dense import AnnoyParams
+from realm.retriever.fusion import FusionMethod
+from realm.retriever.live import View
+from realm.retriever.registry import Registry
+from realm.retriever.response_budget import ResponseBudget
+from realm.retriever.search import Hit, SearchMode, SearchQuery
+from realm.retriever.settings import CollectionSettings, Limits
+from realm.retriever.store import PassageRecord, StoredDocument
 from realm.streams import paced
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
-from retriever_service import validation
-from retriever_service.analyzer import LANGUAGES, Language
-from retriever_service.bm25 import BM25Params
-from retriever_service.chunker import ChunkerConfig
-from retriever_service.collection import Collection
-from retriever_service.dense import AnnoyParams
-from retriever_service.fusion import FusionMethod
-from retriever_service.live import View
-from retriever_service.registry import Registry
-from retriever_service.response_budget import ResponseBudget
-from retriever_service.search import Hit, SearchMode, SearchQuery
-from retriever_service.settings import CollectionSettings, Limits
-from retriever_service.store import PassageRecord, StoredDocument
 
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 Context = aio.ServicerContext[Any, Any]

@@ -3,11 +3,11 @@
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from retriever_service.analyzer import LANGUAGES, Language
-from retriever_service.bm25 import BM25Params
-from retriever_service.chunker import ChunkerConfig
-from retriever_service.dense import AnnoyParams
-from retriever_service.embedder import DEFAULT_MODEL
+from realm.retriever.analyzer import LANGUAGES, Language
+from realm.retriever.bm25 import BM25Params
+from realm.retriever.chunker import ChunkerConfig
+from realm.retriever.dense import AnnoyParams
+from realm.retriever.embedder import DEFAULT_MODEL
 
 
 @dataclass(frozen=True, slots=True)

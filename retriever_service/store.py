@@ -17,7 +17,7 @@ from pathlib import Path
 
 from realm.errors import StorageError
 from realm.files import fsync_dir
-from retriever_service.chunker import ChunkSpan
+from realm.retriever.chunker import ChunkSpan
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (

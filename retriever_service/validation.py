@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 from realm.errors import InvalidArgument, shown
 from realm.names import collection_name
-from retriever_service.settings import Limits
-from retriever_service.store import StoredDocument
+from realm.retriever.settings import Limits
+from realm.retriever.store import StoredDocument
 
 __all__ = [
     "collection_name",

@@ -23,13 +23,13 @@ from grpc import aio
 from threadpoolctl import threadpool_limits
 
 from realm import logs
+from realm.retriever.embedder import load_encoder
+from realm.retriever.replica import Replicas
+from realm.retriever.replica_servicer import ReplicaServicer
+from realm.retriever.servicer import SERVICE_NAME
+from realm.retriever.settings import Limits
 from realm.server import RunningServer, ServerOptions, serve_until_signal
 from realm.v1 import retriever_pb2_grpc
-from retriever_service.embedder import load_encoder
-from retriever_service.replica import Replicas
-from retriever_service.replica_servicer import ReplicaServicer
-from retriever_service.servicer import SERVICE_NAME
-from retriever_service.settings import Limits
 
 _LOGGER = logging.getLogger(__name__)
 MAX_WORKERS = 64

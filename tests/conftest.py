@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from transformers import LlamaConfig
 
-from client import Document, GeneratorClient, RetrieverClient
-from generator_service.models import LoadedModel, load_model
-from generator_service.settings import ModelSettings
-from retriever_service.embedder import DEFAULT_MODEL, SentenceTransformerEncoder, load_encoder
+from realm.client import Document, GeneratorClient, RetrieverClient
+from realm.generator.models import LoadedModel, load_model
+from realm.generator.settings import ModelSettings
+from realm.retriever.embedder import DEFAULT_MODEL, SentenceTransformerEncoder, load_encoder
 from tests.servers import GeneratorProcess, RetrieverProcess
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from realm.supervisor import ServiceProcess, free_port, health_status
+from realm.app.supervisor import ServiceProcess, free_port, health_status
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 import pytest
 
-from retriever_service.analyzer import Analyzer, normalize
+from realm.retriever.analyzer import Analyzer, normalize
 
 
 def test_normalize_folds_width_ligatures_and_case() -> None:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from realm.protodoc import PROTO_ROOT, load_descriptors, render
+from realm.app.protodoc import PROTO_ROOT, load_descriptors, render
 
 
 def test_every_rpc_message_field_and_enum_value_has_a_comment() -> None:

@@ -14,9 +14,9 @@ from bench.common import Row, table
 from bench.generate_bench import _engine_run, _prompts
 from bench.load import run_load
 from bench.transport_floor import save_responses
-from generator_service.engine import GenerationEngine
-from generator_service.models import LoadedModel
-from realm.supervisor import ServiceProcess
+from realm.app.supervisor import ServiceProcess
+from realm.generator.engine import GenerationEngine
+from realm.generator.models import LoadedModel
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.servers import REPO, RetrieverProcess
 

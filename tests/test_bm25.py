@@ -7,10 +7,10 @@ import bm25s
 import numpy as np
 import pytest
 
-from realm.beir import read_corpus, read_queries
-from retriever_service.analyzer import Analyzer
-from retriever_service.bm25 import BM25Index, BM25Params
-from retriever_service.topk import top_k
+from realm.app.beir import read_corpus, read_queries
+from realm.retriever.analyzer import Analyzer
+from realm.retriever.bm25 import BM25Index, BM25Params
+from realm.retriever.topk import top_k
 from tests.conftest import fixture_documents
 
 

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from retriever_service.chunker import ChunkerConfig, chunk
+from realm.retriever.chunker import ChunkerConfig, chunk
 
 WORD = re.compile(r"\w+")
 

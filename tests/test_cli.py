@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from client import RetrieverClient
-from realm.supervisor import free_port
+from realm.app.supervisor import free_port
+from realm.client import RetrieverClient
 from tests.conftest import FIXTURES
 from tests.servers import REPO, GeneratorProcess, RetrieverProcess
 
@@ -15,7 +15,7 @@ def realm(
     *args: str, timeout: float = 300, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "realm.cli.main", *args],
+        [sys.executable, "-m", "realm.app.cli.main", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -11,7 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import (
+from realm.app.supervisor import free_port
+from realm.client import (
     Answer,
     AsyncRealmClient,
     ConnectionOptions,
@@ -21,7 +22,6 @@ from client import (
     Unauthenticated,
     Unavailable,
 )
-from realm.supervisor import free_port
 from tests.conftest import fixture_documents
 from tests.servers import GeneratorProcess, RetrieverProcess, StubRetriever
 

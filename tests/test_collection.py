@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from realm.errors import NotFound, StorageError
-from retriever_service.collection import Collection
-from retriever_service.embedder import Encoder, SentenceTransformerEncoder
-from retriever_service.search import SearchMode, SearchQuery
-from retriever_service.settings import CollectionSettings
-from retriever_service.store import StoredDocument
-from retriever_service.topk import FloatArray
+from realm.retriever.collection import Collection
+from realm.retriever.embedder import Encoder, SentenceTransformerEncoder
+from realm.retriever.search import SearchMode, SearchQuery
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.store import StoredDocument
+from realm.retriever.topk import FloatArray
 from tests.conftest import fill_disk, fixture_documents, flip_byte
 
 

@@ -11,12 +11,12 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.connection import RETRIEVER_SERVICE, ConnectionOptions, aio_channel, channel_options
+from realm.channels import RETRIEVER_SERVICE, ConnectionOptions, aio_channel, channel_options
 from realm.server import RunningServer, ServerOptions, start_server
 from tests.servers import REPO
 
 _OPTION_LITERAL = re.compile(r"""["'](grpc\.[a-z0-9_.]+)["']""")
-_SOURCES = ("realm", "retriever_service", "generator_service", "client", "bench", "tests")
+_SOURCES = ("realm", "realm.retriever", "realm.generator", "realm.client", "bench", "tests")
 
 
 def _core_library() -> bytes:

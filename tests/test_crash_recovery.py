@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 
-from client import Document, NotFound, RealmClientError, RetrieverClient
-from retriever_service.collection import Collection
-from retriever_service.embedder import SentenceTransformerEncoder
-from retriever_service.search import SearchQuery
+from realm.client import Document, NotFound, RealmClientError, RetrieverClient
+from realm.retriever.collection import Collection
+from realm.retriever.embedder import SentenceTransformerEncoder
+from realm.retriever.search import SearchQuery
 from tests.conftest import fill_disk, flip_byte
 from tests.servers import RetrieverProcess, health_status
 

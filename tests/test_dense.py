@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realm.beir import read_corpus, read_queries
+from realm.app.beir import read_corpus, read_queries
 from realm.errors import StorageError
-from retriever_service.dense import AnnoyParams, DenseIndex
-from retriever_service.embedder import SentenceTransformerEncoder
-from retriever_service.topk import FloatArray
+from realm.retriever.dense import AnnoyParams, DenseIndex
+from realm.retriever.embedder import SentenceTransformerEncoder
+from realm.retriever.topk import FloatArray
 
 
 def _recall_at_10(index: DenseIndex, queries: FloatArray) -> float:

@@ -10,7 +10,7 @@ import pytest
 import typer.main
 import yaml
 
-from realm.cli.main import app
+from realm.app.cli.main import app
 from tests.servers import REPO
 
 KUBERNETES_VERSION = "1.33"  # the oldest release the manifests promise to work on

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import Document, RetrieverClient
+from realm.client import Document, RetrieverClient
 from realm.v1 import (
     common_pb2,
     generator_pb2,

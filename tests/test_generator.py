@@ -15,12 +15,12 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from client import GeneratorClient, InvalidArgument, generate_request
-from client.generator import Answer
-from generator_service.engine import Finished, GenerationEngine, SamplingParams
-from generator_service.models import LoadedModel, load_model
-from generator_service.prompts import PromptBuilder, RetrievedPassage
-from generator_service.settings import ModelSettings
+from realm.client import GeneratorClient, InvalidArgument, generate_request
+from realm.client.generator import Answer
+from realm.generator.engine import Finished, GenerationEngine, SamplingParams
+from realm.generator.models import LoadedModel, load_model
+from realm.generator.prompts import PromptBuilder, RetrievedPassage
+from realm.generator.settings import ModelSettings
 from tests.conftest import tiny_llama_config
 
 EIFFEL = "When was the Eiffel Tower completed?"

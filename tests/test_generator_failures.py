@@ -10,7 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import (
+from realm.app.supervisor import free_port
+from realm.channels import ConnectionOptions
+from realm.client import (
     Answer,
     DeadlineExceeded,
     GeneratorClient,
@@ -18,8 +20,6 @@ from client import (
     Unavailable,
     generate_request,
 )
-from client.connection import ConnectionOptions
-from realm.supervisor import free_port
 from tests.servers import GeneratorProcess, StubRetriever
 
 pytestmark = pytest.mark.slow

@@ -6,17 +6,17 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from generator_service.citations import find_citations, sentence_spans
-from generator_service.cpu_attention import IMPLEMENTATION, use_grouped_cpu_attention
-from generator_service.cpu_kernels import PackedLinear, pack_linear_layers, packed_linear_available
-from generator_service.engine import _stable_length, cache_argument
-from generator_service.extraction import parse_fields, to_json, validate_fields
-from generator_service.models import LoadedModel
-from generator_service.prompt_lookup import PromptLookup
-from generator_service.prompts import PromptBuilder, RetrievedPassage, passage_block
-from generator_service.speculation import ConfirmationRate, choose_width, confirmed_count
+from realm.app.qa_metrics import contains, exact_match, normalize, token_f1
 from realm.errors import InvalidArgument
-from realm.qa_metrics import contains, exact_match, normalize, token_f1
+from realm.generator.citations import find_citations, sentence_spans
+from realm.generator.cpu_attention import IMPLEMENTATION, use_grouped_cpu_attention
+from realm.generator.cpu_kernels import PackedLinear, pack_linear_layers, packed_linear_available
+from realm.generator.engine import _stable_length, cache_argument
+from realm.generator.extraction import parse_fields, to_json, validate_fields
+from realm.generator.models import LoadedModel
+from realm.generator.prompt_lookup import PromptLookup
+from realm.generator.prompts import PromptBuilder, RetrievedPassage, passage_block
+from realm.generator.speculation import ConfirmationRate, choose_width, confirmed_count
 from tests.conftest import tiny_llama_config
 
 

@@ -16,14 +16,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from client import Document, RealmClientError, RetrieverClient
+from realm.client import Document, RealmClientError, RetrieverClient
 from realm.errors import InvalidArgument
 from realm.names import collection_name
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.servers import REPO, RetrieverProcess, health_status, open_descriptors, resident_kib
 
 pytestmark = pytest.mark.slow
-_SERVE_RETRIEVER = (sys.executable, "-m", "realm.cli.main", "serve", "retriever")
+_SERVE_RETRIEVER = (sys.executable, "-m", "realm.app.cli.main", "serve", "retriever")
 
 
 def _status(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:

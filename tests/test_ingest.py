@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client import AsyncRealmClient, Document, IngestInterrupted, RetrieverClient, Unavailable
+from realm.client import AsyncRealmClient, Document, IngestInterrupted, RetrieverClient, Unavailable
 from tests.servers import RetrieverProcess
 
 pytestmark = pytest.mark.slow

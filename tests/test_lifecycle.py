@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
-from client import (
+from realm.client import (
     Document,
     NotFound,
     ResourceExhausted,

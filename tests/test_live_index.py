@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from realm.errors import NotFound, StorageError
-from retriever_service.collection import Collection
-from retriever_service.embedder import SentenceTransformerEncoder
-from retriever_service.search import SearchQuery
-from retriever_service.settings import CollectionSettings
-from retriever_service.store import StoredDocument
+from realm.retriever.collection import Collection
+from realm.retriever.embedder import SentenceTransformerEncoder
+from realm.retriever.search import SearchQuery
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.store import StoredDocument
 from tests.conftest import flip_byte
 
 WORDS = (

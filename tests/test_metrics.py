@@ -1,6 +1,6 @@
 import math
 
-from realm.metrics import evaluate
+from realm.app.retrieval_metrics import evaluate
 
 
 def test_metrics_follow_trec_eval_definitions() -> None:

@@ -23,12 +23,12 @@ from typing import Literal, TypeVar
 import pytest
 
 from realm.errors import NotFound
-from retriever_service.collection import DEFAULT_COMPACT_THRESHOLD
-from retriever_service.embedder import SentenceTransformerEncoder
-from retriever_service.registry import Registry
-from retriever_service.search import SearchQuery
-from retriever_service.settings import CollectionSettings
-from retriever_service.store import StoredDocument
+from realm.retriever.collection import DEFAULT_COMPACT_THRESHOLD
+from realm.retriever.embedder import SentenceTransformerEncoder
+from realm.retriever.registry import Registry
+from realm.retriever.search import SearchQuery
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.store import StoredDocument
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")

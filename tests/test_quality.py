@@ -10,10 +10,10 @@ from pathlib import Path
 import bm25s
 import pytest
 
-from realm.beir import read_corpus, read_qrels, read_queries
-from realm.metrics import evaluate
-from retriever_service.analyzer import Analyzer
-from retriever_service.chunker import ChunkerConfig, chunk
+from realm.app.beir import read_corpus, read_qrels, read_queries
+from realm.app.retrieval_metrics import evaluate
+from realm.retriever.analyzer import Analyzer
+from realm.retriever.chunker import ChunkerConfig, chunk
 from tests.servers import RetrieverProcess
 from tests.test_cli import realm
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from realm.errors import NotFound
-from retriever_service.collection import Collection
-from retriever_service.embedder import SentenceTransformerEncoder
-from retriever_service.live import View
-from retriever_service.published import WITHDRAWN, PublishedState
-from retriever_service.registry import Registry
-from retriever_service.replica import Replica, Replicas
-from retriever_service.search import SearchMode, SearchQuery
-from retriever_service.settings import CollectionSettings
-from retriever_service.store import StoredDocument
+from realm.retriever.collection import Collection
+from realm.retriever.embedder import SentenceTransformerEncoder
+from realm.retriever.live import View
+from realm.retriever.published import WITHDRAWN, PublishedState
+from realm.retriever.registry import Registry
+from realm.retriever.replica import Replica, Replicas
+from realm.retriever.search import SearchMode, SearchQuery
+from realm.retriever.settings import CollectionSettings
+from realm.retriever.store import StoredDocument
 from tests.conftest import fixture_documents
 
 QUERIES = ["tower in Paris", "plants use sunlight", "programming language design", "长城"]

@@ -7,8 +7,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import AlreadyExists, Document, NotFound, RetrieverClient
-from client.retriever import Mode, search_request
+from realm.client import AlreadyExists, Document, NotFound, RetrieverClient
+from realm.client.retriever import Mode, search_request
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.conftest import fixture_documents
 from tests.servers import RetrieverProcess, health_status

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from client import Document, GeneratorClient, NotFound, RetrieverClient, generate_request
-from client.retriever import Mode
+from realm.client import Document, GeneratorClient, NotFound, RetrieverClient, generate_request
+from realm.client.retriever import Mode
 from tests.servers import GeneratorProcess, RetrieverProcess, open_descriptors, resident_kib
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 import numpy as np
 
-from retriever_service.fusion import rrf, weighted
-from retriever_service.topk import top_k
+from realm.retriever.fusion import rrf, weighted
+from realm.retriever.topk import top_k
 
 
 def test_top_k_orders_by_score_then_row() -> None:

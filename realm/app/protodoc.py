@@ -48,7 +48,7 @@ def render(descriptors: descriptor_pb2.FileDescriptorSet) -> tuple[str, list[Und
     lines = [
         "# API reference",
         "",
-        "Generated from `proto/` by `python -m realm.protodoc`; do not edit.",
+        "Generated from `proto/` by `python -m realm.app.protodoc`; do not edit.",
         "",
     ]
     missing: list[Undocumented] = []

@@ -24,7 +24,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client import (
+from realm import logs
+from realm.app.cli.output import console, fail, print_json
+from realm.app.corpus import Refused, read_documents
+from realm.app.supervisor import free_port
+from realm.channels import ConnectionOptions, check_token_transport
+from realm.client import (
     Answer,
     GeneratorClient,
     IngestInterrupted,
@@ -32,13 +37,8 @@ from client import (
     RealmClientError,
     RetrieverClient,
 )
-from client.connection import ConnectionOptions, check_token_transport
-from client.generator import Task, generate_request
-from client.retriever import Document, Mode, UpsertSummary
-from realm import logs
-from realm.cli.output import console, fail, print_json
-from realm.corpus import Refused, read_documents
-from realm.supervisor import free_port
+from realm.client.generator import Task, generate_request
+from realm.client.retriever import Document, Mode, UpsertSummary
 
 app = typer.Typer(help="ReaLM: retrieval-augmented generation over gRPC.", no_args_is_help=True)
 serve_app = typer.Typer(help="Run a service.", no_args_is_help=True)
@@ -199,9 +199,9 @@ def serve_retriever(
 ) -> None:
     """Serve the retriever until SIGTERM/SIGINT."""
     from realm.files import DirectoryLocked
+    from realm.retriever.server import RetrieverConfig, serve
+    from realm.retriever.settings import Limits
     from realm.server import ServerOptions
-    from retriever_service.server import RetrieverConfig, serve
-    from retriever_service.settings import Limits
 
     logs.configure(log_level)
     try:
@@ -298,8 +298,8 @@ def serve_generator(
     log_level: Annotated[str, typer.Option(envvar="REALM_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Serve the generator until SIGTERM/SIGINT."""
-    from generator_service.server import serve
-    from generator_service.settings import (
+    from realm.generator.server import serve
+    from realm.generator.settings import (
         GeneratorConfig,
         GeneratorLimits,
         ModelSettings,
@@ -680,7 +680,7 @@ def eval_retrieval(
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 on qrels/test.tsv; indexes what the collection lacks
     first (so an interrupted run resumes where it stopped)."""
-    from realm.evaluation import evaluate_retrieval
+    from realm.app.evaluation import evaluate_retrieval
 
     search_mode = _mode(mode)
     with _client_errors(), RetrieverClient(target, options=_connection(30.0)) as client:
@@ -711,7 +711,7 @@ def eval_qa(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores here.")] = None,
 ) -> None:
     """Exact match, token F1 and contains over a question set, asked concurrently."""
-    from realm.qa_evaluation import evaluate_qa, read_questions
+    from realm.app.qa_evaluation import evaluate_qa, read_questions
 
     try:
         items = read_questions(questions)
@@ -752,11 +752,11 @@ def demo(
 ) -> None:
     """Start a retriever and a generator, index the embedded corpus (or --corpus), answer the
     sample questions with sources, keep serving."""
-    from realm import demo as demo_steps
+    from realm.app import demo as demo_steps
 
     try:
         documents = (
-            demo_steps.wiki_summaries(limit)
+            demo_steps.demo_summaries(limit)
             if corpus is None
             else [d for d in read_documents(corpus) if isinstance(d, Document)]
         )

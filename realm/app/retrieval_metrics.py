@@ -8,7 +8,7 @@ from statistics import fmean
 
 import pytrec_eval
 
-from realm.beir import Qrels
+from realm.app.beir import Qrels
 
 Run = dict[str, dict[str, float]]
 

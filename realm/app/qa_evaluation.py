@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.generator import Answer, GeneratorClient, generate_request
-from realm.qa_metrics import contains, exact_match, token_f1
+from realm.app.qa_metrics import contains, exact_match, token_f1
+from realm.client.generator import Answer, GeneratorClient, generate_request
 
 
 @dataclass(frozen=True, slots=True)
