@@ -12,7 +12,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
-PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"
+PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"  # the checkout's proto/
 # Paths in SourceCodeInfo: FileDescriptorProto field numbers.
 _MESSAGE, _ENUM, _SERVICE = 4, 5, 6
 _FIELD, _VALUE, _METHOD = 2, 2, 2
