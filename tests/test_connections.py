@@ -16,7 +16,7 @@ from realm.server import RunningServer, ServerOptions, start_server
 from tests.servers import REPO
 
 _OPTION_LITERAL = re.compile(r"""["'](grpc\.[a-z0-9_.]+)["']""")
-_SOURCES = ("realm", "realm.retriever", "realm.generator", "realm.client", "bench", "tests")
+_SOURCES = ("realm", "retriever_service", "generator_service", "client", "bench", "tests")
 
 
 def _core_library() -> bytes:

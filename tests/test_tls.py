@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from realm.channels import ConnectionOptions
-from realm.client import Document, GeneratorClient, RetrieverClient, Unavailable, generate_request
+from realm.client import Document, GeneratorClient, RetrieverClient, Unavailable
 from realm.server import ServerOptions
 from realm.v1 import generator_pb2, retriever_pb2
 from tests.servers import REPO, GeneratorProcess, RetrieverProcess
@@ -52,7 +52,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("pki")
     ca, ca_key = _issue(folder, "realm-test-ca", None, None)
     server, server_key = _issue(folder, "server", ca, ca_key)
-    client, client_key = _issue(folder, "realm.client", ca, ca_key)
+    client, client_key = _issue(folder, "client", ca, ca_key)
     stranger, stranger_key = _issue(folder, "stranger", None, None)  # signed by nobody we trust
     token = folder / "token"
     token.write_text(TOKEN)
@@ -60,7 +60,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ca": ca,
         "server": server,
         "server_key": server_key,
-        "realm.client": client,
+        "client": client,
         "client_key": client_key,
         "stranger": stranger,
         "stranger_key": stranger_key,
@@ -81,7 +81,7 @@ def mtls_server(
     server.start()
     assert server.process is not None
     try:
-        credentials = _credentials(pki, "realm.client")
+        credentials = _credentials(pki, "client")
         with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
             grpc.channel_ready_future(channel).result(timeout=300)
             health = health_pb2_grpc.HealthStub(channel)
@@ -118,7 +118,7 @@ def test_mutual_tls_admits_only_certificates_the_server_trusts(
     pki: dict[str, Path], mtls_server: RetrieverProcess
 ) -> None:
     target = f"localhost:{mtls_server.port}"
-    with RetrieverClient(target, options=_options(pki, "realm.client", TOKEN)) as client:
+    with RetrieverClient(target, options=_options(pki, "client", TOKEN)) as client:
         client.create_collection("mutual")
         client.upsert("mutual", [Document("a", "Only trusted clients write here.")])
         assert client.search("mutual", "trusted", mode="bm25")[0].doc_id == "a"
@@ -136,7 +136,7 @@ def test_every_rpc_and_reflection_need_the_token_but_health_does_not(
 ) -> None:
     service = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"]
     with grpc.secure_channel(
-        f"localhost:{mtls_server.port}", _credentials(pki, "realm.client")
+        f"localhost:{mtls_server.port}", _credentials(pki, "client")
     ) as channel:
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
@@ -234,14 +234,14 @@ def test_the_generator_reaches_a_mutual_tls_retriever_with_its_token(
     pki: dict[str, Path], mtls_server: RetrieverProcess, tmp_path: Path
 ) -> None:
     target = f"localhost:{mtls_server.port}"
-    with RetrieverClient(target, options=_options(pki, "realm.client", TOKEN)) as client:
+    with RetrieverClient(target, options=_options(pki, "client", TOKEN)) as client:
         client.create_collection("handbook")
         client.upsert("handbook", [Document("leave", "Staff get 25 days of paid leave.")])
     generator = GeneratorProcess(
         tmp_path,
         target,
         *("--retriever-tls-ca", str(pki["ca"]), "--retriever-token-file", str(pki["token"])),
-        *("--retriever-tls-cert", str(pki["realm.client"])),
+        *("--retriever-tls-cert", str(pki["client"])),
         *("--retriever-tls-key", str(pki["client_key"])),
         *("--auth-token-file", str(pki["token"])),  # its own callers need the token too
     )
@@ -249,9 +249,7 @@ def test_the_generator_reaches_a_mutual_tls_retriever_with_its_token(
         generator,
         GeneratorClient(generator.target, timeout=300, options=_plain(TOKEN)) as asker,
     ):
-        answer = asker.ask(
-            generate_request("How many days of leave?", "handbook", k=1, max_new_tokens=4)
-        )
+        answer = asker.ask("How many days of leave?", "handbook", k=1, max_new_tokens=4)
         service = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
         with grpc.insecure_channel(generator.target) as channel:
             for method in service.methods:  # Generate, GenerateStream (streamed), Info
