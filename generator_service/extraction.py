@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from realm.errors import InvalidArgument, shown
 from realm.generator.citations import best_passage, content_words
 from realm.generator.prompts import RetrievedPassage
 
@@ -31,23 +30,8 @@ class Field:
     citation: int
 
 
-def validate_fields(fields: Sequence[str], max_fields: int) -> list[str]:
-    if not fields:
-        raise InvalidArgument("fields is empty; TASK_EXTRACT needs the names of the fields to fill")
-    if len(fields) > max_fields:
-        raise InvalidArgument(f"fields has {len(fields)} names, above max_fields={max_fields}")
-    for name in fields:
-        if not FIELD_NAME.fullmatch(name) or not name.strip():
-            raise InvalidArgument(
-                f"fields contains {shown(name)}; a field name is 1-64 letters, digits, '_' or "
-                "spaces"
-            )
-    if len({_key(name) for name in fields}) != len(fields):
-        raise InvalidArgument("fields contains the same name twice")
-    return list(fields)
-
-
-def _key(name: str) -> str:
+def field_key(name: str) -> str:
+    """How two spellings of a field name are told to be the same ("Birth_year", "birth year")."""
     return " ".join(name.replace("_", " ").casefold().split())
 
 
@@ -55,11 +39,11 @@ def parse_fields(
     text: str, fields: Sequence[str], passages: Sequence[RetrievedPassage]
 ) -> list[Field]:
     """One ``Field`` per requested name, in request order; the first line for a name wins."""
-    wanted = {_key(name): name for name in fields}
+    wanted = {field_key(name): name for name in fields}
     values: dict[str, str] = {}
     for line in text.splitlines():
         name, sep, value = line.partition(":")
-        key = _key(name.strip(" -*\t"))
+        key = field_key(name.strip(" -*\t"))
         if sep and key in wanted and wanted[key] not in values:
             values[wanted[key]] = _NEXT_PAIR.split(value, maxsplit=1)[0].strip().strip('"').strip()
     passage_words = [content_words(f"{p.title} {p.text}") for p in passages]

@@ -24,7 +24,7 @@ EXTRACT_TOKENS_PER_FIELD = 48
 
 @dataclass(frozen=True, slots=True)
 class AnswerRequest:
-    """A validated request (see ``servicer.request_from_proto``)."""
+    """A validated request (see ``validation.request_from_proto``)."""
 
     question: str
     search: SearchSpec

@@ -17,6 +17,7 @@ from grpc import aio
 from realm import errors
 from realm.channels import RETRIEVER_SERVICE, ConnectionOptions, aio_channel
 from realm.generator.prompts import RetrievedPassage
+from realm.status import error_for
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
 
@@ -75,18 +76,19 @@ class RetrieverGateway:
         ]
 
     def _translate(self, error: aio.AioRpcError, timeout: float) -> errors.RealmError:
+        """The retriever's status as the domain error it stands for (``realm.status``, the table
+        the retriever itself answered with); anything else makes the retriever unavailable."""
         code, details = error.code(), error.details() or ""
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.DeadlineExceeded(
                 f"retrieval from {self.target} did not finish within {timeout:.3f}s"
             )
-        if code is grpc.StatusCode.NOT_FOUND:
-            return errors.NotFound(details)
-        if code is grpc.StatusCode.INVALID_ARGUMENT:
-            return errors.InvalidArgument(details)
-        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        error_class = error_for(code)
+        if error_class is errors.ResourceExhausted:
             return errors.ResourceExhausted(f"the retriever is at capacity: {details}")
-        return errors.Unavailable(
-            f"the retriever at {self.target} is unavailable ({code.name}: {details}); "
-            "retry later, or set allow_no_context to answer without passages"
-        )
+        if error_class is None or error_class is errors.Unavailable:
+            return errors.Unavailable(
+                f"the retriever at {self.target} is unavailable ({code.name}: {details}); "
+                "retry later, or set allow_no_context to answer without passages"
+            )
+        return error_class(details)

@@ -19,30 +19,12 @@ from grpc import aio
 
 from realm import errors
 from realm.logs import request_id
+from realm.status import status_of
 
 _LOGGER = logging.getLogger("realm.rpc")
 # Services that report on the server rather than use it: never refused by admission (health
 # must answer while the server is full or loading), nor wrapped by the error mapping.
 _OPEN_SERVICES = ("/grpc.health", "/grpc.reflection")
-
-STATUS_OF: dict[type[errors.RealmError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.StorageError: grpc.StatusCode.INTERNAL,
-}
-
-
-def status_of(error: errors.RealmError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        code = STATUS_OF.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 class Admission:

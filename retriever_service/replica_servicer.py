@@ -19,7 +19,6 @@ from realm.retriever.response_budget import ResponseBudget
 from realm.retriever.servicer import (
     INLINE_BM25_MAX_PASSAGES,
     Context,
-    search_query,
     search_response,
 )
 from realm.retriever.settings import Limits
@@ -60,7 +59,7 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         if serving is None:
             return await self._relay(self.writer.Search, request, context)
         replica, view = serving
-        query = search_query(request, self.limits, "")
+        query = validation.search_query(request, self.limits, "")
         budget = ResponseBudget(self.limits)
         if query.mode == "bm25" and view.passages <= INLINE_BM25_MAX_PASSAGES:
             return search_response(replica, query, budget, view)

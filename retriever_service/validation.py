@@ -1,17 +1,41 @@
-"""Request validation with messages that name the field, the limit and the fix.
+"""The retriever's one place for request validation, with messages that name the field, the
+limit and the fix; request messages become checked domain values here.
 
 Runs before any state changes, so a refused request leaves the collection exactly as it was.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from realm.errors import InvalidArgument, shown
 from realm.names import collection_name
-from realm.retriever.settings import Limits
+from realm.retriever.analyzer import LANGUAGES, Language
+from realm.retriever.bm25 import BM25Params
+from realm.retriever.chunker import ChunkerConfig
+from realm.retriever.dense import AnnoyParams
+from realm.retriever.fusion import FusionMethod
+from realm.retriever.search import SearchMode, SearchQuery
+from realm.retriever.settings import CollectionSettings, Limits
 from realm.retriever.store import StoredDocument
+from realm.v1 import common_pb2, retriever_pb2
+
+_MODES: dict[int, SearchMode] = {
+    common_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
+    common_pb2.SEARCH_MODE_BM25: "bm25",
+    common_pb2.SEARCH_MODE_DENSE: "dense",
+    common_pb2.SEARCH_MODE_HYBRID: "hybrid",
+}
+_FUSIONS: dict[int, FusionMethod | None] = {
+    common_pb2.FUSION_METHOD_UNSPECIFIED: None,
+    common_pb2.FUSION_METHOD_RRF: "rrf",
+    common_pb2.FUSION_METHOD_WEIGHTED: "weighted",
+}
 
 __all__ = [
+    "UpsertStream",
+    "batch_size",
     "collection_name",
+    "collection_settings",
     "document_id",
     "document_ids",
     "documents",
@@ -19,6 +43,7 @@ __all__ = [
     "query_text",
     "result_count",
     "search_filter",
+    "search_query",
 ]
 
 
@@ -154,3 +179,121 @@ def search_filter(entries: Mapping[str, str], limits: Limits, field: str) -> Non
             f"{limits.max_filter_entries}"
         )
     metadata(entries, limits, field)
+
+
+def _language(value: str) -> Language:
+    if value not in LANGUAGES:
+        raise ValueError(f"language={shown(value)} is not supported; use one of {LANGUAGES}")
+    return cast(Language, value)
+
+
+def collection_settings(config: retriever_pb2.CollectionConfig) -> CollectionSettings:
+    """Fills unset fields with defaults; nonsense values become INVALID_ARGUMENT."""
+    defaults = CollectionSettings()
+    try:
+        chunker = ChunkerConfig(
+            words=config.chunk_words or defaults.chunker.words,
+            overlap=config.chunk_overlap
+            if config.HasField("chunk_overlap")
+            else min(defaults.chunker.overlap, (config.chunk_words or defaults.chunker.words) // 4),
+        )
+        return CollectionSettings(
+            language=_language(config.language or defaults.language),
+            embedding_model=config.embedding_model or defaults.embedding_model,
+            chunker=chunker,
+            bm25=BM25Params(
+                k1=config.k1 if config.HasField("k1") else defaults.bm25.k1,
+                b=config.b if config.HasField("b") else defaults.bm25.b,
+            ),
+            annoy=AnnoyParams(n_trees=config.annoy_trees or defaults.annoy.n_trees),
+        )
+    except ValueError as error:
+        raise InvalidArgument(f"config: {error}") from error
+
+
+def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: str) -> SearchQuery:
+    """Validates everything in a search request but the collection's name."""
+    mode = _MODES.get(request.mode)
+    if mode is None:
+        raise InvalidArgument(f"{field}mode={request.mode} is unknown; use BM25, DENSE or HYBRID")
+    if request.fusion not in _FUSIONS:
+        raise InvalidArgument(f"{field}fusion={request.fusion} is unknown; use RRF or WEIGHTED")
+    fusion_method = _FUSIONS[request.fusion]
+    dense_weight = request.dense_weight if request.HasField("dense_weight") else None
+    if dense_weight is not None and not 0.0 <= dense_weight <= 1.0:
+        raise InvalidArgument(f"{field}dense_weight={dense_weight} must be in [0, 1]")
+    search_filter(request.filter, limits, f"{field}filter")
+    return SearchQuery(
+        text=query_text(request.query, limits, f"{field}query"),
+        k=result_count(request.k, limits, f"{field}k"),
+        mode=mode,
+        filter=tuple(sorted(request.filter.items())),
+        fusion_method=fusion_method,
+        dense_weight=dense_weight,
+    )
+
+
+def batch_size(requests: Sequence[object], limits: Limits) -> None:
+    if not requests:
+        raise InvalidArgument("requests is empty; send at least one search")
+    if len(requests) > limits.max_batch_searches:
+        raise InvalidArgument(
+            f"requests has {len(requests)} searches, above max_batch_searches="
+            f"{limits.max_batch_searches}; split the batch"
+        )
+
+
+class UpsertStream:
+    """Checks an Upsert stream message by message as it arrives: its size, one collection, each
+    batch of documents, ids unique across the stream. Nothing is applied until it ends."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.collection: str | None = None
+        self.documents: list[StoredDocument] = []
+        self._seen: set[str] = set()
+        self._messages = 0
+        self._bytes = 0
+
+    def add(self, message: retriever_pb2.UpsertRequest) -> str | None:
+        """Checks one message and keeps its documents. Returns the collection's name when this is
+        the first message, so the caller can refuse an unknown one before the rest arrives."""
+        where = f"message {self._messages}"
+        self._bytes += message.ByteSize()
+        if self._bytes > self.limits.max_stream_bytes:
+            raise InvalidArgument(
+                f"{where}: the stream carries more than max_stream_bytes="
+                f"{self.limits.max_stream_bytes:,} bytes (it is held whole until it ends); "
+                "split it into several streams (RetrieverClient.ingest does)"
+            )
+        first = self.collection is None
+        if first:
+            self.collection = collection_name(message.collection)
+        elif message.collection != self.collection:
+            raise InvalidArgument(
+                f"{where}: collection={shown(message.collection)} differs from "
+                f"{self.collection!r} named earlier in the stream; use one stream per collection"
+            )
+        batch = [StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in message.documents]
+        documents(batch, self.limits, f"{where}: documents")
+        for position, document in enumerate(batch):
+            if document.doc_id in self._seen:
+                raise InvalidArgument(
+                    f"{where}: documents[{position}].id={shown(document.doc_id)} was already "
+                    "sent earlier in this stream; send each id once per stream"
+                )
+            self._seen.add(document.doc_id)
+        self.documents.extend(batch)
+        if len(self.documents) > self.limits.max_documents_per_stream:
+            raise InvalidArgument(
+                f"the stream carries more than max_documents_per_stream="
+                f"{self.limits.max_documents_per_stream} documents; split it into several streams"
+            )
+        self._messages += 1
+        return self.collection if first else None
+
+    def finish(self) -> tuple[str, list[StoredDocument]]:
+        """The collection and every document, once the stream has ended."""
+        if self.collection is None:
+            raise InvalidArgument("the Upsert stream was empty; send at least one message")
+        return self.collection, self.documents

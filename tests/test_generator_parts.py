@@ -12,11 +12,12 @@ from realm.generator.citations import find_citations, sentence_spans
 from realm.generator.cpu_attention import IMPLEMENTATION, use_grouped_cpu_attention
 from realm.generator.cpu_kernels import PackedLinear, pack_linear_layers, packed_linear_available
 from realm.generator.engine import _stable_length, cache_argument
-from realm.generator.extraction import parse_fields, to_json, validate_fields
+from realm.generator.extraction import parse_fields, to_json
 from realm.generator.models import LoadedModel
 from realm.generator.prompt_lookup import PromptLookup
 from realm.generator.prompts import PromptBuilder, RetrievedPassage, passage_block
 from realm.generator.speculation import ConfirmationRate, choose_width, confirmed_count
+from realm.generator.validation import validate_fields
 from tests.conftest import tiny_llama_config
 
 
