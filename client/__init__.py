@@ -1,9 +1,15 @@
-"""Python client for ReaLM's gRPC services: typed results, typed errors, no protobufs to handle."""
+"""Python client for ReaLM's gRPC services: typed results, typed errors, no protobufs to handle.
+
+``RetrieverClient`` / ``GeneratorClient`` block; ``AsyncRetrieverClient`` /
+``AsyncGeneratorClient`` are the same for asyncio; ``RealmClient`` / ``AsyncRealmClient`` hold one
+of each. Every RPC is described once (``calls``) and run by a sync or an async transport.
+"""
 
 from realm.channels import ConnectionOptions
 from realm.client.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     IngestInterrupted,
     InvalidArgument,
     NotFound,
@@ -12,45 +18,56 @@ from realm.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from realm.client.generator import (
-    Answer,
-    CitationSpan,
-    ExtractedField,
-    GeneratorClient,
-    Source,
-    generate_request,
-)
+from realm.client.generator import AsyncGeneratorClient, GeneratorClient
 from realm.client.realm_client import AsyncRealmClient, RealmClient
-from realm.client.retriever import (
+from realm.client.retriever import AsyncRetrieverClient, RetrieverClient
+from realm.client.types import (
+    Answer,
+    AskOptions,
+    CitationSpan,
     CollectionInfo,
+    CollectionStats,
     Document,
-    RetrieverClient,
+    ExtractedField,
+    GeneratorInfo,
+    Mode,
     SearchHit,
+    SearchOptions,
+    Source,
+    Task,
     UpsertSummary,
 )
 
 __all__ = [
     "AlreadyExists",
     "Answer",
+    "AskOptions",
+    "AsyncGeneratorClient",
     "AsyncRealmClient",
+    "AsyncRetrieverClient",
     "CitationSpan",
     "CollectionInfo",
+    "CollectionStats",
     "ConnectionOptions",
     "DeadlineExceeded",
     "Document",
     "ExtractedField",
+    "FailedPrecondition",
     "GeneratorClient",
+    "GeneratorInfo",
     "IngestInterrupted",
     "InvalidArgument",
+    "Mode",
     "NotFound",
     "RealmClient",
     "RealmClientError",
     "ResourceExhausted",
     "RetrieverClient",
     "SearchHit",
+    "SearchOptions",
     "Source",
+    "Task",
     "Unauthenticated",
     "Unavailable",
     "UpsertSummary",
-    "generate_request",
 ]

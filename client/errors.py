@@ -1,7 +1,12 @@
-"""Typed exceptions for gRPC status codes, carrying the server's message."""
+"""Typed exceptions for gRPC status codes, carrying the server's message.
+
+Each class names its status once (``code``); the status-to-class table is derived from them, and
+``translated_errors`` is the one place a failed call becomes one of them (sync and asyncio).
+"""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 import grpc
 
@@ -9,37 +14,47 @@ import grpc
 class RealmClientError(Exception):
     """A call failed; ``code`` is the gRPC status, the message is the server's explanation."""
 
+    status: ClassVar[grpc.StatusCode | None] = None
+
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
 class InvalidArgument(RealmClientError):
-    pass
+    status = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotFound(RealmClientError):
-    pass
+    status = grpc.StatusCode.NOT_FOUND
 
 
 class AlreadyExists(RealmClientError):
-    pass
+    status = grpc.StatusCode.ALREADY_EXISTS
 
 
 class ResourceExhausted(RealmClientError):
-    pass
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(RealmClientError):
-    pass
+    status = grpc.StatusCode.UNAVAILABLE
 
 
 class DeadlineExceeded(RealmClientError):
-    pass
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class FailedPrecondition(RealmClientError):
+    """The server cannot do it in its present state (a model it cannot load, say)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Unauthenticated(RealmClientError):
     """The server wants a bearer token (``ConnectionOptions.bearer_token``) or a different one."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
 
 
 class IngestInterrupted(RealmClientError):
@@ -55,21 +70,15 @@ class IngestInterrupted(RealmClientError):
         self.acknowledged = acknowledged
 
 
-_BY_CODE: dict[grpc.StatusCode, type[RealmClientError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+_BY_STATUS: dict[grpc.StatusCode, type[RealmClientError]] = {
+    error.status: error for error in RealmClientError.__subclasses__() if error.status is not None
 }
 
 
 def from_rpc_error(error: grpc.RpcError) -> RealmClientError:
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
-    return _BY_CODE.get(code, RealmClientError)(code, details)
+    return _BY_STATUS.get(code, RealmClientError)(code, details)
 
 
 @contextmanager

@@ -15,8 +15,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from realm.client import GeneratorClient, InvalidArgument, generate_request
-from realm.client.generator import Answer
+from realm.client import Answer, AskOptions, GeneratorClient, InvalidArgument
 from realm.generator.engine import Finished, GenerationEngine, SamplingParams
 from realm.generator.models import LoadedModel, load_model
 from realm.generator.prompts import PromptBuilder, RetrievedPassage
@@ -35,7 +34,7 @@ def _final(events: list[str | Answer]) -> Answer:
 def test_answer_from_the_corpus_cites_the_passage_it_came_from(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
-    answer = generator_client.ask(generate_request(EIFFEL, answer_collection, k=3))
+    answer = generator_client.ask(EIFFEL, answer_collection, k=3)
     assert "1889" in answer.text
     assert answer.context_used
     assert [s.citation for s in answer.sources] == list(range(1, len(answer.sources) + 1))
@@ -57,28 +56,25 @@ def test_answer_from_the_corpus_cites_the_passage_it_came_from(
 def test_streamed_deltas_join_to_the_unary_answer(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
-    request = generate_request(
-        "What does photosynthesis produce?", answer_collection, k=2, max_new_tokens=40
-    )
-    events = list(generator_client.ask_stream(request))
+    question, options = "What does photosynthesis produce?", AskOptions(k=2, max_new_tokens=40)
+    events = list(generator_client.ask_stream(question, answer_collection, **options))
     deltas = [e for e in events[:-1] if isinstance(e, str)]
     assert len(deltas) == len(events) - 1, "the final answer must be the last message only"
     assert len(deltas) > 3, "tokens should arrive as they are produced, not in one piece"
     streamed = _final(events)
     assert "".join(deltas) == streamed.text
-    assert generator_client.ask(request).text == streamed.text
+    assert generator_client.ask(question, answer_collection, **options).text == streamed.text
 
 
 def test_cancelling_a_stream_stops_generation(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
-    request = generate_request(
+    stream = generator_client.ask_stream(
         "Write a very long essay about the history of Rome.",
         answer_collection,
         max_new_tokens=1000,
         stop=["\u2603"],  # never produced: only cancellation can end this early
     )
-    stream = generator_client.ask_stream(request)
     first = next(stream)
     assert isinstance(first, str)
     assert generator_client.info().sequences_decoding >= 1
@@ -114,7 +110,7 @@ def test_bad_parameters_are_invalid_argument_naming_the_field(
     field: str,
 ) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        generator_client.ask(generate_request(EIFFEL, answer_collection, **options))  # type: ignore[arg-type]
+        generator_client.ask(EIFFEL, answer_collection, **options)  # type: ignore[arg-type]
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert field in str(caught.value)
 
@@ -123,20 +119,18 @@ def test_empty_question_and_bad_collection_are_invalid_argument(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
     with pytest.raises(InvalidArgument, match="question"):
-        generator_client.ask(generate_request("  ", answer_collection))
+        generator_client.ask("  ", answer_collection)
     with pytest.raises(InvalidArgument, match="question"):
-        generator_client.ask(generate_request("x" * 2001, answer_collection))
+        generator_client.ask("x" * 2001, answer_collection)
     with pytest.raises(InvalidArgument, match="collection"):
-        generator_client.ask(generate_request(EIFFEL, "no such/collection"))
+        generator_client.ask(EIFFEL, "no such/collection")
 
 
 def test_extract_returns_exactly_the_requested_fields(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
     answer = generator_client.ask(
-        generate_request(
-            "Eiffel Tower", answer_collection, k=2, task="extract", fields=["designer", "city"]
-        )
+        "Eiffel Tower", answer_collection, k=2, task="extract", fields=["designer", "city"]
     )
     assert list(answer.extracted) == ["designer", "city"]
     assert [f.name for f in answer.fields] == ["designer", "city"]
@@ -149,16 +143,16 @@ def test_extract_returns_exactly_the_requested_fields(
 def test_stop_sequence_ends_the_answer_before_it(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
-    free = generator_client.ask(generate_request(EIFFEL, answer_collection, k=2))
+    free = generator_client.ask(EIFFEL, answer_collection, k=2)
     cut_at = free.text.split()[2]
-    stopped = generator_client.ask(generate_request(EIFFEL, answer_collection, k=2, stop=[cut_at]))
+    stopped = generator_client.ask(EIFFEL, answer_collection, k=2, stop=[cut_at])
     assert stopped.finish_reason == "stop_sequence"
     assert stopped.text == free.text[: free.text.index(cut_at)]
 
 
 def test_unknown_collection_is_not_found(generator_client: GeneratorClient) -> None:
     with pytest.raises(Exception, match="missing-collection") as caught:
-        generator_client.ask(generate_request(EIFFEL, "missing-collection"))
+        generator_client.ask(EIFFEL, "missing-collection")
     assert getattr(caught.value, "code", None) is grpc.StatusCode.NOT_FOUND
 
 

@@ -14,11 +14,11 @@ from realm.app.supervisor import free_port
 from realm.channels import ConnectionOptions
 from realm.client import (
     Answer,
+    AskOptions,
     DeadlineExceeded,
     GeneratorClient,
     ResourceExhausted,
     Unavailable,
-    generate_request,
 )
 from tests.servers import GeneratorProcess, StubRetriever
 
@@ -31,7 +31,7 @@ def _ask_once_the_retriever_is_back(client: GeneratorClient) -> Answer:
     deadline = time.monotonic() + 5
     while True:
         try:
-            return client.ask(generate_request(QUESTION, "any", max_new_tokens=24))
+            return client.ask(QUESTION, "any", max_new_tokens=24)
         except Unavailable:
             if time.monotonic() > deadline:
                 raise
@@ -68,7 +68,7 @@ def test_caller_deadline_reaches_the_retriever_and_expires_promptly(
         with GeneratorClient(lonely_generator.target, timeout=1.0) as client:
             started = time.monotonic()
             with pytest.raises(DeadlineExceeded):
-                client.ask(generate_request(QUESTION, "any"))
+                client.ask(QUESTION, "any")
             assert time.monotonic() - started < 2.0
         seen = stub.deadlines_seen()
         assert seen, "the retriever was never called"
@@ -82,17 +82,16 @@ def test_past_the_pending_limit_callers_get_resource_exhausted_at_once(
 ) -> None:
     stub.start(delay=0.0)
     try:
-        long_request = generate_request(
-            "Write a very long essay about towers.", "any", max_new_tokens=400, stop=["\u2603"]
-        )
+        essay = "Write a very long essay about towers."
+        long_answer = AskOptions(max_new_tokens=400, stop=["\u2603"])
         with GeneratorClient(lonely_generator.target, timeout=120) as client:
             _ask_once_the_retriever_is_back(client)
-            streams = [client.ask_stream(long_request) for _ in range(2)]
+            streams = [client.ask_stream(essay, "any", **long_answer) for _ in range(2)]
             for stream in streams:
                 assert isinstance(next(stream), str)  # both admitted and generating
             started = time.monotonic()
             with pytest.raises(ResourceExhausted, match="max_pending_requests"):
-                client.ask(long_request)
+                client.ask(essay, "any", **long_answer)
             assert time.monotonic() - started < 1.0
             for stream in streams:
                 stream.close()
@@ -112,11 +111,9 @@ def test_killed_retriever_gives_unavailable_within_a_second_or_a_flagged_answer(
         stub.kill()
         started = time.monotonic()
         with pytest.raises(Unavailable, match="retriever"):
-            client.ask(generate_request(QUESTION, "any", max_new_tokens=24))
+            client.ask(QUESTION, "any", max_new_tokens=24)
         assert time.monotonic() - started < 1.0
-        flagged = client.ask(
-            generate_request(QUESTION, "any", max_new_tokens=24, allow_no_context=True)
-        )
+        flagged = client.ask(QUESTION, "any", max_new_tokens=24, allow_no_context=True)
         assert not flagged.context_used
         assert "retrieval failed" in flagged.no_context_reason
         assert flagged.sources == []

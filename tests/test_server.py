@@ -7,8 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from realm.client import AlreadyExists, Document, NotFound, RetrieverClient
-from realm.client.retriever import Mode, search_request
+from realm.client import AlreadyExists, Document, Mode, NotFound, RetrieverClient
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.conftest import fixture_documents
 from tests.servers import RetrieverProcess, health_status
@@ -108,13 +107,8 @@ def test_filters_and_fusion_options(client: RetrieverClient, fixture_collection:
 def test_batch_search_answers_in_request_order(
     client: RetrieverClient, fixture_collection: str
 ) -> None:
-    results = client.batch_search(
-        [
-            search_request(fixture_collection, "volcano lava", k=1, mode="bm25"),
-            search_request(fixture_collection, "python programming language", k=1, mode="dense"),
-            search_request(fixture_collection, "green tea", k=1),
-        ]
-    )
+    queries = ["volcano lava", "python programming language", "green tea"]
+    results = client.batch_search(fixture_collection, queries, k=1)
     assert [r[0].doc_id for r in results] == ["volcano", "python", "zh-tea"]
 
 

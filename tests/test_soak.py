@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from realm.client import Document, GeneratorClient, NotFound, RetrieverClient, generate_request
-from realm.client.retriever import Mode
+from realm.client import Document, GeneratorClient, Mode, NotFound, RetrieverClient
 from tests.servers import GeneratorProcess, RetrieverProcess, open_descriptors, resident_kib
 
 pytestmark = pytest.mark.slow
@@ -132,7 +131,7 @@ def test_mixed_workload_keeps_every_acknowledged_write_and_stays_flat(tmp_path: 
                             del ledger.live[doc_id]
                             ledger.deleted.add(doc_id)
                     elif action == "ask":
-                        answer = asker.ask(generate_request("Which tower?", COLLECTION, k=3))
+                        answer = asker.ask("Which tower?", COLLECTION, k=3)
                         assert answer.finish_reason in {"stop", "length", "stop_sequence"}
                     elif action == "compact":
                         client.compact(COLLECTION)

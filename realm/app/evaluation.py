@@ -5,7 +5,7 @@ from pathlib import Path
 
 from realm.app.beir import read_qrels, read_queries
 from realm.app.retrieval_metrics import Run, evaluate
-from realm.client.retriever import Mode, RetrieverClient, search_request
+from realm.client import Mode, RetrieverClient
 
 PASSAGES_PER_QUERY = 500  # enough passages that the best 100 documents are almost always found
 DOCUMENTS_PER_QUERY = 100
@@ -22,10 +22,9 @@ def evaluate_retrieval(
     run: Run = {}
     iterator = iter(judged)
     while batch := list(islice(iterator, BATCH)):
-        requests = [
-            search_request(collection, queries[q], k=PASSAGES_PER_QUERY, mode=mode) for q in batch
-        ]
-        for query_id, hits in zip(batch, client.batch_search(requests), strict=True):
+        texts = [queries[q] for q in batch]
+        ranked = client.batch_search(collection, texts, k=PASSAGES_PER_QUERY, mode=mode)
+        for query_id, hits in zip(batch, ranked, strict=True):
             best: dict[str, float] = {}
             for hit in hits:  # best first, so the first passage of a document is its best
                 best.setdefault(hit.doc_id, hit.score)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realm.app.qa_metrics import contains, exact_match, token_f1
-from realm.client.generator import Answer, GeneratorClient, generate_request
+from realm.client import Answer, GeneratorClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +54,7 @@ def evaluate_qa(
     time (the generator batches them)."""
 
     def ask(question: Question) -> Answer:
-        answer = client.ask(
-            generate_request(question.question, collection, max_new_tokens=max_new_tokens)
-        )
+        answer = client.ask(question.question, collection, max_new_tokens=max_new_tokens)
         progress()
         return answer
 

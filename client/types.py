@@ -1,0 +1,166 @@
+"""What the client library takes and returns: plain dataclasses and typed options, never
+protobufs, so callers never depend on generated code."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
+
+Mode = Literal["bm25", "dense", "hybrid"]
+Fusion = Literal["rrf", "weighted"]
+Task = Literal["answer", "summarize", "extract"]
+
+
+class SearchOptions(TypedDict, total=False):
+    """How to search: ``k`` passages (10), ``mode`` (hybrid), exact metadata ``filter``s, the
+    ``fusion`` of a hybrid search and the ``dense_weight`` of a weighted one (server defaults)."""
+
+    k: int
+    mode: Mode
+    filter: Mapping[str, str]
+    fusion: Fusion | None
+    dense_weight: float | None
+
+
+class AskOptions(TypedDict, total=False):
+    """How to answer: passages to retrieve (``k``, 0 = the server's default) and how
+    (``mode``, ``filter``), the ``task`` and its ``fields``, and sampling (unset = the server's
+    defaults; ``temperature`` 0 decodes greedily)."""
+
+    k: int
+    mode: Mode
+    filter: Mapping[str, str] | None
+    task: Task
+    fields: Sequence[str]
+    max_new_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    stop: Sequence[str]
+    allow_no_context: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    doc_id: str
+    passage_id: str
+    score: float
+    text: str
+    start: int
+    end: int
+    title: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    name: str
+    documents: int
+    passages: int
+    language: str
+    embedding_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionStats:
+    """A collection's size and the state of its write path (``realm stats`` shows these)."""
+
+    name: str
+    documents: int
+    passages: int
+    generation: int
+    vocabulary: int
+    index_bytes: int
+    # Writes since the served generation was built, searched exactly until the next build.
+    tail_passages: int
+    tombstones: int
+    wal_bytes: int
+    last_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertSummary:
+    inserted: int
+    replaced: int
+    passages: int
+    generation: int
+    # Write-ahead-log sequence of the write; a search reporting this sequence or later sees it.
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A passage the model was given, numbered as in the prompt."""
+
+    citation: int
+    doc_id: str
+    passage_id: str
+    text: str
+    start: int
+    end: int
+    score: float
+    title: str
+    cited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CitationSpan:
+    """``answer[start:end]`` cites source ``citation``; origin is "model" or "attributed"."""
+
+    citation: int
+    start: int
+    end: int
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractedField:
+    name: str
+    value: str
+    found: bool
+    citation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    sources: list[Source]
+    citations: list[CitationSpan]
+    finish_reason: str
+    context_used: bool
+    no_context_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings_ms: dict[str, float]
+    model: str
+    fields: list[ExtractedField] = field(default_factory=list)
+    extracted: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def cited_sources(self) -> list[Source]:
+        return [s for s in self.sources if s.cited]
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorInfo:
+    """The generator's model, its limits, and how busy it is right now."""
+
+    model: str
+    architecture: str
+    device: str
+    context_tokens: int
+    max_new_tokens: int
+    max_k: int
+    max_question_chars: int
+    max_batch_size: int
+    max_pending_requests: int
+    retriever_target: str
+    requests_in_progress: int
+    sequences_decoding: int
