@@ -45,9 +45,11 @@ proto-check: install
 		cmp -s "$$f" "realm/v1/$$(basename $$f)" || { echo "stale stub: realm/v1/$$(basename $$f); run 'make proto'"; exit 1; }; \
 	done && rm -rf $$tmp && echo "stubs are current"
 
-# docs/api.md is rendered from the protos' comments (a test keeps it current).
+# docs/api.md is rendered from the protos' comments, the flag tables of docs/limits.md from the
+# settings classes (tests keep both current).
 docs: install
 	$(BIN)/python -m realm.app.protodoc
+	$(BIN)/python -m realm.app.settingsdoc
 
 test: install proto-check lint typecheck
 	$(BIN)/python -m pytest -q

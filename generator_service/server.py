@@ -22,7 +22,7 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 async def serve(config: GeneratorConfig) -> None:
     servicer = GeneratorServicer(config.limits, config.model.max_batch_size)
     gateway = RetrieverGateway(
-        config.retriever_target, config.retrieval_timeout_s, config.retriever_connection
+        config.retriever_target, config.retrieval_timeout_s, config.retriever_connection()
     )
     engines: list[GenerationEngine] = []
 

@@ -1,4 +1,5 @@
-"""gRPC servicer: validates requests, admits them within the limit, converts results to messages.
+"""gRPC servicer: admits requests within the limit, validates them (``validation``), converts
+results to messages.
 
 Admission counts every request from arrival to its last message (retrieval, waiting for a batch
 slot, generating). Past ``max_pending_requests`` a call is refused with RESOURCE_EXHAUSTED at
@@ -6,30 +7,19 @@ once, so overload shows up as a fast, retryable error rather than as timeouts.
 """
 
 import contextlib
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from grpc import aio
 
-from realm.errors import InvalidArgument, ResourceExhausted, Unavailable, shown
-from realm.generator.engine import SamplingParams
-from realm.generator.extraction import validate_fields
+from realm.errors import ResourceExhausted, Unavailable
 from realm.generator.models import LoadedModel
-from realm.generator.pipeline import Answer, AnswerRequest, Pipeline
-from realm.generator.prompts import Task
-from realm.generator.retrieval import SearchSpec
+from realm.generator.pipeline import Answer, Pipeline
 from realm.generator.settings import GeneratorLimits
-from realm.names import collection_name
+from realm.generator.validation import request_from_proto
 from realm.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
-_TASKS: dict[int, Task] = {
-    generator_pb2.TASK_UNSPECIFIED: "answer",
-    generator_pb2.TASK_ANSWER: "answer",
-    generator_pb2.TASK_SUMMARIZE: "summarize",
-    generator_pb2.TASK_EXTRACT: "extract",
-}
 _FINISH = {
     "stop": generator_pb2.FINISH_REASON_STOP,
     "length": generator_pb2.FINISH_REASON_LENGTH,
@@ -40,89 +30,6 @@ _ORIGIN = {
     "model": generator_pb2.CITATION_ORIGIN_MODEL,
     "attributed": generator_pb2.CITATION_ORIGIN_ATTRIBUTED,
 }
-
-
-def sampling_from_proto(
-    parameters: generator_pb2.GenerationParameters, limits: GeneratorLimits
-) -> SamplingParams:
-    max_new = (
-        parameters.max_new_tokens
-        if parameters.HasField("max_new_tokens")
-        else limits.default_max_new_tokens
-    )
-    if not 1 <= max_new <= limits.max_new_tokens:
-        raise InvalidArgument(
-            f"parameters.max_new_tokens={max_new} is outside 1..{limits.max_new_tokens}"
-        )
-    temperature = parameters.temperature if parameters.HasField("temperature") else 0.0
-    if not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0:
-        raise InvalidArgument(
-            f"parameters.temperature={temperature} is outside 0..2 (0 decodes greedily)"
-        )
-    top_p = parameters.top_p if parameters.HasField("top_p") else 1.0
-    if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
-        raise InvalidArgument(f"parameters.top_p={top_p} is outside (0, 1]")
-    stops = tuple(parameters.stop)
-    if len(stops) > limits.max_stop_sequences:
-        raise InvalidArgument(
-            f"parameters.stop has {len(stops)} strings, above {limits.max_stop_sequences}"
-        )
-    for stop in stops:
-        if not stop or len(stop) > limits.max_stop_chars:
-            raise InvalidArgument(
-                f"parameters.stop contains {shown(stop)}; each stop string needs "
-                f"1..{limits.max_stop_chars} characters"
-            )
-    return SamplingParams(
-        max_new_tokens=max_new,
-        temperature=temperature,
-        top_p=top_p,
-        seed=parameters.seed if parameters.HasField("seed") else None,
-        stop=stops,
-    )
-
-
-def request_from_proto(
-    request: generator_pb2.GenerateRequest, limits: GeneratorLimits
-) -> AnswerRequest:
-    """Every field checked before any work, with messages that name the field and the limit."""
-    question = request.question
-    if not question.strip():
-        raise InvalidArgument("question is empty; ask something")
-    if len(question) > limits.max_question_chars:
-        raise InvalidArgument(
-            f"question has {len(question)} characters, above max_question_chars="
-            f"{limits.max_question_chars}"
-        )
-    collection_name(request.collection)
-    k = request.k or limits.default_k
-    if k > limits.max_k:
-        raise InvalidArgument(f"k={k} is outside 1..max_k={limits.max_k}")
-    if request.mode not in common_pb2.SearchMode.values():
-        raise InvalidArgument(f"mode={request.mode} is not a SearchMode value")
-    if request.task not in _TASKS:
-        raise InvalidArgument(f"task={request.task} is not a Task value")
-    task = _TASKS[request.task]
-    if task == "extract":
-        fields = validate_fields(list(request.fields), limits.max_fields)
-    elif request.fields:
-        raise InvalidArgument("fields is only used with TASK_EXTRACT; leave it empty")
-    else:
-        fields = []
-    return AnswerRequest(
-        question=question,
-        search=SearchSpec(
-            collection=request.collection,
-            query=question,
-            k=k,
-            mode=request.mode or common_pb2.SEARCH_MODE_HYBRID,
-            filter=dict(request.filter),
-        ),
-        params=sampling_from_proto(request.parameters, limits),
-        task=task,
-        fields=fields,
-        allow_no_context=request.allow_no_context,
-    )
 
 
 def answer_to_proto(answer: Answer, model: str) -> generator_pb2.GenerateResponse:

@@ -12,7 +12,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from realm.interceptors import Admission, BearerTokenInterceptor, ErrorInterceptor
+from realm.ports import RETRIEVER_PORT
+from realm.settings import setting
 
 _LOGGER = logging.getLogger(__name__)
 OVERALL_HEALTH = ""  # the empty service name is the server as a whole
@@ -34,42 +36,73 @@ MAX_CONNECTION_SECONDS = 2_000_000.0
 class ServerOptions:
     """Transport limits and lifecycle settings common to every ReaLM server."""
 
-    host: str = "127.0.0.1"
-    port: int = 50051
-    max_message_bytes: int = 64 * 1024 * 1024
-    # Calls in progress (health and reflection never count); one more is refused at once.
-    max_concurrent_rpcs: int = 256
-    # Tighter caps for particular methods ("/realm.v1.RetrieverService/Upsert": 4), whose calls
-    # each hold a lot of memory or time.
-    max_concurrent_per_method: Mapping[str, int] = field(default_factory=dict)
-    grace_seconds: float = 10.0
-    reflection: bool = False
-    # TLS: PEM certificate chain and private key; both or neither.
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    # Mutual TLS: clients must present a certificate signed by this PEM CA bundle.
-    tls_client_ca_file: Path | None = None
-    # When set, every call but health must carry "authorization: Bearer <token>".
-    auth_token: str | None = None
-    # Share the port with other processes of this server (its read workers); off otherwise, so
-    # that a second server started on a port in use fails instead of splitting its traffic.
-    reuse_port: bool = False
+    host: str = setting("127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+    port: int = setting(RETRIEVER_PORT, help="Port to listen on; 0 picks a free one.")
+    max_message_bytes: int = setting(
+        64 * 1024 * 1024,
+        help="Largest request or response; bigger gets RESOURCE_EXHAUSTED.",
+    )
+    max_concurrent_rpcs: int = setting(
+        256,
+        help="Calls in progress at once (health and reflection never count); one more is "
+        "refused at once with RESOURCE_EXHAUSTED.",
+    )
+    grace_seconds: float = setting(
+        10.0, help="On SIGTERM, how long calls in flight may take to finish."
+    )
+    reflection: bool = setting(False, help="Serve gRPC reflection (for grpcurl).")
+    tls_cert_file: Path | None = setting(
+        None, flag="tls-cert", env="REALM_TLS_CERT", help="PEM certificate chain (TLS)."
+    )
+    tls_key_file: Path | None = setting(
+        None, flag="tls-key", env="REALM_TLS_KEY", help="PEM private key of --tls-cert."
+    )
+    tls_client_ca_file: Path | None = setting(
+        None,
+        flag="tls-client-ca",
+        env="REALM_TLS_CLIENT_CA",
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+    )
+    auth_token: str | None = setting(
+        None,
+        env="REALM_TOKEN",
+        secret=True,
+        help="Token every call but health must carry as 'authorization: Bearer TOKEN'.",
+    )
+    log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR.")
     # Connection management (docs/limits.md, "Connections"). The server pings a connection that
     # has been silent for keepalive_s and drops it when no answer comes within
     # keepalive_timeout_s, so half-open connections of vanished clients do not pile up.
-    keepalive_s: float = 60.0
-    keepalive_timeout_s: float = 20.0
-    # The most often a client may ping a connection that carries no data; clients of this
-    # project ping every 60 s. A client pinging more often is sent GOAWAY ("too many pings").
-    min_client_ping_interval_s: float = 10.0
-    # A connection with no call for this long is closed; clients reconnect on their next call.
-    max_connection_idle_s: float = 1800.0
-    # Connections are recycled after this age (gRPC adds +-10% jitter), so that clients spread
-    # again over read workers and replicas that started after them; calls in flight get
-    # max_connection_age_grace_s to finish (an hour: a Compact of a large collection is long,
-    # and new calls move to a new connection at once whatever the grace).
-    max_connection_age_s: float = 1800.0
-    max_connection_age_grace_s: float = 3600.0
+    keepalive_s: float = setting(
+        60.0, flag="keepalive-seconds", help="Ping a connection silent this long."
+    )
+    keepalive_timeout_s: float = setting(
+        20.0, flag="keepalive-timeout-seconds", help="Drop a pinged connection silent this long."
+    )
+    # Clients of this project ping every 60 s; one pinging more often is sent GOAWAY.
+    min_client_ping_interval_s: float = setting(
+        10.0,
+        flag="min-client-ping-seconds",
+        help="The most often a client may ping a connection without calls.",
+    )
+    max_connection_idle_s: float = setting(
+        1800.0,
+        flag="max-connection-idle-seconds",
+        help="Close a connection with no call for this long (clients reconnect).",
+    )
+    # Recycling connections spreads clients again over read workers and replicas that started
+    # after them; calls in flight get the grace to finish (a Compact of a large collection is
+    # long, and new calls move to a new connection at once whatever the grace).
+    max_connection_age_s: float = setting(
+        1800.0,
+        flag="max-connection-age-seconds",
+        help="Recycle connections after this age (+-10% jitter).",
+    )
+    max_connection_age_grace_s: float = setting(
+        3600.0,
+        flag="max-connection-age-grace-seconds",
+        help="How long calls on a recycled connection may still take.",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -103,12 +136,16 @@ class ServerOptions:
                     f"{name}={value} is outside 0.001..{MAX_CONNECTION_SECONDS:.0f} seconds"
                 )
 
-    def grpc_options(self) -> list[tuple[str, int]]:
-        """The channel arguments of the server (every name is one gRPC knows: a test checks)."""
+    def grpc_options(self, reuse_port: bool = False) -> list[tuple[str, int]]:
+        """The channel arguments of the server (every name is one gRPC knows: a test checks).
+
+        ``reuse_port`` shares the port with other processes of this server (its read workers);
+        off otherwise, so that a second server started on a port in use fails instead of
+        splitting its traffic."""
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.so_reuseport", int(self.reuse_port)),
+            ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.keepalive_time_ms", _millis(self.keepalive_s)),
             ("grpc.keepalive_timeout_ms", _millis(self.keepalive_timeout_s)),
             # Keep pinging a silent peer during a long call: how a dead client is noticed.
@@ -218,21 +255,24 @@ async def start_server(
     register: Callable[[aio.Server], None],
     service_names: Sequence[str],
     loopback_port: bool = False,
+    *,
+    reuse_port: bool = False,
+    method_caps: Mapping[str, int] | None = None,
 ) -> RunningServer:
     """Creates, binds and starts the server; health reports NOT_SERVING until ``set_serving``.
 
     ``loopback_port`` also binds a plaintext port on 127.0.0.1 that the OS picks, for this
     server's own worker processes (the interceptors, bearer token included, guard it too).
+    ``reuse_port`` shares the port with those workers (``ServerOptions.grpc_options``).
+    ``method_caps`` are tighter caps for particular methods
+    (``{"/realm.v1.RetrieverService/Upsert": 4}``), whose calls each hold much memory or time.
     """
     interceptors: list[aio.ServerInterceptor] = []  # type: ignore[type-arg]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
-    admission = Admission(options.max_concurrent_rpcs, options.max_concurrent_per_method)
+    admission = Admission(options.max_concurrent_rpcs, method_caps or {})
     interceptors.append(ErrorInterceptor(admission))
-    server = aio.server(
-        interceptors=interceptors,
-        options=options.grpc_options(),
-    )
+    server = aio.server(interceptors=interceptors, options=options.grpc_options(reuse_port))
     register(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -266,13 +306,23 @@ async def serve_until_signal(
     flush: Callable[[], Coroutine[Any, Any, None]],
     before_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
     loopback_port: bool = False,
+    *,
+    reuse_port: bool = False,
+    method_caps: Mapping[str, int] | None = None,
 ) -> None:
     """Runs a service for its whole life: start, load, serve, drain on a signal, flush.
 
     ``before_stop`` runs when the signal arrives, while this server still answers (the
     retriever stops its workers there, whose calls it may still be serving).
     """
-    running = await start_server(options, register, service_names, loopback_port)
+    running = await start_server(
+        options,
+        register,
+        service_names,
+        loopback_port,
+        reuse_port=reuse_port,
+        method_caps=method_caps,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -39,7 +39,7 @@ from realm.retriever.generation import (
 from realm.retriever.live import View, carry_over, fold
 from realm.retriever.published import PublishedState
 from realm.retriever.search import Hit, Searcher, SearchQuery
-from realm.retriever.settings import CollectionSettings
+from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 from realm.retriever.store import DocumentStore, PassageRecord, StoreChange, StoredDocument
 from realm.retriever.topk import FloatArray
 from realm.retriever.wal import MAX_RECORD_BYTES, WriteAheadLog
@@ -53,7 +53,6 @@ STORE = "store.sqlite"
 WAL_DIR = "wal"
 EncoderLoader = Callable[[str], Encoder]
 # Tail passages plus tombstones that start a background generation build.
-DEFAULT_COMPACT_THRESHOLD = 20_000
 
 
 @dataclass(frozen=True, slots=True)

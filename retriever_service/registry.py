@@ -17,13 +17,12 @@ from realm.errors import (
 )
 from realm.files import fsync_dir, make_durable_dir
 from realm.retriever.collection import (
-    DEFAULT_COMPACT_THRESHOLD,
     SETTINGS,
     Collection,
     EncoderLoader,
 )
 from realm.retriever.embedder import DEFAULT_MODEL, Encoder
-from realm.retriever.settings import CollectionSettings
+from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 
 _LOGGER = logging.getLogger(__name__)
 

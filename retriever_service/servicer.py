@@ -1,4 +1,5 @@
-"""gRPC servicer: translates realm.v1 messages to core calls and back, nothing more.
+"""gRPC servicer: translates realm.v1 messages to core calls and back, nothing more; every
+request is checked by ``validation`` first.
 
 Blocking work (encoding, index builds, scoring, SQLite) runs in worker threads so the event loop
 keeps accepting calls, answering health checks and draining on shutdown.
@@ -6,71 +7,24 @@ keeps accepting calls, answering health checks and draining on shutdown.
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from grpc import aio
 
-from realm.errors import InvalidArgument, shown
 from realm.retriever import validation
-from realm.retriever.analyzer import LANGUAGES, Language
-from realm.retriever.bm25 import BM25Params
-from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.collection import Collection
-from realm.retriever.dense import AnnoyParams
-from realm.retriever.fusion import FusionMethod
 from realm.retriever.live import View
 from realm.retriever.registry import Registry
 from realm.retriever.response_budget import ResponseBudget
-from realm.retriever.search import Hit, SearchMode, SearchQuery
+from realm.retriever.search import Hit, SearchQuery
 from realm.retriever.settings import CollectionSettings, Limits
-from realm.retriever.store import PassageRecord, StoredDocument
+from realm.retriever.store import PassageRecord
 from realm.streams import paced
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 Context = aio.ServicerContext[Any, Any]
 UPSERT_METHOD = f"/{SERVICE_NAME}/Upsert"
-_MODES: dict[int, SearchMode] = {
-    common_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
-    common_pb2.SEARCH_MODE_BM25: "bm25",
-    common_pb2.SEARCH_MODE_DENSE: "dense",
-    common_pb2.SEARCH_MODE_HYBRID: "hybrid",
-}
-_FUSIONS: dict[int, FusionMethod | None] = {
-    common_pb2.FUSION_METHOD_UNSPECIFIED: None,
-    common_pb2.FUSION_METHOD_RRF: "rrf",
-    common_pb2.FUSION_METHOD_WEIGHTED: "weighted",
-}
-
-
-def _language(value: str) -> Language:
-    if value not in LANGUAGES:
-        raise ValueError(f"language={shown(value)} is not supported; use one of {LANGUAGES}")
-    return cast(Language, value)
-
-
-def settings_from_proto(config: retriever_pb2.CollectionConfig) -> CollectionSettings:
-    """Fills unset fields with defaults; nonsense values become INVALID_ARGUMENT."""
-    defaults = CollectionSettings()
-    try:
-        chunker = ChunkerConfig(
-            words=config.chunk_words or defaults.chunker.words,
-            overlap=config.chunk_overlap
-            if config.HasField("chunk_overlap")
-            else min(defaults.chunker.overlap, (config.chunk_words or defaults.chunker.words) // 4),
-        )
-        return CollectionSettings(
-            language=_language(config.language or defaults.language),
-            embedding_model=config.embedding_model or defaults.embedding_model,
-            chunker=chunker,
-            bm25=BM25Params(
-                k1=config.k1 if config.HasField("k1") else defaults.bm25.k1,
-                b=config.b if config.HasField("b") else defaults.bm25.b,
-            ),
-            annoy=AnnoyParams(n_trees=config.annoy_trees or defaults.annoy.n_trees),
-        )
-    except ValueError as error:
-        raise InvalidArgument(f"config: {error}") from error
 
 
 def settings_to_proto(settings: CollectionSettings) -> retriever_pb2.CollectionConfig:
@@ -121,28 +75,6 @@ class Searchable(Protocol):
     def search(self, query: SearchQuery, view: View | None = None) -> list[Hit]: ...
 
 
-def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: str) -> SearchQuery:
-    """Validates everything in a search request but the collection's name."""
-    mode = _MODES.get(request.mode)
-    if mode is None:
-        raise InvalidArgument(f"{field}mode={request.mode} is unknown; use BM25, DENSE or HYBRID")
-    if request.fusion not in _FUSIONS:
-        raise InvalidArgument(f"{field}fusion={request.fusion} is unknown; use RRF or WEIGHTED")
-    fusion_method = _FUSIONS[request.fusion]
-    dense_weight = request.dense_weight if request.HasField("dense_weight") else None
-    if dense_weight is not None and not 0.0 <= dense_weight <= 1.0:
-        raise InvalidArgument(f"{field}dense_weight={dense_weight} must be in [0, 1]")
-    validation.search_filter(request.filter, limits, f"{field}filter")
-    return SearchQuery(
-        text=validation.query_text(request.query, limits, f"{field}query"),
-        k=validation.result_count(request.k, limits, f"{field}k"),
-        mode=mode,
-        filter=tuple(sorted(request.filter.items())),
-        fusion_method=fusion_method,
-        dense_weight=dense_weight,
-    )
-
-
 def search_response(
     collection: Searchable, query: SearchQuery, budget: ResponseBudget, view: View | None = None
 ) -> retriever_pb2.SearchResponse:
@@ -185,7 +117,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.CreateCollectionRequest, context: Context
     ) -> retriever_pb2.CreateCollectionResponse:
         name = validation.collection_name(request.name, "name")
-        settings = settings_from_proto(request.config)
+        settings = validation.collection_settings(request.config)
         collection = await asyncio.to_thread(self.registry.create, name, settings)
         return retriever_pb2.CreateCollectionResponse(collection=self._info(collection))
 
@@ -205,51 +137,14 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Upsert(  # noqa: N802
         self, request_iterator: AsyncIterator[retriever_pb2.UpsertRequest], context: Context
     ) -> retriever_pb2.UpsertResponse:
-        name: str | None = None
-        documents: list[StoredDocument] = []
-        seen: set[str] = set()
-        message_number = 0
-        stream_bytes = 0
+        stream = validation.UpsertStream(self.limits)
         async for message in paced(
             request_iterator, self.limits.stream_idle_s, self.limits.max_stream_s, "Upsert"
         ):
-            where = f"message {message_number}"
-            stream_bytes += message.ByteSize()
-            if stream_bytes > self.limits.max_stream_bytes:
-                raise InvalidArgument(
-                    f"{where}: the stream carries more than max_stream_bytes="
-                    f"{self.limits.max_stream_bytes:,} bytes (it is held whole until it ends); "
-                    "split it into several streams (RetrieverClient.ingest does)"
-                )
-            if name is None:
-                name = validation.collection_name(message.collection)
-                self.registry.get(name)  # fail fast, before the client streams everything
-            elif message.collection != name:
-                raise InvalidArgument(
-                    f"{where}: collection={shown(message.collection)} differs from {name!r} named "
-                    "earlier in the stream; use one stream per collection"
-                )
-            batch = [
-                StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in message.documents
-            ]
-            validation.documents(batch, self.limits, f"{where}: documents")
-            for position, document in enumerate(batch):
-                if document.doc_id in seen:
-                    raise InvalidArgument(
-                        f"{where}: documents[{position}].id={shown(document.doc_id)} was already "
-                        "sent earlier in this stream; send each id once per stream"
-                    )
-                seen.add(document.doc_id)
-            documents.extend(batch)
-            if len(documents) > self.limits.max_documents_per_stream:
-                raise InvalidArgument(
-                    f"the stream carries more than max_documents_per_stream="
-                    f"{self.limits.max_documents_per_stream} documents; split it into several "
-                    "streams"
-                )
-            message_number += 1
-        if name is None:
-            raise InvalidArgument("the Upsert stream was empty; send at least one message")
+            named = stream.add(message)
+            if named is not None:
+                self.registry.get(named)  # fail fast, before the client streams everything
+        name, documents = stream.finish()
         collection = self.registry.get(name)
         if not documents:
             return retriever_pb2.UpsertResponse(
@@ -280,7 +175,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         collection = self.registry.get(
             validation.collection_name(request.collection, f"{field}collection")
         )
-        return collection, search_query(request, self.limits, field)
+        return collection, validation.search_query(request, self.limits, field)
 
     async def Search(  # noqa: N802
         self, request: retriever_pb2.SearchRequest, context: Context
@@ -294,13 +189,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def BatchSearch(  # noqa: N802
         self, request: retriever_pb2.BatchSearchRequest, context: Context
     ) -> retriever_pb2.BatchSearchResponse:
-        if not request.requests:
-            raise InvalidArgument("requests is empty; send at least one search")
-        if len(request.requests) > self.limits.max_batch_searches:
-            raise InvalidArgument(
-                f"requests has {len(request.requests)} searches, above max_batch_searches="
-                f"{self.limits.max_batch_searches}; split the batch"
-            )
+        validation.batch_size(request.requests, self.limits)
         queries = [self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
         budget = ResponseBudget(self.limits)  # one budget for the whole batch's response
         responses = await asyncio.to_thread(

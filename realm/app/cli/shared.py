@@ -1,0 +1,83 @@
+"""What the client subcommands share: targets, collection and mode options, the connection
+settings people export once, and one way to report a failed call."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from realm.app.cli.output import fail
+from realm.channels import ConnectionOptions
+from realm.client import Mode, RealmClientError
+
+Target = Annotated[
+    str, typer.Option("--target", envvar="REALM_RETRIEVER", help="Retriever address HOST:PORT.")
+]
+GeneratorTarget = Annotated[
+    str, typer.Option("--target", envvar="REALM_GENERATOR", help="Generator address HOST:PORT.")
+]
+CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="bm25, dense or hybrid.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+_MODES: dict[str, Mode] = {"bm25": "bm25", "dense": "dense", "hybrid": "hybrid"}
+
+
+def search_mode(value: str) -> Mode:
+    mode = _MODES.get(value)
+    if mode is None:
+        fail(f"--mode {value!r} is unknown; use bm25, dense or hybrid", code=2)
+    return mode
+
+
+def connection(timeout: float | None) -> ConnectionOptions:
+    """Client connection settings from the environment, so scripts and people set them once:
+    ``REALM_TLS_CA`` (PEM to verify servers), ``REALM_TLS_CLIENT_CERT`` / ``REALM_TLS_CLIENT_KEY``
+    (mutual TLS), ``REALM_TOKEN`` or ``REALM_TOKEN_FILE`` (the same variables a server reads its
+    token from), ``REALM_ALLOW_PLAINTEXT_TOKEN``."""
+    ca = _pem("REALM_TLS_CA")
+    try:
+        return ConnectionOptions(
+            timeout=timeout,
+            generate_timeout=timeout,
+            tls=ca is not None,
+            tls_root_certificate=ca,
+            tls_client_certificate=_pem("REALM_TLS_CLIENT_CERT"),
+            tls_client_key=_pem("REALM_TLS_CLIENT_KEY"),
+            bearer_token=_token(),
+            allow_plaintext_token=os.environ.get("REALM_ALLOW_PLAINTEXT_TOKEN", "").lower()
+            in {"1", "true", "yes"},
+        )
+    except ValueError as error:
+        return fail(str(error), code=2)
+
+
+def _token() -> str | None:
+    path = os.environ.get("REALM_TOKEN_FILE")
+    if not path:
+        return os.environ.get("REALM_TOKEN") or None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except OSError as error:
+        return fail(f"REALM_TOKEN_FILE: cannot read {path}: {error.strerror}", code=2)
+
+
+def _pem(variable: str) -> bytes | None:
+    path = os.environ.get(variable)
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        return fail(f"{variable}: cannot read {path}: {error.strerror}", code=2)
+
+
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """A failed call ends the command with one line: its status and the server's message."""
+    try:
+        yield
+    except RealmClientError as error:
+        fail(f"{error.code.name}: {error}")
