@@ -27,9 +27,10 @@ import torch
 
 from bench.common import Row
 from realm.app.corpus import wiki_summaries
-from realm.generator.engine import Delta, Finished, GenerationEngine, SamplingParams
+from realm.generator.decoding import Delta, Finished, SamplingParams
 from realm.generator.models import LoadedModel, load_model
 from realm.generator.prompts import PromptBuilder, RetrievedPassage
+from realm.generator.scheduler import GenerationEngine
 from realm.generator.settings import DEFAULT_DRAFT_TOKENS, ModelSettings
 
 BAR_AT = 8

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field, replace
 
 from realm import errors
 from realm.generator.citations import Citation, find_citations
-from realm.generator.engine import Delta, FinishReason, GenerationEngine, SamplingParams
+from realm.generator.decoding import Delta, FinishReason, SamplingParams
 from realm.generator.extraction import Field, parse_fields, to_json
 from realm.generator.prompts import PromptBuilder, RetrievedPassage, Task
 from realm.generator.retrieval import RetrieverGateway, SearchSpec
+from realm.generator.scheduler import GenerationEngine
 
 _LOGGER = logging.getLogger(__name__)
 # A field value is a name, a date or a number, not a paragraph.

@@ -5,11 +5,11 @@ import logging
 
 from grpc import aio
 
-from realm.generator.engine import GenerationEngine
 from realm.generator.models import load_model
 from realm.generator.pipeline import Pipeline
 from realm.generator.prompts import PromptBuilder
 from realm.generator.retrieval import RetrieverGateway
+from realm.generator.scheduler import GenerationEngine
 from realm.generator.servicer import GeneratorServicer
 from realm.generator.settings import GeneratorConfig
 from realm.server import RunningServer, serve_until_signal

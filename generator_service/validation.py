@@ -5,7 +5,7 @@ import math
 from collections.abc import Sequence
 
 from realm.errors import InvalidArgument, shown
-from realm.generator.engine import SamplingParams
+from realm.generator.decoding import SamplingParams
 from realm.generator.extraction import FIELD_NAME, field_key
 from realm.generator.pipeline import AnswerRequest
 from realm.generator.prompts import Task

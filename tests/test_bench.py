@@ -15,8 +15,8 @@ from bench.generate_bench import _engine_run, _prompts
 from bench.load import run_load
 from bench.transport_floor import save_responses
 from realm.app.supervisor import ServiceProcess
-from realm.generator.engine import GenerationEngine
 from realm.generator.models import LoadedModel
+from realm.generator.scheduler import GenerationEngine
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.servers import REPO, RetrieverProcess
 
@@ -89,7 +89,7 @@ async def test_the_generation_load_keeps_n_requests_in_flight(
     assert len(first_tokens) == 6
     assert 6 <= tokens <= 24
     assert seconds > 0
-    assert engine.max_rows_seen == 2
+    assert engine.stats.max_rows_seen == 2
 
 
 def test_the_transport_floor_sends_the_real_servers_bytes(

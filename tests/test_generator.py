@@ -16,9 +16,10 @@ from transformers import (
 )
 
 from realm.client import Answer, AskOptions, GeneratorClient, InvalidArgument
-from realm.generator.engine import Finished, GenerationEngine, SamplingParams
+from realm.generator.decoding import Finished, SamplingParams
 from realm.generator.models import LoadedModel, load_model
 from realm.generator.prompts import PromptBuilder, RetrievedPassage
+from realm.generator.scheduler import GenerationEngine
 from realm.generator.settings import ModelSettings
 from tests.conftest import tiny_llama_config
 
@@ -187,9 +188,9 @@ async def test_greedy_output_is_the_same_alone_and_batched(
 
         prompts = _prompts(default_generator)
         alone = [await run(ids) for ids in prompts]
-        assert engine.max_rows_seen == 1
+        assert engine.stats.max_rows_seen == 1
         together = await asyncio.gather(*(run(ids) for ids in prompts))
-        assert engine.max_rows_seen > 1, "the concurrent requests were not batched"
+        assert engine.stats.max_rows_seen > 1, "the concurrent requests were not batched"
         assert together == alone
     finally:
         engine.stop()
@@ -262,15 +263,15 @@ async def test_drafting_from_the_prompt_gives_the_same_greedy_answers_in_fewer_s
     drafted = await answers(drafting)
     assert drafted == await answers(plain)
     assert drafted[-1][1:] == ("length", 7)
-    assert drafting.max_rows_seen == 6
+    assert drafting.stats.max_rows_seen == 6
     # Some guesses were confirmed and some were not: both paths of a step ran.
-    assert 0 < drafting.confirmed_tokens < drafting.drafted_tokens
-    assert drafting.steps < plain.steps
-    assert plain.drafted_tokens == 0
+    assert 0 < drafting.stats.confirmed_tokens < drafting.stats.drafted_tokens
+    assert drafting.stats.steps < plain.stats.steps
+    assert plain.stats.drafted_tokens == 0
     # Rebuilding the cache after every step that left masked-out positions changes nothing.
     repacking = GenerationEngine(default_generator, max_batch_size=6, max_cache_holes=0)
     assert await answers(repacking) == drafted
-    assert repacking.repacks > 0
+    assert repacking.stats.repacks > 0
 
 
 async def test_seeded_sampling_is_reproducible(default_generator: LoadedModel) -> None:

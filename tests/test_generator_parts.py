@@ -11,11 +11,12 @@ from realm.errors import InvalidArgument
 from realm.generator.citations import find_citations, sentence_spans
 from realm.generator.cpu_attention import IMPLEMENTATION, use_grouped_cpu_attention
 from realm.generator.cpu_kernels import PackedLinear, pack_linear_layers, packed_linear_available
-from realm.generator.engine import _stable_length, cache_argument
+from realm.generator.decoding import stable_length
 from realm.generator.extraction import parse_fields, to_json
 from realm.generator.models import LoadedModel
 from realm.generator.prompt_lookup import PromptLookup
 from realm.generator.prompts import PromptBuilder, RetrievedPassage, passage_block
+from realm.generator.scheduler import cache_argument
 from realm.generator.speculation import ConfirmationRate, choose_width, confirmed_count
 from realm.generator.validation import validate_fields
 from tests.conftest import tiny_llama_config
@@ -83,10 +84,10 @@ def test_bad_field_lists_are_refused(fields: list[str]) -> None:
 
 
 def test_held_back_text_never_includes_a_partial_stop_or_character() -> None:
-    assert _stable_length("Hello wor", ("world",)) == len("Hello ")
-    assert _stable_length("Hello", ()) == 5
-    assert _stable_length("caf\ufffd", ()) == 3
-    assert _stable_length("Hello END", ("END",)) == len("Hello END")  # a whole stop is cut later
+    assert stable_length("Hello wor", ("world",)) == len("Hello ")
+    assert stable_length("Hello", ()) == 5
+    assert stable_length("caf\ufffd", ()) == 3
+    assert stable_length("Hello END", ("END",)) == len("Hello END")  # a whole stop is cut later
 
 
 def test_squad_scores() -> None:
