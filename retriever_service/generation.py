@@ -8,10 +8,7 @@ damaged file is caught on load instead of serving wrong results.
 
 import logging
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +17,7 @@ from realm.errors import StorageError
 from realm.files import fsync_dir, fsync_file, sha256_file
 from realm.retriever.bm25 import BM25Index
 from realm.retriever.dense import DenseIndex
+from realm.retriever.manifest import GenerationEntry
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.topk import FloatArray, IntArray
 
@@ -56,8 +54,8 @@ class Generation:
     def n_rows(self) -> int:
         return int(self.pids.size)
 
-    def manifest_entry(self) -> dict[str, Any]:
-        return {"generation": self.number, "last_sequence": self.last_sequence, "files": self.files}
+    def manifest_entry(self) -> GenerationEntry:
+        return GenerationEntry(self.number, self.last_sequence, self.files)
 
     def allowed_rows(self, conditions: tuple[tuple[str, str], ...]) -> IntArray:
         """Rows whose metadata matches every condition."""
@@ -75,13 +73,6 @@ class Generation:
         if rows.size and (rows.max() >= self.pids.size or (self.pids[rows] != pids).any()):
             raise KeyError(f"generation {self.number} lacks some of passages {pids.tolist()[:5]}")
         return rows.astype(np.int64)
-
-
-# Generation 0's manifest entry: nothing built yet, nothing to verify, replay from the start.
-# Read-only: every collection shares this one object.
-EMPTY_ENTRY: Mapping[str, Any] = MappingProxyType(
-    {"generation": 0, "last_sequence": 0, "files": MappingProxyType({})}
-)
 
 
 def empty_generation(settings: CollectionSettings, dimension: int) -> Generation:
@@ -106,6 +97,10 @@ def filter_index(metadata: list[dict[str, str]]) -> Filters:
     return {pair: np.asarray(rows, dtype=np.int64) for pair, rows in buckets.items()}
 
 
+def generation_dir(collection_dir: Path, number: int) -> Path:
+    return collection_dir / GENERATIONS / f"{number:08d}"
+
+
 def write_generation(
     collection_dir: Path,
     number: int,
@@ -118,7 +113,7 @@ def write_generation(
 ) -> Generation:
     """Builds the Annoy forest and writes every file of generation ``number`` durably."""
     dense = DenseIndex.build(vectors, settings.annoy)
-    directory = collection_dir / GENERATIONS / f"{number:08d}"
+    directory = generation_dir(collection_dir, number)
     if directory.exists():  # left by a build that crashed, or a damaged one set aside
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
@@ -136,13 +131,13 @@ def write_generation(
 
 def load_generation(
     collection_dir: Path,
-    entry: Mapping[str, Any],
+    entry: GenerationEntry,
     settings: CollectionSettings,
     dimension: int,
     metadata: dict[int, dict[str, str]],
 ) -> Generation:
     """Reads a generation after checking every file against the manifest's sha256."""
-    number, files = int(entry["generation"]), dict(entry["files"])
+    number, files = entry.number, dict(entry.files)
     if number == 0:
         return empty_generation(settings, dimension)
     for name, expected in files.items():
@@ -152,7 +147,7 @@ def load_generation(
                 f"{path} is missing or its sha256 does not match the manifest; restore the "
                 "data directory from a backup or re-ingest the collection"
             )
-    directory = collection_dir / GENERATIONS / f"{number:08d}"
+    directory = generation_dir(collection_dir, number)
     pids = np.load(directory / PIDS_FILE, allow_pickle=False)
     bm25 = BM25Index.load(directory, settings.bm25)
     dense = DenseIndex.load(directory, settings.annoy, int(pids.size), dimension)
@@ -160,4 +155,4 @@ def load_generation(
         raise StorageError(f"{directory}: its arrays disagree in size; the files are damaged")
     filters = filter_index([metadata.get(int(p), {}) for p in pids])
     size = sum((collection_dir / name).stat().st_size for name in files)
-    return Generation(number, int(entry["last_sequence"]), pids, bm25, dense, filters, files, size)
+    return Generation(number, entry.last_sequence, pids, bm25, dense, filters, files, size)

@@ -12,6 +12,7 @@ tombstones excluded), so scores equal those of a fresh build of the same documen
 """
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -102,6 +103,20 @@ class Tail:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One committed write as the live index sees it: the passages it killed, the passages it
+    added (with their vectors, term counts and metadata, in pid order) and the documents it
+    added minus those it deleted."""
+
+    killed_pids: Sequence[int]
+    new_pids: Sequence[int]
+    vectors: FloatArray
+    term_counts: list[Counter[str]]
+    metadata: list[dict[str, str]]
+    documents_added: int
+
+
+@dataclass(frozen=True, slots=True)
 class View:
     """The index as of log sequence ``sequence``: rows ``[0, n)`` are generation rows, rows
     ``[n, n + tail_rows)`` tail rows."""
@@ -127,6 +142,40 @@ class View:
             generation.n_rows,
             int(generation.bm25.doc_lengths.sum()),
             documents,
+        )
+
+    def apply(self, change: "Change") -> "View":
+        """The view one committed write later: rows it killed become tombstones (generation
+        rows) or dead at the new sequence (tail rows), its passages join the tail. The tail is
+        shared with earlier views, which keep reading only their own rows; the caller holds the
+        write lock."""
+        tail = self.tail
+        sequence = self.sequence + 1
+        passages, total_length = self.passages, self.total_length
+        killed = np.asarray(change.killed_pids, dtype=np.int64)
+        if killed.size:
+            generation = self.generation
+            in_generation = killed <= (generation.pids[-1] if generation.n_rows else -1)
+            generation_rows = generation.rows_of(killed[in_generation])
+            tail_rows = [tail.row_of[int(pid)] for pid in killed[~in_generation]]
+            total_length -= int(generation.bm25.doc_lengths[generation_rows].sum())
+            total_length -= int(tail.lengths.head(tail.rows)[tail_rows].sum())
+            tail.dead_at.data[tail_rows] = sequence
+            tail.dead_generation_rows.extend(generation_rows)
+            passages -= killed.size
+        if change.new_pids:
+            tail.append(list(change.new_pids), change.vectors, change.term_counts, change.metadata)
+            passages += len(change.new_pids)
+            total_length += sum(sum(c.values()) for c in change.term_counts)
+        return View(
+            self.generation,
+            tail,
+            sequence,
+            tail.rows,
+            tail.dead_generation_rows.size,
+            passages,
+            total_length,
+            self.documents + change.documents_added,
         )
 
     @property

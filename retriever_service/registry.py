@@ -16,12 +16,9 @@ from realm.errors import (
     shown,
 )
 from realm.files import fsync_dir, make_durable_dir
-from realm.retriever.collection import (
-    SETTINGS,
-    Collection,
-    EncoderLoader,
-)
+from realm.retriever.collection import Collection, EncoderLoader
 from realm.retriever.embedder import DEFAULT_MODEL, Encoder
+from realm.retriever.manifest import SETTINGS
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 
 _LOGGER = logging.getLogger(__name__)

@@ -15,15 +15,10 @@ from pathlib import Path
 
 from realm.errors import StorageError
 from realm.retriever.analyzer import Analyzer
-from realm.retriever.collection import (
-    MANIFEST,
-    STORE,
-    EncoderLoader,
-    manifest_entries,
-    read_settings,
-)
+from realm.retriever.collection import EncoderLoader
 from realm.retriever.generation import load_generation
 from realm.retriever.live import View
+from realm.retriever.manifest import STORE, entry_of, read_entries, read_settings
 from realm.retriever.published import WITHDRAWN, PublishedState
 from realm.retriever.search import Hit, Searcher, SearchQuery
 from realm.retriever.store import DocumentStore
@@ -96,11 +91,9 @@ class Replica:
             )
 
     def _load(self, number: int) -> View:
-        entries = manifest_entries(self.directory, self.settings, self.encoder.dimension)
-        entry = next((e for e in entries if int(e["generation"]) == number), None)
-        if entry is None:
-            raise StorageError(f"generation {number} is not in {self.directory / MANIFEST}")
-        sequence = int(entry["last_sequence"])
+        entries = read_entries(self.directory, self.settings, self.encoder.dimension)
+        entry = entry_of(self.directory, entries, number)
+        sequence = entry.last_sequence
         generation = load_generation(
             self.directory,
             entry,

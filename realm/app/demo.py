@@ -42,7 +42,7 @@ def index_folder() -> str:
 
     The demo's index is a copy of a packaged corpus, cheap to rebuild, so one written by an
     older format is left behind (a server refuses to open it) instead of being migrated."""
-    from realm.retriever.collection import FORMAT_VERSION
+    from realm.retriever.manifest import FORMAT_VERSION
 
     return f"index-v{FORMAT_VERSION}"
 
