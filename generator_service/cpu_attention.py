@@ -2,11 +2,11 @@
 
 Models with grouped-query attention (SmolLM2: 9 query heads share 3 key/value heads) keep each
 key/value head once in the cache. For one query token with a padding mask, transformers' SDPA path
-folds the shared heads into the query; for several (the engine's drafted tokens, see
+folds the shared heads into the query; for several (the scheduler's drafted tokens, see
 ``prompt_lookup``) it copies every layer's keys and values to the full head count first, because
 CUDA's kernels would otherwise fall back to a slow path. PyTorch's CPU kernel takes the grouped
-heads as they are (``enable_gqa``): at batch 8 with five tokens per row and 250 cached positions
-the copies cost more than the attention itself (a step took 66 ms with them, 57 ms without).
+heads as they are (``enable_gqa``): at full batches with drafted tokens the copies cost more than
+the attention itself (figures in docs/benchmarks.md).
 
 Registered under its own name in transformers' attention interface; other cases go to the stock
 SDPA function unchanged.

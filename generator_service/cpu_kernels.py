@@ -1,11 +1,10 @@
 """Faster linear layers for decoding on a CPU: weights pre-packed for oneDNN.
 
 Decoding multiplies a handful of rows (one per sequence in the batch) by every weight matrix.
-MKL's GEMM repacks the weight on every such call; with 8 rows it took 2.5x as long as with one,
-so batching gained little. oneDNN can pack each weight once, at load time, into the blocked
-layout its kernels read: on a 2-core AVX2 machine a SmolLM2 decode step at batch 8 went from
-212 ms to 151 ms, at batch 1 from 104 ms to 93 ms, and a 230-token prefill from 0.73 s to 0.62 s
-(logits agree to 4e-4). These are the same oneDNN operators PyTorch's own compiler uses for
+MKL's GEMM repacks the weight on every such call, so batching gained little. oneDNN can pack
+each weight once, at load time, into the blocked layout its kernels read: decode steps and
+prefills get faster, most at full batches, and the logits agree to float rounding (figures in
+docs/benchmarks.md). These are the same oneDNN operators PyTorch's own compiler uses for
 frozen CPU models; where they are missing, the model is left as it is.
 """
 

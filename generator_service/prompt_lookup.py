@@ -4,9 +4,8 @@ A grounded answer copies spans of its passages ("Paris is the capital and larges
 France"), so the tokens that followed the last few tokens' first earlier occurrence, in the prompt
 or in the answer so far, are a good guess for what comes next. The engine feeds such a guess
 through the model together with the last real token and keeps the prefix of it the model would
-have produced anyway (see ``engine``), so a guess never changes an answer; a right one saves whole
-decode steps. On the benchmark's Wikipedia questions, guesses of up to four tokens give about
-three tokens per step.
+have produced anyway (see ``scheduler``), so a guess never changes an answer; a right one saves
+whole decode steps (how many, on the benchmark's questions: docs/benchmarks.md).
 
 The n-gram index is built as tokens arrive, so a guess costs a few dictionary lookups rather than
 a scan of the prompt.

@@ -3,9 +3,9 @@
 Each step feeds every running row its last token plus up to ``width - 1`` guessed ones
 (``prompt_lookup``), and keeps the guesses the model confirms. A wider step costs more: on a CPU
 each extra input token of each row adds arithmetic to a step otherwise bound by reading the
-weights. Measured for SmolLM2-135M at 8 rows and 250 cached positions on 2 AVX-512 cores, a step
-took 32, 38, 46, 51 and 57 ms at widths 1 to 5: about 0.03 of a step's fixed cost per extra
-row-token. On a GPU the step is bound by launching kernels and extra tokens cost almost nothing.
+weights: measured on a CPU, about 0.03 of a step's fixed cost per extra row-token (the step
+times are in docs/benchmarks.md). On a GPU the step is bound by launching kernels and extra
+tokens cost almost nothing.
 
 So the engine estimates, per row, how often its guesses are confirmed, and picks the width that
 maximizes expected tokens over expected cost. Where guesses are often right (answers copying

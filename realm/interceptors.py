@@ -98,7 +98,8 @@ class _CallScope:
         await self.context.abort(code, message)
 
     def log(self, code: grpc.StatusCode) -> None:
-        """Failed calls log at INFO; successful ones at DEBUG (they cost 12% of a BM25 search)."""
+        """Failed calls log at INFO; successful ones at DEBUG (logging each one costs a
+        noticeable share of a fast search; docs/benchmarks.md)."""
         level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
         if not _LOGGER.isEnabledFor(level):
             return

@@ -2,8 +2,8 @@
 
 Vectors are unit length, so Annoy's angular distance d relates to cosine by ``cos = 1 − d²/2``;
 we still re-score candidates against the stored float32 vectors because Annoy's candidate order
-is approximate, and a numpy gather of 200 rows takes 0.03 ms where reading them back one by one
-from Annoy (``get_item_vector``) takes 5.6 ms. Annoy item ids are the row numbers of
+is approximate, and a numpy gather of the candidates is two orders of magnitude faster than
+reading them back one by one from Annoy (``get_item_vector``). Annoy item ids are the row numbers of
 the generation (a dense id space we own), never document ids.
 
 When a generation has an Annoy forest, the float32 vectors are not stored a second time: Annoy's
@@ -41,9 +41,8 @@ class AnnoyParams:
     ``candidates_per_k`` sets how many Annoy neighbours are re-scored per requested result;
     ``search_k_per_candidate`` sets how many tree nodes Annoy inspects per candidate up to
     ``effort_base_rows`` rows. A fixed effort finds a shrinking share of a growing
-    neighbourhood (at search_k 10,000 recall@10 fell from 0.98 at 20k vectors to 0.96 at 100k
-    and 0.89 at 1M, bench/dense_bench.py), so each tenfold growth past the base adds the base
-    effort again: 2x at 1M rows (recall 0.97, still ~18x exact search's queries/s).
+    neighbourhood (recall falls as the collection grows; figures in docs/benchmarks.md), so each
+    tenfold growth past the base adds the base effort again: twice the effort at 1M rows.
     """
 
     n_trees: int = 32

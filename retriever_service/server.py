@@ -21,10 +21,9 @@ _LOGGER = logging.getLogger(__name__)
 
 
 async def serve(config: RetrieverConfig) -> None:
-    # numpy's BLAS threads and torch's OpenMP threads fight when they alternate in one process:
-    # a dense query (encode, then matrix-vector) took 73 ms instead of 24 ms on 2 cores. The server
-    # gets its parallelism from concurrent requests, so single-threaded BLAS is also the faster
-    # choice under load.
+    # numpy's BLAS threads and torch's OpenMP threads fight when they alternate in one process (a
+    # dense query took three times as long; docs/benchmarks.md). The server gets its parallelism
+    # from concurrent requests, so single-threaded BLAS is also the faster choice under load.
     threadpool_limits(1, user_api="blas")
     with_workers = config.workers > 1
     if with_workers:

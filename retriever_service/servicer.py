@@ -50,9 +50,8 @@ def _passage(record: PassageRecord) -> common_pb2.Passage:
 
 
 def _add_hits(response: retriever_pb2.SearchResponse, hits: list[Hit]) -> None:
-    """Fills ``response.hits`` in place. Building each hit apart and handing the list to the
-    constructor copies every message again: 37 instead of 17 us for ten hits, a tenth of a
-    small BM25 search's whole server time."""
+    """Fills ``response.hits`` in place: building each hit apart and handing the list to the
+    constructor copies every message again, a noticeable part of a small search's time."""
     for hit in hits:
         record = hit.passage
         message = response.hits.add(score=hit.score, title=record.title)
@@ -90,11 +89,10 @@ def search_response(
     return response
 
 
-# BM25 over a collection this size takes about a millisecond or two, less than handing the call
-# to a worker thread and back costs under load (16 clients, 1k documents: 422 q/s through a
-# thread, 824 q/s inline on the event loop), so such searches run inline. Larger collections,
-# and dense or hybrid searches (whose model call releases the GIL), go to a thread so that one
-# long search does not hold up the event loop.
+# BM25 over a collection this size takes less than handing the call to a worker thread and back
+# costs under load (figures in docs/benchmarks.md), so such searches run inline. Larger
+# collections, and dense or hybrid searches (whose model call releases the GIL), go to a thread
+# so that one long search does not hold up the event loop.
 INLINE_BM25_MAX_PASSAGES = 200_000
 
 

@@ -227,8 +227,7 @@ class DocumentStore:
 
         SQLite packs the hits into one JSON row: Python's sqlite3 releases the GIL around every
         step, and with a row per hit a search handed the GIL away a dozen times, each time to
-        any thread waiting for it. With 16 threads searching 800 documents that took in-process
-        BM25 from 2,112 to 2,761 q/s; over gRPC it gained 11% (1,393 -> 1,546 q/s).
+        any thread waiting for it (the gain under concurrent load is in docs/benchmarks.md).
         """
         if not pids:
             return {}
