@@ -6,18 +6,17 @@ arrives); connection settings are ``realm.channels.ConnectionOptions``.
 """
 
 from collections.abc import AsyncGenerator, Generator
-from types import TracebackType
 from typing import Unpack
 
 from realm.channels import GENERATOR_SERVICE, ConnectionOptions, Target
 from realm.client import calls
-from realm.client.transport import AsyncTransport, SyncTransport
+from realm.client.transport import AsyncClient, SyncClient
 from realm.client.types import Answer, AskOptions, GeneratorInfo
 from realm.ports import GENERATOR_TARGET
 from realm.v1 import generator_pb2_grpc
 
 
-class GeneratorClient:
+class GeneratorClient(SyncClient):
     """Talks to one generator target (``host:port``, or ``dns:///name`` for several replicas)."""
 
     def __init__(
@@ -27,29 +26,11 @@ class GeneratorClient:
         timeout: float | None = None,
         options: ConnectionOptions | None = None,
     ) -> None:
-        """``options`` holds TLS, token, retries and keepalive (``max_attempts=1`` shows a
-        replica's own failure at once); ``timeout`` overrides its timeouts."""
-        self._calls = SyncTransport(
-            target,
-            GENERATOR_SERVICE,
-            generator_pb2_grpc.GeneratorServiceStub,
-            options or ConnectionOptions(),
-            timeout,
+        """``options`` holds TLS, token, retries and keepalive; ``timeout`` overrides its
+        timeouts (the common case, hence its own argument)."""
+        super().__init__(
+            target, GENERATOR_SERVICE, generator_pb2_grpc.GeneratorServiceStub, timeout, options
         )
-
-    def __enter__(self) -> "GeneratorClient":
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._calls.close()
 
     def ask(self, question: str, collection: str, **options: Unpack[AskOptions]) -> Answer:
         """The whole answer at once, with its sources."""
@@ -67,7 +48,7 @@ class GeneratorClient:
         return self._calls.unary(calls.INFO)
 
 
-class AsyncGeneratorClient:
+class AsyncGeneratorClient(AsyncClient):
     """``GeneratorClient`` for asyncio code: ``ask`` and ``info`` are coroutines, ``ask_stream``
     an async iterator. Use it as ``async with AsyncGeneratorClient(...) as generator:``."""
 
@@ -78,27 +59,9 @@ class AsyncGeneratorClient:
         timeout: float | None = None,
         options: ConnectionOptions | None = None,
     ) -> None:
-        self._calls = AsyncTransport(
-            target,
-            GENERATOR_SERVICE,
-            generator_pb2_grpc.GeneratorServiceStub,
-            options or ConnectionOptions(),
-            timeout,
+        super().__init__(
+            target, GENERATOR_SERVICE, generator_pb2_grpc.GeneratorServiceStub, timeout, options
         )
-
-    async def __aenter__(self) -> "AsyncGeneratorClient":
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._calls.close()
 
     async def ask(self, question: str, collection: str, **options: Unpack[AskOptions]) -> Answer:
         return await self._calls.unary(calls.GENERATE, question, collection, **options)

@@ -9,14 +9,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from itertools import islice
-from types import TracebackType
 from typing import Unpack
 
 from realm.channels import RETRIEVER_SERVICE, ConnectionOptions, Target
 from realm.client import calls
 from realm.client.errors import RealmClientError
 from realm.client.ingest import IngestLedger
-from realm.client.transport import AsyncTransport, SyncTransport
+from realm.client.transport import AsyncClient, SyncClient
 from realm.client.types import (
     CollectionInfo,
     CollectionStats,
@@ -31,7 +30,7 @@ from realm.v1 import retriever_pb2, retriever_pb2_grpc
 Progress = Callable[[int], None]
 
 
-class RetrieverClient:
+class RetrieverClient(SyncClient):
     """Talks to one retriever target (``host:port``, or ``dns:///name`` for several replicas)."""
 
     def __init__(
@@ -42,28 +41,10 @@ class RetrieverClient:
         options: ConnectionOptions | None = None,
     ) -> None:
         """``options`` holds TLS, token, retries and keepalive; ``timeout`` overrides its
-        per-call timeout (the common case, hence its own argument)."""
-        self._calls = SyncTransport(
-            target,
-            RETRIEVER_SERVICE,
-            retriever_pb2_grpc.RetrieverServiceStub,
-            options or ConnectionOptions(),
-            timeout,
+        timeouts (the common case, hence its own argument)."""
+        super().__init__(
+            target, RETRIEVER_SERVICE, retriever_pb2_grpc.RetrieverServiceStub, timeout, options
         )
-
-    def __enter__(self) -> "RetrieverClient":
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._calls.close()
 
     def create_collection(
         self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
@@ -158,7 +139,7 @@ class RetrieverClient:
         return self._calls.unary(calls.COMPACT, collection)
 
 
-class AsyncRetrieverClient:
+class AsyncRetrieverClient(AsyncClient):
     """``RetrieverClient`` for asyncio code: every call is a coroutine; ``upsert`` and ``ingest``
     also take async iterables. Use it as ``async with AsyncRetrieverClient(...) as retriever:``."""
 
@@ -169,27 +150,9 @@ class AsyncRetrieverClient:
         timeout: float | None = None,
         options: ConnectionOptions | None = None,
     ) -> None:
-        self._calls = AsyncTransport(
-            target,
-            RETRIEVER_SERVICE,
-            retriever_pb2_grpc.RetrieverServiceStub,
-            options or ConnectionOptions(),
-            timeout,
+        super().__init__(
+            target, RETRIEVER_SERVICE, retriever_pb2_grpc.RetrieverServiceStub, timeout, options
         )
-
-    async def __aenter__(self) -> "AsyncRetrieverClient":
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._calls.close()
 
     async def create_collection(
         self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0

@@ -6,7 +6,8 @@ one translation path). Channels come from ``realm.channels``: TLS, retries, keep
 """
 
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 from grpc import aio
 
@@ -17,15 +18,29 @@ from realm.client.errors import translated_errors
 Event = TypeVar("Event")
 
 
-def _timeouts(options: ConnectionOptions, timeout: float | None) -> dict[TimeoutKind, float | None]:
-    return {
-        "call": options.timeout if timeout is None else timeout,
-        "generate": options.generate_timeout if timeout is None else timeout,
-        "unbounded": None,
-    }
+class _Transport:
+    """What both transports hold: the stub over their channel, the timeout of each kind of
+    call, and the metadata (the bearer token) every call carries."""
+
+    def __init__(
+        self,
+        channel: Any,
+        stub: Callable[[Any], Any],
+        options: ConnectionOptions,
+        timeout: float | None,
+    ) -> None:
+        """``timeout`` overrides the options' timeouts for every bounded call."""
+        self.timeouts: dict[TimeoutKind, float | None] = {
+            "call": options.timeout if timeout is None else timeout,
+            "generate": options.generate_timeout if timeout is None else timeout,
+            "unbounded": None,
+        }
+        self._metadata = options.metadata
+        self._channel = channel
+        self._stub = stub(channel)
 
 
-class SyncTransport:
+class SyncTransport(_Transport):
     """One blocking channel to one service."""
 
     def __init__(
@@ -36,11 +51,7 @@ class SyncTransport:
         options: ConnectionOptions,
         timeout: float | None,
     ) -> None:
-        """``timeout`` overrides the options' timeouts for every bounded call."""
-        self.timeouts = _timeouts(options, timeout)
-        self._metadata = options.metadata
-        self._channel = sync_channel(target, [service], options)
-        self._stub = stub(self._channel)
+        super().__init__(sync_channel(target, [service], options), stub, options, timeout)
 
     def close(self) -> None:
         self._channel.close()
@@ -78,7 +89,7 @@ class SyncTransport:
             call.cancel()
 
 
-class AsyncTransport:
+class AsyncTransport(_Transport):
     """One asyncio channel to one service."""
 
     def __init__(
@@ -89,10 +100,7 @@ class AsyncTransport:
         options: ConnectionOptions,
         timeout: float | None,
     ) -> None:
-        self.timeouts = _timeouts(options, timeout)
-        self._metadata = options.metadata
-        self._channel = aio_channel(target, [service], options)
-        self._stub = stub(self._channel)
+        super().__init__(aio_channel(target, [service], options), stub, options, timeout)
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
@@ -128,3 +136,59 @@ class AsyncTransport:
                     yield parse(message)
         finally:
             call.cancel()
+
+
+class SyncClient:
+    """Base of the blocking clients: one transport to one service, closed on leaving ``with``."""
+
+    def __init__(
+        self,
+        target: Target,
+        service: str,
+        stub: Callable[[Any], Any],
+        timeout: float | None,
+        options: ConnectionOptions | None,
+    ) -> None:
+        self._calls = SyncTransport(target, service, stub, options or ConnectionOptions(), timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._calls.close()
+
+
+class AsyncClient:
+    """Base of the asyncio clients: one transport, closed on leaving ``async with``."""
+
+    def __init__(
+        self,
+        target: Target,
+        service: str,
+        stub: Callable[[Any], Any],
+        timeout: float | None,
+        options: ConnectionOptions | None,
+    ) -> None:
+        self._calls = AsyncTransport(target, service, stub, options or ConnectionOptions(), timeout)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._calls.close()

@@ -11,6 +11,7 @@ import typer.main
 import yaml
 
 from realm.app.cli.main import app
+from realm.ports import GENERATOR_PORT, RETRIEVER_PORT
 from tests.servers import REPO
 
 KUBERNETES_VERSION = "1.33"  # the oldest release the manifests promise to work on
@@ -50,12 +51,15 @@ def test_every_environment_setting_is_one_the_server_reads() -> None:
 
 
 def test_probes_and_services_use_the_container_port() -> None:
+    """YAML cannot import realm.ports, so this ties the manifests' numbers to it."""
+    well_known = {"retriever": RETRIEVER_PORT, "generator": GENERATOR_PORT}
     for path in MANIFESTS:
         documents = _documents(path)
         [workload] = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
         [service] = [d for d in documents if d["kind"] == "Service"]
         [container] = workload["spec"]["template"]["spec"]["containers"]
         [port] = container["ports"]
+        assert port["containerPort"] == well_known[container["args"][1]]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             command = container[probe]["exec"]["command"]
             assert command[:3] == ["realm", "health", "--target"]
