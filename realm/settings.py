@@ -52,10 +52,10 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def group(default_factory: Callable[[], Any], *, prefix: str = "") -> Any:
-    """A nested settings dataclass whose knobs are flattened into the parent's (with ``prefix``
-    before their flag and variable names when two groups would otherwise collide)."""
-    return dataclasses.field(default_factory=default_factory, metadata={_GROUP: prefix})
+def group(default_factory: Callable[[], Any]) -> Any:
+    """A nested settings dataclass whose knobs are flattened into the parent's (their names
+    must not collide: a test checks every command's flags are distinct)."""
+    return dataclasses.field(default_factory=default_factory, metadata={_GROUP: True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +66,10 @@ class Knob:
     annotation: Any
     default: Any  # dataclasses.MISSING when the knob is required
     setting: Setting
-    prefix: str
 
     @property
     def name(self) -> str:
-        return self.prefix + self.path[-1]
+        return self.path[-1]
 
     @property
     def flag(self) -> str:
@@ -91,21 +90,17 @@ class Knob:
 
 def knobs(settings_class: type) -> list[Knob]:
     """Every knob of ``settings_class``, groups flattened, in declaration order."""
-    return list(_knobs(settings_class, (), "", None))
+    return list(_knobs(settings_class, (), None))
 
 
-def _knobs(cls: type, path: tuple[str, ...], prefix: str, instance: Any) -> Iterator[Knob]:
+def _knobs(cls: type, path: tuple[str, ...], instance: Any) -> Iterator[Knob]:
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
         default = _default(item, instance)
         if _GROUP in item.metadata:
-            yield from _knobs(
-                hints[item.name], (*path, item.name), prefix + item.metadata[_GROUP], default
-            )
+            yield from _knobs(hints[item.name], (*path, item.name), default)
         elif _SETTING in item.metadata:
-            yield Knob(
-                (*path, item.name), hints[item.name], default, item.metadata[_SETTING], prefix
-            )
+            yield Knob((*path, item.name), hints[item.name], default, item.metadata[_SETTING])
 
 
 def _default(item: "dataclasses.Field[Any]", instance: Any) -> Any:
