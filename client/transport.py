@@ -19,8 +19,8 @@ Event = TypeVar("Event")
 
 
 class _Transport:
-    """What both transports hold: the stub over their channel, the timeout of each kind of
-    call, and the metadata (the bearer token) every call carries."""
+    """What both transports hold: the stub over their channel (which they close), the timeout
+    of each kind of call, and the metadata (the bearer token) every call carries."""
 
     def __init__(
         self,
@@ -42,16 +42,6 @@ class _Transport:
 
 class SyncTransport(_Transport):
     """One blocking channel to one service."""
-
-    def __init__(
-        self,
-        target: Target,
-        service: str,
-        stub: Callable[[Any], Any],
-        options: ConnectionOptions,
-        timeout: float | None,
-    ) -> None:
-        super().__init__(sync_channel(target, [service], options), stub, options, timeout)
 
     def close(self) -> None:
         self._channel.close()
@@ -91,16 +81,6 @@ class SyncTransport(_Transport):
 
 class AsyncTransport(_Transport):
     """One asyncio channel to one service."""
-
-    def __init__(
-        self,
-        target: Target,
-        service: str,
-        stub: Callable[[Any], Any],
-        options: ConnectionOptions,
-        timeout: float | None,
-    ) -> None:
-        super().__init__(aio_channel(target, [service], options), stub, options, timeout)
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
@@ -149,7 +129,9 @@ class SyncClient:
         timeout: float | None,
         options: ConnectionOptions | None,
     ) -> None:
-        self._calls = SyncTransport(target, service, stub, options or ConnectionOptions(), timeout)
+        options = options or ConnectionOptions()
+        channel = sync_channel(target, [service], options)
+        self._calls = SyncTransport(channel, stub, options, timeout)
 
     def __enter__(self) -> Self:
         return self
@@ -177,7 +159,9 @@ class AsyncClient:
         timeout: float | None,
         options: ConnectionOptions | None,
     ) -> None:
-        self._calls = AsyncTransport(target, service, stub, options or ConnectionOptions(), timeout)
+        options = options or ConnectionOptions()
+        channel = aio_channel(target, [service], options)
+        self._calls = AsyncTransport(channel, stub, options, timeout)
 
     async def __aenter__(self) -> Self:
         return self
