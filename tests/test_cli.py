@@ -184,6 +184,7 @@ def test_eval_qa_reports_squad_scores(
     generator: GeneratorProcess, answer_collection: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "qa.json"
+    answers = tmp_path / "answers.jsonl"
     result = realm(
         "eval",
         "qa",
@@ -193,15 +194,37 @@ def test_eval_qa_reports_squad_scores(
         answer_collection,
         "--target",
         generator.target,
+        "--k",
+        "3",
         "--json",
         str(out),
+        "--out",
+        str(answers),
     )
     assert result.returncode == 0, result.stderr
     scores = json.loads(out.read_text())
-    assert set(scores) == {"em", "f1", "contains", "questions"}
+    assert set(scores) == {
+        "em",
+        "f1",
+        "contains",
+        "gold_retrieved",
+        "citation_precision",
+        "supported",
+        "questions",
+        "median_seconds",
+        "families",
+    }
     assert scores["questions"] == 4
     assert scores["contains"] >= 0.5  # the packaged 135M model gets most of these
     assert 0 < scores["f1"] <= 1
+    assert scores["gold_retrieved"] == 1.0  # three questions name their document; k=3 finds it
+    assert 0 < scores["median_seconds"] < 300
+    assert {f: s["questions"] for f, s in scores["families"].items()} == {"city": 2, "year": 1}
+    records = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["q1", "q2", "q3", "q4"]
+    assert records[3]["scores"]["gold_retrieved"] is None  # q4 names no gold document
+    assert all(len(r["sources"]) <= 3 and r["answer"] for r in records)
+    assert "city" in result.stdout
 
 
 def test_eval_qa_refuses_a_malformed_question_file(

@@ -13,18 +13,17 @@ from realm.app.cli.output import (
     show_sources,
 )
 from realm.app.cli.shared import (
+    TASKS,
     CollectionOpt,
     GeneratorTarget,
+    KOpt,
     ModeOpt,
     client_errors,
     connection,
     search_mode,
 )
-from realm.client import AskOptions, GeneratorClient, Task
+from realm.client import AskOptions, GeneratorClient
 from realm.ports import GENERATOR_TARGET
-
-_TASK_NAMES: dict[str, Task] = {"answer": "answer", "summarize": "summarize", "extract": "extract"}
-KOpt = Annotated[int, typer.Option("-k", help="Passages to retrieve; 0 = server default.")]
 
 
 def ask(
@@ -50,12 +49,12 @@ def ask(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0,
 ) -> None:
     """Ask the generator; prints the answer (streamed), then its numbered sources."""
-    if task not in _TASK_NAMES:
+    if task not in TASKS:
         fail(f"--task {task!r} is unknown; use answer, summarize or extract", code=2)
     options = AskOptions(
         k=k,
         mode=search_mode(mode),
-        task=_TASK_NAMES[task],
+        task=TASKS[task],
         fields=field or [],
         max_new_tokens=max_new_tokens,
         temperature=temperature,

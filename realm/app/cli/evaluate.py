@@ -1,14 +1,16 @@
 """``realm eval retrieval | qa``: quality measured through the services, as users see it."""
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from realm.app.cli.data import index_missing
-from realm.app.cli.output import console, fail, figures_table, progress_bar
+from realm.app.cli.output import console, fail, figures_table, groups_table, progress_bar
 from realm.app.cli.shared import (
+    TASKS,
     CollectionOpt,
     GeneratorTarget,
     ModeOpt,
@@ -50,17 +52,34 @@ def eval_retrieval(
 @eval_app.command("qa")
 def eval_qa(
     questions: Annotated[
-        Path, typer.Option(exists=True, dir_okay=False, help='JSONL: {"id","question","answers"}.')
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help='JSONL: {"id","question","answers"}, optionally "family" and "gold_doc_id".',
+        ),
     ],
     collection: CollectionOpt,
     target: GeneratorTarget = GENERATOR_TARGET,
+    k: Annotated[
+        int, typer.Option("-k", "--k", help="Passages to retrieve; 0 = server default.")
+    ] = 0,
+    mode: ModeOpt = "hybrid",
+    task: Annotated[str, typer.Option(help="answer, summarize or extract.")] = "answer",
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Questions in flight.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     json_out: JsonOut = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write each question's answer, sources, citations and scores (JSONL)."),
+    ] = None,
 ) -> None:
-    """Exact match, token F1 and contains over a question set, asked concurrently."""
-    from realm.app.qa_evaluation import evaluate_qa, read_questions
+    """Exact match, token F1, contains, gold document retrieved, citation precision and support
+    over a question set (overall and per family), asked concurrently."""
+    from realm.app.qa_evaluation import METRICS, evaluate_qa, read_questions, summarize
 
+    if task not in TASKS:
+        fail(f"--task {task!r} is unknown; use {', '.join(TASKS)}", code=2)
     try:
         items = read_questions(questions)
     except ValueError as error:
@@ -71,14 +90,26 @@ def eval_qa(
         progress_bar("asking") as progress,
     ):
         bar = progress.add_task("asking", total=len(items))
-        scores = evaluate_qa(
-            client, collection, items, concurrency, max_new_tokens, lambda: progress.advance(bar)
+        graded = evaluate_qa(
+            client,
+            collection,
+            items,
+            concurrency,
+            lambda: progress.advance(bar),
+            k=k,
+            mode=search_mode(mode),
+            task=TASKS[task],
+            max_new_tokens=max_new_tokens,
         )
-    title = f"{questions.name} / {collection}"
-    console.print(figures_table(title, scores, ("em", "f1", "contains"), "questions"))
-    _write(json_out, scores)
+    summary = summarize(graded)
+    console.print(groups_table(f"{questions.name} / {collection}", summary, METRICS))
+    if out is not None:
+        lines = (json.dumps(g.record(), ensure_ascii=False) for g in graded)
+        out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    overall = summary.pop("all")
+    _write(json_out, {**overall, "families": summary})
 
 
-def _write(path: Path | None, figures: dict[str, float]) -> None:
+def _write(path: Path | None, figures: Mapping[str, object]) -> None:
     if path is not None:
         path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

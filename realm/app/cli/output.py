@@ -138,6 +138,19 @@ def figures_table(title: str, figures: dict[str, float], names: Sequence[str], c
     return table
 
 
+def groups_table(title: str, groups: dict[str, dict[str, float]], metrics: Sequence[str]) -> Table:
+    """One row per group (all, then each family) of metric means, the question count and the
+    median seconds per question; a metric that does not apply to a group shows a dash."""
+    table = Table(title=title)
+    for column in ("", *metrics, "questions", "median s"):
+        table.add_column(column.replace("_", " "), justify="right")
+    for name, figures in groups.items():
+        means = (f"{figures[m]:.3f}" if m in figures else "-" for m in metrics)
+        count, seconds = int(figures["questions"]), figures["median_seconds"]
+        table.add_row(name, *means, str(count), f"{seconds:.2f}")
+    return table
+
+
 def counts_table(title: str, rows: dict[str, dict[str, int]], fields: Sequence[str]) -> Table:
     """One row of counts per name (``realm stats``)."""
     table = Table(title=title)

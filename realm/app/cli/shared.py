@@ -11,7 +11,7 @@ import typer
 
 from realm.app.cli.output import fail
 from realm.channels import ConnectionOptions
-from realm.client import Mode, RealmClientError
+from realm.client import Mode, RealmClientError, Task
 
 Target = Annotated[
     str, typer.Option("--target", envvar="REALM_RETRIEVER", help="Retriever address HOST:PORT.")
@@ -22,7 +22,9 @@ GeneratorTarget = Annotated[
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="bm25, dense or hybrid.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+KOpt = Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve; 0 = server default.")]
 _MODES: dict[str, Mode] = {"bm25": "bm25", "dense": "dense", "hybrid": "hybrid"}
+TASKS: dict[str, Task] = {"answer": "answer", "summarize": "summarize", "extract": "extract"}
 
 
 def search_mode(value: str) -> Mode:
