@@ -86,19 +86,21 @@ def _parameter(knob: Knob) -> inspect.Parameter:
 
 def _value(knob: Knob, given: Any) -> Any:
     if knob.setting.secret:
-        return _secret(knob, given)
+        return read_secret(knob.env, given, flag_of(knob))
     if _is_list(knob):
         return tuple(item.strip() for item in given.split(",") if item.strip())
     return given
 
 
-def _secret(knob: Knob, file: Path | None) -> str | None:
+def read_secret(variable: str, file: Path | None, named_by: str) -> str | None:
+    """A secret from ``file`` when one is named (by ``named_by``, a flag or a variable), else
+    from ``$variable``: never from a flag value. A file that cannot be read exits 2."""
     if file is None:
-        return os.environ.get(knob.env) or None
+        return os.environ.get(variable) or None
     try:
         return file.read_text(encoding="utf-8").strip() or None
     except OSError as error:
-        return fail(f"{flag_of(knob)}: cannot read {file}: {error.strerror}", code=2)
+        return fail(f"{named_by}: cannot read {file}: {error.strerror}", code=2)
 
 
 def _is_list(knob: Knob) -> bool:

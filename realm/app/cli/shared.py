@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from realm.app.cli.options import read_secret
 from realm.app.cli.output import fail
 from realm.channels import ConnectionOptions
 from realm.client import Mode, RealmClientError, Task
@@ -48,7 +49,7 @@ def connection(timeout: float | None) -> ConnectionOptions:
             tls_root_certificate=ca,
             tls_client_certificate=_pem("REALM_TLS_CLIENT_CERT"),
             tls_client_key=_pem("REALM_TLS_CLIENT_KEY"),
-            bearer_token=_token(),
+            bearer_token=read_secret("REALM_TOKEN", _path("REALM_TOKEN_FILE"), "REALM_TOKEN_FILE"),
             allow_plaintext_token=os.environ.get("REALM_ALLOW_PLAINTEXT_TOKEN", "").lower()
             in {"1", "true", "yes"},
         )
@@ -56,22 +57,17 @@ def connection(timeout: float | None) -> ConnectionOptions:
         return fail(str(error), code=2)
 
 
-def _token() -> str | None:
-    path = os.environ.get("REALM_TOKEN_FILE")
-    if not path:
-        return os.environ.get("REALM_TOKEN") or None
-    try:
-        return Path(path).read_text(encoding="utf-8").strip() or None
-    except OSError as error:
-        return fail(f"REALM_TOKEN_FILE: cannot read {path}: {error.strerror}", code=2)
+def _path(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value) if value else None
 
 
 def _pem(variable: str) -> bytes | None:
-    path = os.environ.get(variable)
-    if not path:
+    path = _path(variable)
+    if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        return path.read_bytes()
     except OSError as error:
         return fail(f"{variable}: cannot read {path}: {error.strerror}", code=2)
 
