@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from realm.generator.grounding import CopyConstraint
 from realm.generator.prompt_lookup import PromptLookup
 from realm.generator.speculation import ConfirmationRate
 
@@ -69,7 +70,8 @@ class Job:
     emitted: str = ""
     first_token_at: float = 0.0
     sampler: torch.Generator | None = None
-    drafter: PromptLookup | None = None  # greedy rows of a speculating engine
+    drafter: PromptLookup | None = None  # greedy, unconstrained rows of a speculating engine
+    constraint: CopyConstraint | None = None  # strict grounding: only copies of the sources
     confirmation: ConfirmationRate = field(default_factory=ConfirmationRate)
 
     def push_text(self, text: str, final: bool) -> None:
@@ -113,6 +115,8 @@ class StopCriteria:
         job.generated.append(token)
         if job.drafter is not None:
             job.drafter.append(token)
+        if job.constraint is not None:
+            job.constraint.advance(token)
         text = self.decode(job.generated)
         for stop in job.params.stop:
             at = text.find(stop, max(0, len(job.emitted) - len(stop)))
@@ -144,12 +148,21 @@ class StopCriteria:
 
 def choose(logits: torch.Tensor, rows: list[Job]) -> list[int]:
     """The next token of each row: greedy rows take the argmax, sampling rows draw from their
-    own seeded generator."""
+    own seeded generator; a constrained row chooses among the tokens its constraint allows."""
     chosen = logits.argmax(dim=-1).tolist()
     for i, row in enumerate(rows):
-        if not row.params.greedy:
-            chosen[i] = sample(logits[i].float(), row.params, row.sampler)
+        if not row.params.greedy or row.constraint is not None:
+            chosen[i] = pick(logits[i], row)
     return [int(token) for token in chosen]
+
+
+def pick(logits: torch.Tensor, row: Job) -> int:
+    """One row's next token from its logits (one position), within its constraint if any."""
+    if row.constraint is not None:
+        logits = row.constraint.mask(logits)
+    if row.params.greedy:
+        return int(logits.argmax())
+    return sample(logits.float(), row.params, row.sampler)
 
 
 def sampler(params: SamplingParams, device: torch.device) -> torch.Generator | None:

@@ -39,7 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from realm.errors import ResourceExhausted
@@ -50,9 +56,10 @@ from realm.generator.decoding import (
     SamplingParams,
     StopCriteria,
     choose,
-    sample,
+    pick,
     sampler,
 )
+from realm.generator.grounding import CopyConstraint
 from realm.generator.kv_batch import KVBatch, batchable
 from realm.generator.models import LoadedModel
 from realm.generator.prefix_reuse import PrefixReuse
@@ -130,8 +137,14 @@ class GenerationEngine:
         self._inbox.put(None)
         self._thread.join(timeout=30)
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Event]:
-        """Yields deltas, then one ``Finished``. Closing the iterator early cancels the request."""
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        constraint: CopyConstraint | None = None,
+    ) -> AsyncIterator[Event]:
+        """Yields deltas, then one ``Finished``; with a ``constraint``, only the tokens it allows
+        are chosen. Closing the iterator early cancels the request."""
         if self._stopping.is_set():
             raise ResourceExhausted("the generator is shutting down; retry on another replica")
         loop = asyncio.get_running_loop()
@@ -140,6 +153,7 @@ class GenerationEngine:
             prompt_ids=prompt_ids,
             params=params,
             post=lambda event: _post(loop, events, event),
+            constraint=constraint,
         )
         self._inbox.put(job)
         try:
@@ -205,7 +219,7 @@ class GenerationEngine:
         if self.prefix_reuse is not None:
             self.prefix_reuse.remember(job.prompt_ids, cache)
         job.sampler = sampler(job.params, device)
-        if self.draft_tokens and job.params.greedy:
+        if self.draft_tokens and job.params.greedy and job.constraint is None:
             job.drafter = PromptLookup(job.prompt_ids)
         token = choose(out.logits[:, -1, :], [job])[0]
         job.first_token_at = time.perf_counter()
@@ -265,14 +279,14 @@ class GenerationEngine:
         keep: list[int] = []
         used = [0] * len(self._rows)
         for i, (row, draft) in enumerate(zip(self._rows, drafts, strict=True)):
-            if row.params.greedy:
+            if row.params.greedy and row.constraint is None:
                 confirmed = confirmed_count(draft, predicted[i])
                 tokens = [*draft[:confirmed], int(predicted[i][confirmed])]
                 row.confirmation.record(len(draft), confirmed)
                 self.stats.drafted_tokens += len(draft)
                 self.stats.confirmed_tokens += confirmed
             else:
-                tokens = [sample(logits[i, 0].float(), row.params, row.sampler)]
+                tokens = [pick(logits[i, 0], row)]
             if all(self.stops.accept(row, token) for token in tokens):
                 keep.append(i)
                 used[i] = len(tokens)
@@ -300,6 +314,8 @@ class GenerationEngine:
             options.update(temperature=job.params.temperature, top_p=job.params.top_p)
             if job.params.seed is not None:
                 torch.manual_seed(job.params.seed)
+        if job.constraint is not None:
+            options["logits_processor"] = LogitsProcessorList([_Constrained(job.constraint)])
         model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -334,6 +350,17 @@ class _JobStreamer(BaseStreamer):
 
     def end(self) -> None:
         """Nothing to flush: ``StopCriteria.accept`` already reported the end."""
+
+
+class _Constrained(LogitsProcessor):
+    """Strict grounding for ``generate``: the streamer advances the constraint with each token
+    (``StopCriteria.accept``), and this masks the next position's scores by it."""
+
+    def __init__(self, constraint: CopyConstraint) -> None:
+        self.constraint = constraint
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.constraint.mask(row) for row in scores])
 
 
 class _StopWhenDone(StoppingCriteria):
