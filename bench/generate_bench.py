@@ -50,7 +50,7 @@ def _prompts(loaded: LoadedModel, count: int) -> list[list[int]]:
             document.id, document.id, text, 0, len(text), 1.0, document.title
         )
         question = f"What is {document.title}?"
-        prompts.append(builder.build("answer", question, [passage], [], 64).token_ids)
+        prompts.append(builder.build("sentence", question, [passage], [], 64).token_ids)
     return prompts
 
 

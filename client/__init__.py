@@ -23,6 +23,7 @@ from realm.client.realm_client import AsyncRealmClient, RealmClient
 from realm.client.retriever import AsyncRetrieverClient, RetrieverClient
 from realm.client.types import (
     Answer,
+    AnswerStyle,
     AskOptions,
     CitationSpan,
     CollectionInfo,
@@ -30,6 +31,7 @@ from realm.client.types import (
     Document,
     ExtractedField,
     GeneratorInfo,
+    Grounding,
     Mode,
     SearchHit,
     SearchOptions,
@@ -41,6 +43,7 @@ from realm.client.types import (
 __all__ = [
     "AlreadyExists",
     "Answer",
+    "AnswerStyle",
     "AskOptions",
     "AsyncGeneratorClient",
     "AsyncRealmClient",
@@ -55,6 +58,7 @@ __all__ = [
     "FailedPrecondition",
     "GeneratorClient",
     "GeneratorInfo",
+    "Grounding",
     "IngestInterrupted",
     "InvalidArgument",
     "Mode",

@@ -54,6 +54,15 @@ _TASKS: dict[str, generator_pb2.Task.ValueType] = {
     "summarize": generator_pb2.TASK_SUMMARIZE,
     "extract": generator_pb2.TASK_EXTRACT,
 }
+_GROUNDING: dict[str, generator_pb2.Grounding.ValueType] = {
+    "strict": generator_pb2.GROUNDING_STRICT,
+    "cite": generator_pb2.GROUNDING_CITE,
+    "free": generator_pb2.GROUNDING_FREE,
+}
+_STYLES: dict[str, generator_pb2.AnswerStyle.ValueType] = {
+    "short": generator_pb2.ANSWER_STYLE_SHORT,
+    "sentence": generator_pb2.ANSWER_STYLE_SENTENCE,
+}
 _FINISH = {
     generator_pb2.FINISH_REASON_STOP: "stop",
     generator_pb2.FINISH_REASON_LENGTH: "length",
@@ -62,6 +71,7 @@ _FINISH = {
 _ORIGINS = {
     generator_pb2.CITATION_ORIGIN_MODEL: "model",
     generator_pb2.CITATION_ORIGIN_ATTRIBUTED: "attributed",
+    generator_pb2.CITATION_ORIGIN_SPAN: "span",
 }
 
 
@@ -251,6 +261,8 @@ def generate_request(
         parameters=parameters,
         allow_no_context=options.get("allow_no_context", False),
         filter=dict(options.get("filter") or {}),
+        grounding=_choice("grounding", options.get("grounding", "strict"), _GROUNDING),
+        style=_choice("style", options.get("style", "short"), _STYLES),
     )
 
 
@@ -272,7 +284,14 @@ def answer(response: generator_pb2.GenerateResponse) -> Answer:
             for s in response.sources
         ],
         citations=[
-            CitationSpan(c.citation, c.start, c.end, _ORIGINS.get(c.origin, "unspecified"))
+            CitationSpan(
+                c.citation,
+                c.start,
+                c.end,
+                _ORIGINS.get(c.origin, "unspecified"),
+                c.source_start,
+                c.source_end,
+            )
             for c in response.citations
         ],
         finish_reason=_FINISH.get(response.finish_reason, "unspecified"),
@@ -289,6 +308,7 @@ def answer(response: generator_pb2.GenerateResponse) -> Answer:
         model=response.model,
         fields=[ExtractedField(f.name, f.value, f.found, f.citation) for f in response.fields],
         extracted=json.loads(response.extracted_json) if response.extracted_json else {},
+        answered=response.answered,
     )
 
 

@@ -8,6 +8,8 @@ from typing import Literal, TypedDict
 Mode = Literal["bm25", "dense", "hybrid"]
 Fusion = Literal["rrf", "weighted"]
 Task = Literal["answer", "summarize", "extract"]
+Grounding = Literal["strict", "cite", "free"]
+AnswerStyle = Literal["short", "sentence"]
 
 
 class SearchOptions(TypedDict, total=False):
@@ -23,8 +25,10 @@ class SearchOptions(TypedDict, total=False):
 
 class AskOptions(TypedDict, total=False):
     """How to answer: passages to retrieve (``k``, 0 = the server's default) and how
-    (``mode``, ``filter``), the ``task`` and its ``fields``, and sampling (unset = the server's
-    defaults; ``temperature`` 0 decodes greedily)."""
+    (``mode``, ``filter``), the ``task`` and its ``fields``, the answer's ``grounding`` (default
+    "strict": copied from the passages) and ``style`` (default "short": the fact itself;
+    "sentence"), and sampling (unset = the server's defaults; ``temperature`` 0 decodes
+    greedily)."""
 
     k: int
     mode: Mode
@@ -37,6 +41,8 @@ class AskOptions(TypedDict, total=False):
     seed: int | None
     stop: Sequence[str]
     allow_no_context: bool
+    grounding: Grounding
+    style: AnswerStyle
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +118,15 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class CitationSpan:
-    """``answer[start:end]`` cites source ``citation``; origin is "model" or "attributed"."""
+    """``answer[start:end]`` cites source ``citation``. Origin "model": the model wrote the
+    marker; "span": the text occurs in the source's passage at ``source_start:source_end``."""
 
     citation: int
     start: int
     end: int
     origin: str
+    source_start: int = 0
+    source_end: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,7 @@ class Answer:
     model: str
     fields: list[ExtractedField] = field(default_factory=list)
     extracted: dict[str, str | None] = field(default_factory=dict)
+    answered: bool = True  # False: the passages held no answer, and the text says so
 
     @property
     def cited_sources(self) -> list[Source]:

@@ -2,9 +2,11 @@
 
 Markers the model wrote (``[2]``, ``[1, 3]``, ``[1][3]``) are parsed; a number that was not in
 the prompt is dropped, never passed on. Small models often answer correctly without writing a
-marker, so a sentence with no marker is attributed to the passage sharing most of its content
-words (at least half of them, and at least two); such citations are labelled ``attributed`` so a
-caller can tell them from the model's own.
+marker, so (unless grounding is ``free``) a sentence with no marker is cited by exact spans
+(``spans.locate``): each run of its words that a passage contains verbatim cites that passage at
+that place, and a passage no span comes from is not cited.
+
+``best_passage`` (shared content words) remains for extraction, whose values are single fields.
 """
 
 import re
@@ -12,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from realm.generator.grounding import Grounding
 from realm.generator.prompts import RetrievedPassage
+from realm.generator.spans import locate
 
-Origin = Literal["model", "attributed"]
+Origin = Literal["model", "span"]
 
 _MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -24,18 +28,21 @@ _STOPWORDS = frozenset(
     "how i if in into is it its of on or she so than that the their them then there these they "
     "this to was we were what when where which who why will with would you your not no yes".split()
 )
-MIN_ATTRIBUTED_SHARE = 0.5
+MIN_SHARED_SHARE = 0.5
 MIN_SHARED_WORDS = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Citation:
-    """``answer[start:end]`` cites source number ``number`` (1-based, as in the prompt)."""
+    """``answer[start:end]`` cites source number ``number`` (1-based, as in the prompt); a span
+    citation also says where in that passage's text the span is."""
 
     number: int
     start: int
     end: int
     origin: Origin
+    source_start: int = 0
+    source_end: int = 0
 
 
 def content_words(text: str) -> set[str]:
@@ -61,10 +68,14 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def find_citations(answer: str, passages: Sequence[RetrievedPassage]) -> list[Citation]:
-    """Model-written citations first, then attributions for sentences without any."""
+def find_citations(
+    answer: str,
+    passages: Sequence[RetrievedPassage],
+    question: str,
+    grounding: Grounding = "cite",
+) -> list[Citation]:
+    """The model's own markers, then (unless ``free``) exact spans for sentences without any."""
     citations: list[Citation] = []
-    passage_words = [content_words(f"{p.title} {p.text}") for p in passages]
     for start, end in sentence_spans(answer):
         sentence = answer[start:end]
         numbers = [
@@ -75,11 +86,21 @@ def find_citations(answer: str, passages: Sequence[RetrievedPassage]) -> list[Ci
         valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= len(passages)))
         if valid:
             citations.extend(Citation(n, start, end, "model") for n in valid)
-            continue
-        best = best_passage(_MARKER.sub("", sentence), passage_words)
-        if best is not None:
-            citations.append(Citation(best, start, end, "attributed"))
+        elif grounding != "free":
+            citations.extend(span_citations(answer, passages, question, (start, end)))
     return citations
+
+
+def span_citations(
+    answer: str,
+    passages: Sequence[RetrievedPassage],
+    question: str,
+    within: tuple[int, int] | None = None,
+) -> list[Citation]:
+    return [
+        Citation(s.number, s.start, s.end, "span", s.source_start, s.source_end)
+        for s in locate(answer, passages, question, within)
+    ]
 
 
 def best_passage(text: str, passage_words: Sequence[set[str]]) -> int | None:
@@ -87,7 +108,7 @@ def best_passage(text: str, passage_words: Sequence[set[str]]) -> int | None:
     words = content_words(text)
     if not words:
         return None
-    needed = max(min(MIN_SHARED_WORDS, len(words)), MIN_ATTRIBUTED_SHARE * len(words))
+    needed = max(min(MIN_SHARED_WORDS, len(words)), MIN_SHARED_SHARE * len(words))
     best, best_shared = None, 0
     for number, candidates in enumerate(passage_words, start=1):
         shared = len(words & candidates)

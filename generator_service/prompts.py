@@ -15,6 +15,8 @@ from transformers import PreTrainedTokenizerBase
 from realm.errors import InvalidArgument
 
 Task = Literal["answer", "summarize", "extract"]
+# The template a request is rendered with: its task, and for answers the answer style.
+PromptKind = Literal["short", "sentence", "summarize", "extract"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +36,32 @@ class RetrievedPassage:
 class Template:
     system: str
     user: str  # formatted with {passages}, {question} and {fields}
+    # Earlier turns shown before the request: (user, assistant) pairs, user formatted like
+    # ``user``. One worked example keeps a small model to the answer's form better than rules.
+    examples: tuple[tuple[dict[str, str], str], ...] = ()
 
 
-TEMPLATES: dict[Task, Template] = {
-    # SmolLM2-135M answered the demo's questions best with the instructions next to the
-    # question (a system prompt full of rules made it answer "The answer to this question is:").
-    "answer": Template(
+_SHORT_EXAMPLE = (
+    {
+        "passages": "[1] Hamlet: Hamlet is a tragedy written by William Shakespeare between 1599 "
+        "and 1601.",
+        "question": "Who wrote Hamlet?",
+    },
+    "William Shakespeare",
+)
+
+TEMPLATES: dict[PromptKind, Template] = {
+    # SmolLM2-135M answered best with the instructions next to the question (a system prompt
+    # full of rules made it answer "The answer to this question is:"), and one example turn.
+    "short": Template(
+        system="You are a helpful assistant.",
+        user=(
+            "Passages:\n{passages}\n\nAnswer the question with a few words copied from the "
+            "passages.\nQuestion: {question}"
+        ),
+        examples=(_SHORT_EXAMPLE,),
+    ),
+    "sentence": Template(
         system="You are a helpful assistant.",
         user=(
             "Use only these passages to answer the question. If they do not contain the "
@@ -99,7 +121,7 @@ class PromptBuilder:
 
     def build(
         self,
-        task: Task,
+        kind: PromptKind,
         question: str,
         passages: Sequence[RetrievedPassage],
         fields: Sequence[str],
@@ -107,7 +129,7 @@ class PromptBuilder:
         with_context: bool = True,
         prefix: str = "",
     ) -> Prompt:
-        template = TEMPLATES[task] if with_context else NO_CONTEXT
+        template = TEMPLATES[kind] if with_context else NO_CONTEXT
         budget = self.context_tokens - max_new_tokens
         base = self._render(template, question, [], fields, prefix)
         if len(base) > budget:
@@ -143,14 +165,24 @@ class PromptBuilder:
         user = template.user.format(
             passages=numbered or "(none)", question=question, fields=", ".join(fields)
         )
+        turns = [
+            (template.user.format(fields=", ".join(fields), **example), answer)
+            for example, answer in template.examples
+        ]
         if self.chat:
+            messages = [{"role": "system", "content": template.system}]
+            for example, answer in turns:
+                messages += [
+                    {"role": "user", "content": example},
+                    {"role": "assistant", "content": answer},
+                ]
+            messages.append({"role": "user", "content": user})
             text = self.tokenizer.apply_chat_template(
-                [{"role": "system", "content": template.system}, {"role": "user", "content": user}],
-                add_generation_prompt=True,
-                tokenize=False,
+                messages, add_generation_prompt=True, tokenize=False
             )
             return self._encode(str(text) + prefix)
-        return self._encode(f"{template.system}\n\n{user}\n\nAnswer: {prefix}", special=True)
+        shown = "".join(f"{example}\n\nAnswer: {answer}\n\n" for example, answer in turns)
+        return self._encode(f"{template.system}\n\n{shown}{user}\n\nAnswer: {prefix}", special=True)
 
     def _encode(self, text: str, special: bool = False) -> list[int]:
         # A rendered chat template already carries its special tokens; plain prompts get the

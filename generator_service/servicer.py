@@ -28,7 +28,7 @@ _FINISH = {
 }
 _ORIGIN = {
     "model": generator_pb2.CITATION_ORIGIN_MODEL,
-    "attributed": generator_pb2.CITATION_ORIGIN_ATTRIBUTED,
+    "span": generator_pb2.CITATION_ORIGIN_SPAN,
 }
 
 
@@ -50,7 +50,12 @@ def answer_to_proto(answer: Answer, model: str) -> generator_pb2.GenerateRespons
         ],
         citations=[
             generator_pb2.Citation(
-                citation=c.number, start=c.start, end=c.end, origin=_ORIGIN[c.origin]
+                citation=c.number,
+                start=c.start,
+                end=c.end,
+                origin=_ORIGIN[c.origin],
+                source_start=c.source_start,
+                source_end=c.source_end,
             )
             for c in answer.citations
         ],
@@ -77,6 +82,7 @@ def answer_to_proto(answer: Answer, model: str) -> generator_pb2.GenerateRespons
         ],
         extracted_json=answer.extracted_json,
         model=model,
+        answered=answer.answered,
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from realm.errors import InvalidArgument, shown
 from realm.generator.decoding import SamplingParams
 from realm.generator.extraction import FIELD_NAME, field_key
+from realm.generator.grounding import AnswerStyle, Grounding
 from realm.generator.pipeline import AnswerRequest
 from realm.generator.prompts import Task
 from realm.generator.retrieval import SearchSpec
@@ -19,6 +20,17 @@ _TASKS: dict[int, Task] = {
     generator_pb2.TASK_ANSWER: "answer",
     generator_pb2.TASK_SUMMARIZE: "summarize",
     generator_pb2.TASK_EXTRACT: "extract",
+}
+_GROUNDING: dict[int, Grounding] = {
+    generator_pb2.GROUNDING_UNSPECIFIED: "strict",
+    generator_pb2.GROUNDING_STRICT: "strict",
+    generator_pb2.GROUNDING_CITE: "cite",
+    generator_pb2.GROUNDING_FREE: "free",
+}
+_STYLES: dict[int, AnswerStyle] = {
+    generator_pb2.ANSWER_STYLE_UNSPECIFIED: "short",
+    generator_pb2.ANSWER_STYLE_SHORT: "short",
+    generator_pb2.ANSWER_STYLE_SENTENCE: "sentence",
 }
 
 
@@ -83,6 +95,10 @@ def request_from_proto(
     if request.task not in _TASKS:
         raise InvalidArgument(f"task={request.task} is not a Task value")
     task = _TASKS[request.task]
+    if request.grounding not in _GROUNDING:
+        raise InvalidArgument(f"grounding={request.grounding} is not a Grounding value")
+    if request.style not in _STYLES:
+        raise InvalidArgument(f"style={request.style} is not an AnswerStyle value")
     if task == "extract":
         fields = validate_fields(list(request.fields), limits.max_fields)
     elif request.fields:
@@ -102,6 +118,8 @@ def request_from_proto(
         task=task,
         fields=fields,
         allow_no_context=request.allow_no_context,
+        grounding=_GROUNDING[request.grounding],
+        style=_STYLES[request.style],
     )
 
 

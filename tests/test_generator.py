@@ -36,7 +36,8 @@ def test_answer_from_the_corpus_cites_the_passage_it_came_from(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
     answer = generator_client.ask(EIFFEL, answer_collection, k=3)
-    assert "1889" in answer.text
+    assert answer.text == "1889"  # the default: the fact itself, copied from the passage
+    assert answer.answered
     assert answer.context_used
     assert [s.citation for s in answer.sources] == list(range(1, len(answer.sources) + 1))
     assert answer.citations, "the answer carries no citation"
@@ -45,6 +46,11 @@ def test_answer_from_the_corpus_cites_the_passage_it_came_from(
         assert 0 <= citation.start < citation.end <= len(answer.text)
     cited_docs = {s.doc_id for s in answer.cited_sources}
     assert cited_docs == {"eiffel"}
+    for citation in answer.citations:  # exact offsets: the cited text is the passage's own
+        assert citation.origin == "span"
+        source = answer.sources[citation.citation - 1]
+        quoted = source.text[citation.source_start : citation.source_end]
+        assert quoted.casefold() == answer.text[citation.start : citation.end].casefold()
     eiffel = next(s for s in answer.sources if s.doc_id == "eiffel")
     assert "1889" in eiffel.text
     assert eiffel.end > eiffel.start
@@ -54,10 +60,24 @@ def test_answer_from_the_corpus_cites_the_passage_it_came_from(
     assert answer.prompt_tokens > 0
 
 
+def test_a_short_answer_arrives_in_one_piece_and_every_grounding_cites_alike(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    events = list(generator_client.ask_stream(EIFFEL, answer_collection, k=2))
+    assert len(events) == 2  # the fact, then the final answer
+    assert events[0] == _final(events).text == "1889"
+    cite = generator_client.ask(EIFFEL, answer_collection, k=2, grounding="cite")
+    assert "1889" in cite.text
+    assert {s.doc_id for s in cite.cited_sources} == {"eiffel"}
+    free = generator_client.ask(EIFFEL, answer_collection, k=2, grounding="free")
+    assert not any(c.origin == "span" for c in free.citations)  # free: the model's markers only
+
+
 def test_streamed_deltas_join_to_the_unary_answer(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
-    question, options = "What does photosynthesis produce?", AskOptions(k=2, max_new_tokens=40)
+    question = "What does photosynthesis produce?"
+    options = AskOptions(k=2, max_new_tokens=40, style="sentence")
     events = list(generator_client.ask_stream(question, answer_collection, **options))
     deltas = [e for e in events[:-1] if isinstance(e, str)]
     assert len(deltas) == len(events) - 1, "the final answer must be the last message only"
@@ -75,6 +95,8 @@ def test_cancelling_a_stream_stops_generation(
         answer_collection,
         max_new_tokens=1000,
         stop=["\u2603"],  # never produced: only cancellation can end this early
+        style="sentence",
+        grounding="free",
     )
     first = next(stream)
     assert isinstance(first, str)
@@ -144,9 +166,9 @@ def test_extract_returns_exactly_the_requested_fields(
 def test_stop_sequence_ends_the_answer_before_it(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
-    free = generator_client.ask(EIFFEL, answer_collection, k=2)
+    free = generator_client.ask(EIFFEL, answer_collection, k=2, style="sentence")
     cut_at = free.text.split()[2]
-    stopped = generator_client.ask(EIFFEL, answer_collection, k=2, stop=[cut_at])
+    stopped = generator_client.ask(EIFFEL, answer_collection, k=2, style="sentence", stop=[cut_at])
     assert stopped.finish_reason == "stop_sequence"
     assert stopped.text == free.text[: free.text.index(cut_at)]
 
@@ -169,7 +191,7 @@ def _prompts(loaded: LoadedModel) -> list[list[int]]:
     builder = PromptBuilder(loaded.tokenizer, loaded.context_tokens)
     passage = RetrievedPassage("d", "d#0", "Bees make honey from nectar.", 0, 28, 1.0, "Bees")
     questions = ["What do bees make?", "Name a colour.", "Who wrote Hamlet?", "What is 2+2?"]
-    return [builder.build("answer", q, [passage], [], 24).token_ids for q in questions]
+    return [builder.build("sentence", q, [passage], [], 24).token_ids for q in questions]
 
 
 async def test_greedy_output_is_the_same_alone_and_batched(
@@ -241,8 +263,8 @@ async def test_drafting_from_the_prompt_gives_the_same_greedy_answers_in_fewer_s
     builder = PromptBuilder(default_generator.tokenizer, default_generator.context_tokens)
     passage = RetrievedPassage("eiffel", "eiffel#0", COPIED, 0, len(COPIED), 1.0, "Eiffel Tower")
     questions = ["What is the Eiffel Tower?", "Name a colour.", "Summarise it in your own words."]
-    prompts = [builder.build("answer", q, [passage], [], 48).token_ids for q in questions]
-    prompts.append(builder.build("answer", "Write a haiku.", [], [], 48, False).token_ids)
+    prompts = [builder.build("sentence", q, [passage], [], 48).token_ids for q in questions]
+    prompts.append(builder.build("sentence", "Write a haiku.", [], [], 48, False).token_ids)
     greedy = [SamplingParams(max_new_tokens=48)] * 4 + [SamplingParams(max_new_tokens=7)]
     prompts.append(prompts[0])  # the same answer, cut at 7 tokens by its limit
     sampled = SamplingParams(max_new_tokens=16, temperature=1.0, seed=3)
@@ -348,7 +370,9 @@ async def test_a_local_model_of_either_architecture_loads_and_streams(
     engine.start()
     try:
         ids = (
-            PromptBuilder(loaded.tokenizer, 512).build("answer", "Why?", [], [], 8, False).token_ids
+            PromptBuilder(loaded.tokenizer, 512)
+            .build("sentence", "Why?", [], [], 8, False)
+            .token_ids
         )
         params = SamplingParams(max_new_tokens=6)
         streamed, finished = await _collect(engine, ids, params)

@@ -34,26 +34,35 @@ PASSAGES = [
 
 def test_model_citations_are_parsed_and_unknown_numbers_dropped() -> None:
     answer = "It was completed in 1889 [1]. Rome had a big arena [2][7]. Nothing here [9]."
-    found = [(c.number, c.origin) for c in find_citations(answer, PASSAGES)]
+    found = [(c.number, c.origin) for c in find_citations(answer, PASSAGES, "When?")]
     assert found == [(1, "model"), (2, "model")]
 
 
 def test_citation_lists_and_markers_after_the_full_stop() -> None:
     answer = "Both were big. [1, 2]"
-    citations = find_citations(answer, PASSAGES)
+    citations = find_citations(answer, PASSAGES, "How big?")
     assert [c.number for c in citations] == [1, 2]
     assert all(answer[c.start : c.end] == answer for c in citations)
 
 
-def test_sentences_without_markers_are_attributed_by_shared_words() -> None:
-    answer = "The Eiffel Tower was completed in 1889. The Colosseum held 50,000 people."
-    found = find_citations(answer, PASSAGES)
-    assert [(c.number, c.origin) for c in found] == [(1, "attributed"), (2, "attributed")]
-    assert answer[found[0].start : found[0].end] == "The Eiffel Tower was completed in 1889."
+def test_sentences_without_markers_are_cited_by_exact_spans() -> None:
+    answer = "The tower was completed in 1889. The colosseum in Rome held 50,000 people."
+    found = find_citations(answer, PASSAGES, "When was the Eiffel Tower finished?")
+    assert [(c.number, c.origin) for c in found] == [(1, "span"), (2, "span")]
+    eiffel, colosseum = found
+    # "tower" repeats the question and "people" is in no passage: neither is cited.
+    assert answer[eiffel.start : eiffel.end] == "completed in 1889"
+    assert PASSAGES[0].text[eiffel.source_start : eiffel.source_end] == "completed in 1889"
+    assert answer[colosseum.start : colosseum.end] == "colosseum in Rome held 50,000"
+    cited = PASSAGES[1].text[colosseum.source_start : colosseum.source_end]
+    assert cited == "Colosseum in Rome held 50,000"  # exact offsets, the passage's own case
 
 
-def test_unsupported_sentences_get_no_citation() -> None:
-    assert find_citations("Bananas are yellow and curved.", PASSAGES) == []
+def test_unsupported_sentences_get_no_citation_and_free_grounding_only_markers() -> None:
+    assert find_citations("Bananas are yellow and curved.", PASSAGES, "Why?") == []
+    answer = "It was completed in 1889."
+    assert find_citations(answer, PASSAGES, "When?", "free") == []
+    assert find_citations(answer, PASSAGES, "When?", "cite") != []
 
 
 def test_sentence_spans_cover_the_text() -> None:
@@ -106,7 +115,7 @@ def test_prompt_packs_best_passages_first_within_the_token_budget(
     long_text = " ".join(["tower"] * 300)
     passages = [_passage(f"d{i}", f"{i} {long_text}") for i in range(10)]
     builder = PromptBuilder(tokenizer, context_tokens=1024)
-    prompt = builder.build("answer", "What about towers?", passages, [], max_new_tokens=128)
+    prompt = builder.build("sentence", "What about towers?", passages, [], max_new_tokens=128)
     assert len(prompt.token_ids) <= 1024 - 128
     assert 1 <= len(prompt.passages) < len(passages)
     assert prompt.passages == passages[: len(prompt.passages)]
@@ -120,7 +129,7 @@ def test_prompt_refuses_an_answer_budget_larger_than_the_context(
 ) -> None:
     builder = PromptBuilder(default_generator.tokenizer, context_tokens=512)
     with pytest.raises(InvalidArgument, match="max_new_tokens"):
-        builder.build("answer", "Why?", PASSAGES, [], max_new_tokens=500)
+        builder.build("sentence", "Why?", PASSAGES, [], max_new_tokens=500)
 
 
 def test_packed_linear_layers_compute_what_the_originals_did() -> None:

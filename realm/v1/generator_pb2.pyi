@@ -52,6 +52,72 @@ as a JSON object with exactly those keys.
 """
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
+class _Grounding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GroundingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Grounding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GROUNDING_UNSPECIFIED: _Grounding.ValueType  # 0
+    """Treated as GROUNDING_STRICT."""
+    GROUNDING_STRICT: _Grounding.ValueType  # 1
+    """Decoding is constrained: every word of the answer is copied from a passage or the question,
+    or is one of a few connecting words, so each fact's passage and offsets are exact.
+    """
+    GROUNDING_CITE: _Grounding.ValueType  # 2
+    """The model writes freely; each run of answer words found verbatim in a passage is cited
+    there, and words no passage contains stay uncited.
+    """
+    GROUNDING_FREE: _Grounding.ValueType  # 3
+    """The model writes freely; only the [n] markers it writes itself become citations."""
+
+class Grounding(_Grounding, metaclass=_GroundingEnumTypeWrapper):
+    """How closely an answer keeps to its passages (TASK_ANSWER)."""
+
+GROUNDING_UNSPECIFIED: Grounding.ValueType  # 0
+"""Treated as GROUNDING_STRICT."""
+GROUNDING_STRICT: Grounding.ValueType  # 1
+"""Decoding is constrained: every word of the answer is copied from a passage or the question,
+or is one of a few connecting words, so each fact's passage and offsets are exact.
+"""
+GROUNDING_CITE: Grounding.ValueType  # 2
+"""The model writes freely; each run of answer words found verbatim in a passage is cited
+there, and words no passage contains stay uncited.
+"""
+GROUNDING_FREE: Grounding.ValueType  # 3
+"""The model writes freely; only the [n] markers it writes itself become citations."""
+Global___Grounding: _TypeAlias = Grounding  # noqa: Y015
+
+class _AnswerStyle:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnswerStyleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnswerStyle.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANSWER_STYLE_UNSPECIFIED: _AnswerStyle.ValueType  # 0
+    """Treated as ANSWER_STYLE_SHORT."""
+    ANSWER_STYLE_SHORT: _AnswerStyle.ValueType  # 1
+    """The fact itself ("Buenos Aires"), read from one passage at a time, best-ranked first; the
+    text arrives in one piece when it is known. "Not found in the documents." when no passage
+    answers (GenerateResponse.answered is then false).
+    """
+    ANSWER_STYLE_SENTENCE: _AnswerStyle.ValueType  # 2
+    """One or two sentences over all the passages, streamed as they are written."""
+
+class AnswerStyle(_AnswerStyle, metaclass=_AnswerStyleEnumTypeWrapper):
+    """The form of an answer (TASK_ANSWER)."""
+
+ANSWER_STYLE_UNSPECIFIED: AnswerStyle.ValueType  # 0
+"""Treated as ANSWER_STYLE_SHORT."""
+ANSWER_STYLE_SHORT: AnswerStyle.ValueType  # 1
+"""The fact itself ("Buenos Aires"), read from one passage at a time, best-ranked first; the
+text arrives in one piece when it is known. "Not found in the documents." when no passage
+answers (GenerateResponse.answered is then false).
+"""
+ANSWER_STYLE_SENTENCE: AnswerStyle.ValueType  # 2
+"""One or two sentences over all the passages, streamed as they are written."""
+Global___AnswerStyle: _TypeAlias = AnswerStyle  # noqa: Y015
+
 class _CitationOrigin:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -63,8 +129,10 @@ class _CitationOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Citati
     CITATION_ORIGIN_MODEL: _CitationOrigin.ValueType  # 1
     """The model wrote the marker [n] itself."""
     CITATION_ORIGIN_ATTRIBUTED: _CitationOrigin.ValueType  # 2
-    """The model wrote no marker for this sentence; the service matched the sentence to the
-    passage that shares the most content words with it.
+    """No longer produced: answers are attributed by exact spans (CITATION_ORIGIN_SPAN)."""
+    CITATION_ORIGIN_SPAN: _CitationOrigin.ValueType  # 3
+    """The cited part of the answer occurs verbatim (case and spacing aside) in the passage, at
+    Citation.source_start..source_end.
     """
 
 class CitationOrigin(_CitationOrigin, metaclass=_CitationOriginEnumTypeWrapper):
@@ -75,8 +143,10 @@ CITATION_ORIGIN_UNSPECIFIED: CitationOrigin.ValueType  # 0
 CITATION_ORIGIN_MODEL: CitationOrigin.ValueType  # 1
 """The model wrote the marker [n] itself."""
 CITATION_ORIGIN_ATTRIBUTED: CitationOrigin.ValueType  # 2
-"""The model wrote no marker for this sentence; the service matched the sentence to the
-passage that shares the most content words with it.
+"""No longer produced: answers are attributed by exact spans (CITATION_ORIGIN_SPAN)."""
+CITATION_ORIGIN_SPAN: CitationOrigin.ValueType  # 3
+"""The cited part of the answer occurs verbatim (case and spacing aside) in the passage, at
+Citation.source_start..source_end.
 """
 Global___CitationOrigin: _TypeAlias = CitationOrigin  # noqa: Y015
 
@@ -198,6 +268,8 @@ class GenerateRequest(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    GROUNDING_FIELD_NUMBER: _builtins.int
+    STYLE_FIELD_NUMBER: _builtins.int
     question: _builtins.str
     """The question (or, for TASK_SUMMARIZE, the topic); 1..2000 characters."""
     collection: _builtins.str
@@ -212,6 +284,10 @@ class GenerateRequest(_message.Message):
     """
     task: Global___Task.ValueType
     """What to do with the passages; default TASK_ANSWER."""
+    grounding: Global___Grounding.ValueType
+    """TASK_ANSWER: how closely the answer keeps to the passages; unspecified means strict."""
+    style: Global___AnswerStyle.ValueType
+    """TASK_ANSWER: the form of the answer; unspecified means short."""
     @_builtins.property
     def parameters(self) -> Global___GenerationParameters:
         """Decoding settings."""
@@ -236,10 +312,12 @@ class GenerateRequest(_message.Message):
         task: Global___Task.ValueType = ...,
         fields: _abc.Iterable[_builtins.str] | None = ...,
         filter: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        grounding: Global___Grounding.ValueType = ...,
+        style: Global___AnswerStyle.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_no_context", b"allow_no_context", "collection", b"collection", "fields", b"fields", "filter", b"filter", "k", b"k", "mode", b"mode", "parameters", b"parameters", "question", b"question", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_no_context", b"allow_no_context", "collection", b"collection", "fields", b"fields", "filter", b"filter", "grounding", b"grounding", "k", b"k", "mode", b"mode", "parameters", b"parameters", "question", b"question", "style", b"style", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +373,8 @@ class Citation(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    SOURCE_START_FIELD_NUMBER: _builtins.int
+    SOURCE_END_FIELD_NUMBER: _builtins.int
     citation: _builtins.int
     """The source number cited (Source.citation)."""
     start: _builtins.int
@@ -302,7 +382,15 @@ class Citation(_message.Message):
     end: _builtins.int
     """End of the cited span in the answer (exclusive)."""
     origin: Global___CitationOrigin.ValueType
-    """Whether the model wrote the marker or the service attributed the span."""
+    """Whether the model wrote the marker or the span was found in the passage."""
+    source_start: _builtins.int
+    """CITATION_ORIGIN_SPAN: where the span starts in the cited Source's passage.text, in
+    characters; 0 for the model's own markers.
+    """
+    source_end: _builtins.int
+    """CITATION_ORIGIN_SPAN: where the span ends in the cited Source's passage.text (exclusive);
+    0 for the model's own markers.
+    """
     def __init__(
         self,
         *,
@@ -310,10 +398,12 @@ class Citation(_message.Message):
         start: _builtins.int = ...,
         end: _builtins.int = ...,
         origin: Global___CitationOrigin.ValueType = ...,
+        source_start: _builtins.int = ...,
+        source_end: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "end", b"end", "origin", b"origin", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "end", b"end", "origin", b"origin", "source_end", b"source_end", "source_start", b"source_start", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,6 +528,7 @@ class GenerateResponse(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     EXTRACTED_JSON_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     """The model's text exactly as generated (for TASK_EXTRACT, the raw text it was parsed from)."""
     context_used: _builtins.bool
@@ -450,6 +541,8 @@ class GenerateResponse(_message.Message):
     """TASK_EXTRACT: a JSON object with exactly the requested keys; missing values are null."""
     model: _builtins.str
     """The model that generated the answer."""
+    answered: _builtins.bool
+    """TASK_ANSWER: false when the passages held no answer and the answer says so."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:
         """Every passage placed in the prompt, in prompt order; cited ones have cited = true."""
@@ -484,10 +577,11 @@ class GenerateResponse(_message.Message):
         fields: _abc.Iterable[Global___ExtractedField] | None = ...,
         extracted_json: _builtins.str = ...,
         model: _builtins.str = ...,
+        answered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "citations", b"citations", "context_used", b"context_used", "extracted_json", b"extracted_json", "fields", b"fields", "finish_reason", b"finish_reason", "model", b"model", "no_context_reason", b"no_context_reason", "sources", b"sources", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answered", b"answered", "citations", b"citations", "context_used", b"context_used", "extracted_json", b"extracted_json", "fields", b"fields", "finish_reason", b"finish_reason", "model", b"model", "no_context_reason", b"no_context_reason", "sources", b"sources", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

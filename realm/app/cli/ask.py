@@ -16,8 +16,11 @@ from realm.app.cli.shared import (
     TASKS,
     CollectionOpt,
     GeneratorTarget,
+    GroundingOpt,
     KOpt,
     ModeOpt,
+    StyleOpt,
+    answer_options,
     client_errors,
     connection,
     search_mode,
@@ -33,6 +36,8 @@ def ask(
     mode: ModeOpt = "hybrid",
     k: KOpt = 0,
     task: Annotated[str, typer.Option(help="answer, summarize or extract.")] = "answer",
+    grounding: GroundingOpt = "strict",
+    style: StyleOpt = "short",
     field: Annotated[
         list[str] | None, typer.Option("--field", help="A field to extract (repeat).")
     ] = None,
@@ -51,6 +56,7 @@ def ask(
     """Ask the generator; prints the answer (streamed), then its numbered sources."""
     if task not in TASKS:
         fail(f"--task {task!r} is unknown; use answer, summarize or extract", code=2)
+    chosen_grounding, chosen_style = answer_options(grounding, style)
     options = AskOptions(
         k=k,
         mode=search_mode(mode),
@@ -60,6 +66,8 @@ def ask(
         temperature=temperature,
         seed=seed,
         allow_no_context=allow_no_context,
+        grounding=chosen_grounding,
+        style=chosen_style,
     )
     with client_errors(), GeneratorClient(target, options=connection(timeout)) as client:
         if as_json or not stream:

@@ -13,8 +13,11 @@ from realm.app.cli.shared import (
     TASKS,
     CollectionOpt,
     GeneratorTarget,
+    GroundingOpt,
     ModeOpt,
+    StyleOpt,
     Target,
+    answer_options,
     client_errors,
     connection,
     search_mode,
@@ -66,6 +69,8 @@ def eval_qa(
     ] = 0,
     mode: ModeOpt = "hybrid",
     task: Annotated[str, typer.Option(help="answer, summarize or extract.")] = "answer",
+    grounding: GroundingOpt = "strict",
+    style: StyleOpt = "short",
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Questions in flight.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     json_out: JsonOut = None,
@@ -80,6 +85,7 @@ def eval_qa(
 
     if task not in TASKS:
         fail(f"--task {task!r} is unknown; use {', '.join(TASKS)}", code=2)
+    chosen_grounding, chosen_style = answer_options(grounding, style)
     try:
         items = read_questions(questions)
     except ValueError as error:
@@ -100,6 +106,8 @@ def eval_qa(
             mode=search_mode(mode),
             task=TASKS[task],
             max_new_tokens=max_new_tokens,
+            grounding=chosen_grounding,
+            style=chosen_style,
         )
     summary = summarize(graded)
     console.print(groups_table(f"{questions.name} / {collection}", summary, METRICS))

@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -61,9 +62,17 @@ def answer_json(answer: Answer) -> dict[str, object]:
             for s in answer.sources
         ],
         "citations": [
-            {"citation": c.citation, "start": c.start, "end": c.end, "origin": c.origin}
+            {
+                "citation": c.citation,
+                "start": c.start,
+                "end": c.end,
+                "origin": c.origin,
+                "source_start": c.source_start,
+                "source_end": c.source_end,
+            }
             for c in answer.citations
         ],
+        "answered": answer.answered,
         "context_used": answer.context_used,
         "no_context_reason": answer.no_context_reason,
         "finish_reason": answer.finish_reason,
@@ -91,12 +100,33 @@ def show_sources(answer: Answer, limit: int | None = None) -> None:
     ordered = sorted(answer.sources, key=lambda s: (not s.cited, s.citation))
     for source in ordered[:limit]:
         mark = "[green]cited[/]" if source.cited else "[dim]not cited[/]"
-        snippet = source.text if len(source.text) <= 160 else source.text[:157] + "..."
+        spans = [
+            (c.source_start, c.source_end)
+            for c in answer.citations
+            if c.citation == source.citation and c.source_end > c.source_start
+        ]
         console.print(
-            f"  [{source.citation}] [cyan]{source.title or source.doc_id}[/] {mark} "
-            f"({source.score:.3f}) {snippet}",
+            f"  [{source.citation}] [cyan]{escape(source.title or source.doc_id)}[/] {mark} "
+            f"({source.score:.3f}) {quoted(source.text, spans)}",
             highlight=False,
         )
+
+
+def quoted(text: str, spans: Sequence[tuple[int, int]], width: int = 160) -> str:
+    """A passage as a line under an answer: around the first span the answer cites from it
+    (in bold), so the reader sees where the passage says it; otherwise its beginning."""
+    if not spans:
+        return escape(text if len(text) <= width else text[: width - 3] + "...")
+    start, end = spans[0]
+    before = max(0, start - (width - (end - start)) // 2)
+    after = min(len(text), max(end, before + width))
+    return (
+        ("..." if before else "")
+        + escape(text[before:start])
+        + f"[bold]{escape(text[start:end])}[/]"
+        + escape(text[end:after])
+        + ("..." if after < len(text) else "")
+    )
 
 
 def hits_json(hits: Sequence[SearchHit]) -> dict[str, object]:

@@ -12,7 +12,7 @@ import typer
 from realm.app.cli.options import read_secret
 from realm.app.cli.output import fail
 from realm.channels import ConnectionOptions
-from realm.client import Mode, RealmClientError, Task
+from realm.client import AnswerStyle, Grounding, Mode, RealmClientError, Task
 
 Target = Annotated[
     str, typer.Option("--target", envvar="REALM_RETRIEVER", help="Retriever address HOST:PORT.")
@@ -26,6 +26,25 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 KOpt = Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve; 0 = server default.")]
 _MODES: dict[str, Mode] = {"bm25": "bm25", "dense": "dense", "hybrid": "hybrid"}
 TASKS: dict[str, Task] = {"answer": "answer", "summarize": "summarize", "extract": "extract"}
+GROUNDINGS: dict[str, Grounding] = {"strict": "strict", "cite": "cite", "free": "free"}
+STYLES: dict[str, AnswerStyle] = {"short": "short", "sentence": "sentence"}
+GroundingOpt = Annotated[
+    str,
+    typer.Option(
+        help="strict: copied from the passages; cite: free text, cited where a passage says "
+        "it; free: the model alone."
+    ),
+]
+StyleOpt = Annotated[str, typer.Option(help="short: the fact itself; sentence: a sentence or two.")]
+
+
+def answer_options(grounding: str, style: str) -> tuple[Grounding, AnswerStyle]:
+    """The ``--grounding`` and ``--style`` values, checked."""
+    if grounding not in GROUNDINGS:
+        fail(f"--grounding {grounding!r} is unknown; use strict, cite or free", code=2)
+    if style not in STYLES:
+        fail(f"--style {style!r} is unknown; use short or sentence", code=2)
+    return GROUNDINGS[grounding], STYLES[style]
 
 
 def search_mode(value: str) -> Mode:
