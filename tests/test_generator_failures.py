@@ -83,7 +83,9 @@ def test_past_the_pending_limit_callers_get_resource_exhausted_at_once(
     stub.start(delay=0.0)
     try:
         essay = "Write a very long essay about towers."
-        long_answer = AskOptions(max_new_tokens=400, stop=["\u2603"])
+        long_answer = AskOptions(
+            max_new_tokens=400, stop=["\u2603"], style="sentence", grounding="free"
+        )
         with GeneratorClient(lonely_generator.target, timeout=120) as client:
             _ask_once_the_retriever_is_back(client)
             streams = [client.ask_stream(essay, "any", **long_answer) for _ in range(2)]

@@ -12,7 +12,7 @@ from realm.generator.grounding import CONNECTORS, CopyConstraint, Vocabulary, to
 from realm.generator.models import LoadedModel
 from realm.generator.prompts import PromptBuilder, RetrievedPassage
 from realm.generator.scheduler import GenerationEngine
-from realm.generator.spans import locate, short_answer
+from realm.generator.spans import expects_number, locate, opening_rule, short_answer
 
 PASSAGE = RetrievedPassage(
     "lisbon",
@@ -159,3 +159,13 @@ def test_a_span_is_cited_to_the_passage_about_what_was_asked() -> None:
     (span,) = locate("It is in europe.", [other, portugal], "Which continent is Portugal in?")
     assert span.number == 2  # both say Europe; only the second is about Portugal
     assert portugal.text[span.source_start : span.source_end] == "Europe"
+
+
+def test_a_question_for_a_count_or_a_date_opens_its_answer_at_a_number() -> None:
+    assert expects_number("How many days of leave do staff get?")
+    assert expects_number("When was the Eiffel Tower completed?")
+    assert not expects_number("Who painted the Mona Lisa?")
+    may_open = opening_rule("How many days of leave do staff get?")
+    blob = b"Staff get 25 days of paid leave."
+    word_starts = [0, *(at + 1 for at, byte in enumerate(blob) if byte == 0x20)]
+    assert [at for at in word_starts if may_open(blob, at)] == [blob.index(b"25")]

