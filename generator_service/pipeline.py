@@ -202,12 +202,12 @@ class Pipeline:
             stop=("\n", *request.params.stop),
         )
         runs: list[_Run] = []
-        text, citations = NOT_FOUND, []
+        text, citations, answered = NOT_FOUND, [], False
         for number, passage in enumerate(passages[:SHORT_ANSWER_READS], start=1):
             span, run = await self._read(request, passage, params, runs)
             if run is None or span is None:
                 continue
-            text = run.text[span[0] : span[1]]
+            text, answered = run.text[span[0] : span[1]], True
             if request.grounding != "free":
                 citations = [
                     replace(c, number=number, start=c.start - span[0], end=c.end - span[0])
@@ -231,7 +231,7 @@ class Pipeline:
             time_to_first_token_ms=_ms(started, now),
             generation_ms=_ms(runs[0].first_token_at, now),
             total_ms=_ms(started, now),
-            answered=text is not NOT_FOUND,
+            answered=answered,
         )
 
     async def _read(
@@ -367,6 +367,7 @@ class Pipeline:
 
 
 def _lacks_number(question: str, run: _Run, span: tuple[int, int]) -> bool:
+    """Whether the fact has no digit though the question asks how many, how much or when."""
     return expects_number(question) and not any(c.isdigit() for c in run.text[span[0] : span[1]])
 
 

@@ -17,8 +17,10 @@ from realm.generator.models import LoadedModel
 from realm.generator.prompt_lookup import PromptLookup
 from realm.generator.prompts import PromptBuilder, RetrievedPassage, passage_block
 from realm.generator.scheduler import cache_argument
+from realm.generator.settings import GeneratorLimits
 from realm.generator.speculation import ConfirmationRate, choose_width, confirmed_count
-from realm.generator.validation import validate_fields
+from realm.generator.validation import request_from_proto, validate_fields
+from realm.v1 import generator_pb2
 from tests.conftest import tiny_llama_config
 
 
@@ -234,3 +236,26 @@ def test_grouped_cpu_attention_scores_several_new_tokens_as_stock_sdpa_does() ->
     assert use_grouped_cpu_attention(model)
     assert model.config._attn_implementation == IMPLEMENTATION
     torch.testing.assert_close(step_logits(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_answer_options_default_to_strict_short_and_unknown_values_name_the_field() -> None:
+    limits = GeneratorLimits()
+    plain = request_from_proto(
+        generator_pb2.GenerateRequest(question="Why?", collection="c"), limits
+    )
+    assert (plain.grounding, plain.style) == ("strict", "short")
+    chosen = request_from_proto(
+        generator_pb2.GenerateRequest(
+            question="Why?",
+            collection="c",
+            grounding=generator_pb2.GROUNDING_CITE,
+            style=generator_pb2.ANSWER_STYLE_SENTENCE,
+        ),
+        limits,
+    )
+    assert (chosen.grounding, chosen.style) == ("cite", "sentence")
+    for field in ("grounding", "style"):
+        request = generator_pb2.GenerateRequest(question="Why?", collection="c")
+        setattr(request, field, 99)
+        with pytest.raises(InvalidArgument, match=f"^{field}=99"):
+            request_from_proto(request, limits)
