@@ -98,17 +98,18 @@ class CopyConstraint:
     # Where in the sources (their bytes, joined by NUL) the answer's first span may start; None:
     # anywhere a span may. A short answer opens with the fact, not with a repeat of the question.
     may_open: Callable[[bytes, int], bool] | None = None
-    _blob: bytes = b""
-    _word_starts: list[int] = field(default_factory=list)
-    _openings: list[int] = field(default_factory=list)
-    _start_tokens: frozenset[int] = frozenset()
-    _opening_tokens: frozenset[int] = frozenset()
-    _ends: list[int] = field(default_factory=list)  # where the copied span ends in the blob
-    _written: bool = False
+    # Derived in __post_init__ and advanced by ``advance``; not arguments.
+    _blob: bytes = field(init=False, default=b"")
+    _word_starts: list[int] = field(init=False, default_factory=list)
+    _openings: list[int] = field(init=False, default_factory=list)
+    _start_tokens: frozenset[int] = field(init=False, default=frozenset())
+    _opening_tokens: frozenset[int] = field(init=False, default=frozenset())
+    _ends: list[int] = field(init=False, default_factory=list)  # the copied span's ends, in _blob
+    _written: bool = field(init=False, default=False)
     # The tokens so far, and which token followed each three: a copy may not loop back on
     # itself ("It is a masterpiece. It is a masterpiece. ..."), so no four tokens repeat.
-    _history: list[int] = field(default_factory=list)
-    _followers: dict[tuple[int, ...], set[int]] = field(default_factory=dict)
+    _history: list[int] = field(init=False, default_factory=list)
+    _followers: dict[tuple[int, ...], set[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._blob = _SEPARATOR.join(" ".join(text.split()).encode() for text in self.sources)
