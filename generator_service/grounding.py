@@ -105,7 +105,6 @@ class CopyConstraint:
     _start_tokens: frozenset[int] = field(init=False, default=frozenset())
     _opening_tokens: frozenset[int] = field(init=False, default=frozenset())
     _ends: list[int] = field(init=False, default_factory=list)  # the copied span's ends, in _blob
-    _written: bool = field(init=False, default=False)
     # The tokens so far, and which token followed each three: a copy may not loop back on
     # itself ("It is a masterpiece. It is a masterpiece. ..."), so no four tokens repeat.
     _history: list[int] = field(init=False, default_factory=list)
@@ -142,17 +141,17 @@ class CopyConstraint:
         tokens = self._allowed()
         repeats = self._followers.get(tuple(self._history[-(REPEAT_SPAN - 1) :]), set())
         fresh = [token for token in tokens if token not in repeats]
-        return fresh or sorted(self.vocabulary.eos)
+        return fresh or list(self.vocabulary.eos)
 
     def _allowed(self) -> list[int]:
         vocabulary = self.vocabulary
-        if not self._written and self.may_open is not None:
-            return sorted(self._opening_tokens)
+        if not self._history and self.may_open is not None:
+            return list(self._opening_tokens)
         if not self._ends:
             tokens = self._unglued(self._start_tokens | vocabulary.connectors)
-            if self._written:
+            if self._history:
                 tokens |= vocabulary.eos
-            return sorted(tokens)
+            return list(tokens)
         tokens = set()
         blob = self._blob
         for end in self._ends:
@@ -162,7 +161,7 @@ class CopyConstraint:
             tokens |= self._unglued(vocabulary.connectors) | vocabulary.eos
             if self._on_connecting_word():  # "... is a" + " work of art": a new span may start
                 tokens |= self._unglued(self._start_tokens)
-        return sorted(tokens)
+        return list(tokens)
 
     def _on_connecting_word(self) -> bool:
         """Whether the span in progress ends with a connecting word ("the Mona Lisa is a")."""
@@ -183,13 +182,12 @@ class CopyConstraint:
 
     def advance(self, token: int) -> None:
         """Records the token the row took (one of ``allowed``)."""
+        starts = self._word_starts if self._history else self._openings
         if len(self._history) >= REPEAT_SPAN - 1:
             key = tuple(self._history[-(REPEAT_SPAN - 1) :])
             self._followers.setdefault(key, set()).add(token)
         self._history.append(token)
         piece = self.vocabulary.pieces[token]
-        starts = self._word_starts if self._written else self._openings
-        self._written = True
         continued = [end + len(piece) for end in self._ends if self._blob.startswith(piece, end)]
         if continued and piece:
             self._ends = continued

@@ -17,10 +17,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from realm.generator.grounding import CONNECTORS
 from realm.generator.prompts import RetrievedPassage
 
-# What the prompts ask the model to say when its passage does not answer, and other ways a
-# small model says so.
+# How a model says its passage does not answer (strict decoding lets it copy this phrase), and
+# other ways a small model says so.
 REFUSAL = "I don't know."
 _REFUSAL = re.compile(
     r"\b(?:i don'?t know|(?:does|do|did) not (?:say|mention|state|contain|provide|give)|"
@@ -29,11 +30,9 @@ _REFUSAL = re.compile(
 )
 _WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 _CLAUSE_END = frozenset('.,;:!?()[]"')
-FUNCTION_WORDS = frozenset(
-    "a an the is are was were be been being has have had do does did of in on at to by for from "
-    "with as and or but it its this that these those which who whom whose there their they "
-    "also located called known about than into during between through via within what when "
-    "where why how".split()
+# Words that say nothing new: the connecting words strict decoding may write, and a few more.
+FUNCTION_WORDS = frozenset(word for word in CONNECTORS if word.isalpha()) | frozenset(
+    "being do does did these those they through via within what when where why how".split()
 )
 _SUFFIXES = ("ing", "ed", "es", "s")
 
@@ -79,10 +78,15 @@ def words(text: str) -> list[re.Match[str]]:
     return list(_WORD.finditer(text))
 
 
+def _asked(question: str) -> set[str]:
+    """The stems of the question's words: what an answer repeating them does not add."""
+    return {stem(m.group()) for m in words(question)}
+
+
 def short_answer(text: str, question: str) -> tuple[int, int] | None:
     """The character span of the fact in ``text``, or None when the text only repeats the
     question (the model did not find an answer)."""
-    asked = {stem(m.group()) for m in words(question)}
+    asked = _asked(question)
     tokens = words(text)
     first = next((i for i, m in enumerate(tokens) if _is_new(m.group(), asked)), None)
     if first is None:
@@ -132,7 +136,7 @@ def opening_rule(question: str) -> Callable[[bytes, int], bool]:
     the question, or at a name that grows out of one of its words ("Mexico City", "Andorra la
     Vella" for a question about Mexico or Andorra), never at a repeat of the question; at a
     number when the question asks for one."""
-    asked = {stem(m.group()) for m in words(question)}
+    asked = _asked(question)
     number = expects_number(question)
 
     def may_open(blob: bytes, at: int) -> bool:
@@ -195,7 +199,7 @@ def locate(
     passages contain a run, the one that also names most of the question's words wins (then the
     better-ranked one): "Africa" is cited to the passage about the country asked for."""
     start, end = within or (0, len(answer))
-    asked = {stem(m.group()) for m in words(question)}
+    asked = _asked(question)
     searchable = [_Searchable(p.text) for p in passages]
     subject = {stem(m.group()) for m in words(question) if _is_new(m.group(), set())}
     topical = [
