@@ -8,6 +8,8 @@ atomically; searches keep the view they started with, so none fails during a swa
 newest undamaged generation is loaded and the log replayed past it.
 """
 
+import hashlib
+import json
 import logging
 import sqlite3
 import threading
@@ -64,6 +66,50 @@ class DeleteResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """An upsert's documents chunked, analysed and encoded: the costly part, done once by the
+    process that accepted the write (in a cluster, other replicas take the vectors from the
+    log)."""
+
+    analysed: Analysed
+    vectors: FloatArray
+
+    def records(self, max_bytes: int) -> list[bytes]:
+        """The write as log records of at most ``max_bytes`` each: one record unless it does not
+        fit, then consecutive runs of whole documents; a single document too large for one
+        record is refused, naming the limit."""
+        documents, spans = self.analysed.documents, self.analysed.spans
+        whole = log_records.encode_upsert(documents, self.vectors)
+        if len(whole) <= max_bytes:
+            return [whole]
+        ends = np.cumsum([len(s) for s in spans])
+        starts = ends - np.asarray([len(s) for s in spans])
+        records: list[bytes] = []
+        first = 0
+        while first < len(documents):
+            last = first + 1
+            record = self._record(first, last, starts, ends)
+            if len(record) > max_bytes:
+                raise InvalidArgument(
+                    f"document id={shown(documents[first].doc_id)} makes a {len(record):,}-byte "
+                    f"log record, above the log's limit of {max_bytes:,} bytes (the NATS "
+                    "server's max_payload); split the document or raise max_payload"
+                )
+            while last < len(documents):
+                longer = self._record(first, last + 1, starts, ends)
+                if len(longer) > max_bytes:
+                    break
+                record, last = longer, last + 1
+            records.append(record)
+            first = last
+        return records
+
+    def _record(self, first: int, last: int, starts: np.ndarray, ends: np.ndarray) -> bytes:
+        rows = slice(int(starts[first]), int(ends[last - 1]))
+        return log_records.encode_upsert(self.analysed.documents[first:last], self.vectors[rows])
+
+
+@dataclass(frozen=True, slots=True)
 class CollectionStats:
     documents: int
     passages: int
@@ -97,6 +143,8 @@ class Collection:
         self.write_lock = threading.Lock()
         self.wal = WriteAheadLog(directory / WAL_DIR)
         self._view, fallback = self._recover()
+        self._sequence_reached = threading.Condition()
+        self._digest: tuple[int, str] = (-1, "")
         # Worker processes answer searches themselves only while they hold this state.
         self.published = PublishedState.for_writer(directory)
         self.publish(self._view)
@@ -159,6 +207,49 @@ class Collection:
     def search(self, query: SearchQuery, view: View | None = None) -> list[Hit]:
         return self.searcher.search(view or self._view, query)  # one snapshot for the query
 
+    def wait_for(self, sequence: int, timeout: float) -> bool:
+        """Blocks until writes up to ``sequence`` are served here (in a cluster: applied from
+        the log), at most ``timeout`` seconds; True when they are."""
+        with self._sequence_reached:
+            return self._sequence_reached.wait_for(lambda: self._view.sequence >= sequence, timeout)
+
+    def state_digest(self) -> str:
+        """SHA-256 over the served content: every live document (id, title, text, metadata)
+        with its passages' offsets and vectors, and the BM25 statistics. Equal on replicas that
+        applied the same writes, whatever their generations; cached per sequence."""
+        view = self._view
+        cached_sequence, cached = self._digest
+        if cached_sequence == view.sequence:
+            return cached
+        digest = hashlib.sha256()
+        digest.update(f"{view.documents} {view.passages} {view.total_length}\n".encode())
+        generation = view.generation
+        last_generation_pid = int(generation.pids[-1]) if generation.n_rows else -1
+        for document, passages in self.store.live_documents(view.sequence):
+            digest.update(
+                json.dumps(
+                    [
+                        document.doc_id,
+                        document.title,
+                        document.text,
+                        document.metadata,
+                        [(start, end) for _, start, end in passages],
+                    ],
+                    ensure_ascii=False,
+                    sort_keys=True,
+                ).encode()
+            )
+            pids = np.asarray([pid for pid, _, _ in passages], dtype=np.int64)
+            in_generation = pids <= last_generation_pid
+            rows = np.empty(len(pids), dtype=np.int64)
+            rows[in_generation] = generation.rows_of(pids[in_generation])
+            rows[~in_generation] = [
+                view.tail.row_of[int(pid)] + generation.n_rows for pid in pids[~in_generation]
+            ]
+            digest.update(np.ascontiguousarray(view.vectors(rows), dtype="<f4").tobytes())
+        self._digest = (view.sequence, digest.hexdigest())
+        return self._digest[1]
+
     def get(self, doc_id: str) -> tuple[StoredDocument, list[PassageRecord]]:
         found = self.store.document(self._view.sequence, doc_id)
         if found is None:
@@ -182,16 +273,21 @@ class Collection:
         )
 
     # ----------------------------------------------------------------- writes
-    def upsert(self, documents: Sequence[StoredDocument]) -> UpsertResult:
-        """Adds or replaces documents; returns once they are durable and searchable."""
+    def prepare(self, documents: Sequence[StoredDocument]) -> Prepared:
+        """Chunks, analyses and encodes an upsert's documents (no lock held: the slow part)."""
         latest = {d.doc_id: d for d in documents}  # an id sent twice: the last one wins
-        # Chunk, analyse and encode with no lock held.
         analysed = analyse(list(latest.values()), self.settings.chunker, self.analyzer)
         vectors = (
             self.encoder.encode(analysed.texts)
             if analysed.texts
             else np.empty((0, self.encoder.dimension), dtype=np.float32)
         )
+        return Prepared(analysed, vectors)
+
+    def upsert(self, documents: Sequence[StoredDocument]) -> UpsertResult:
+        """Adds or replaces documents; returns once they are durable and searchable."""
+        prepared = self.prepare(documents)
+        analysed, vectors = prepared.analysed, prepared.vectors
         payload = log_records.encode_upsert(analysed.documents, vectors)
         if len(payload) > MAX_RECORD_BYTES:
             raise InvalidArgument(
@@ -231,6 +327,52 @@ class Collection:
         deleted = set(change.deleted_ids)
         return DeleteResult(len(deleted), [d for d in doc_ids if d not in deleted], sequence)
 
+    def apply(self, sequence: int, payload: bytes) -> UpsertResult | DeleteResult | None:
+        """Applies log record ``sequence`` that another process ordered (a cluster's stream):
+        durable here and searchable on return. Every record takes its sequence, a delete that
+        finds nothing too, so that replicas count alike. None when it was applied already."""
+        record = log_records.decode(payload)
+        with self.write_lock:
+            if sequence <= self._view.sequence:
+                return None
+            if sequence != self._view.sequence + 1:
+                raise SequenceGap(self.name, self._view.sequence, sequence)
+            if isinstance(record, log_records.DeleteRecord):
+                doc_ids = record.doc_ids
+                view, change = self._commit(
+                    lambda db, at: self.store.delete(db, at, doc_ids), payload
+                )
+                self.publish(view.apply(_live_change(change)))
+                deleted = set(change.deleted_ids)
+                result: UpsertResult | DeleteResult = DeleteResult(
+                    len(deleted), [d for d in doc_ids if d not in deleted], sequence
+                )
+            else:
+                analysed = self._analysed(record, sequence)
+                view, change = self._commit(
+                    lambda db, at: self.store.upsert(db, at, analysed.documents, analysed.spans),
+                    payload,
+                )
+                self.publish(view.apply(_live_change(change, analysed, record.vectors)))
+                result = UpsertResult(
+                    change.inserted,
+                    change.replaced,
+                    len(change.new_pids),
+                    self._view.generation.number,
+                    sequence,
+                )
+        self.compactor.after_write(self._view)
+        return result
+
+    def _analysed(self, record: log_records.UpsertRecord, sequence: int) -> Analysed:
+        analysed = analyse(record.documents, self.settings.chunker, self.analyzer)
+        if len(analysed.texts) != len(record.vectors):
+            raise StorageError(
+                f"collection {self.name!r}: record {sequence} has {len(record.vectors)} "
+                f"vectors for {len(analysed.texts)} passages; the chunker settings changed?"
+            )
+        return analysed
+
     def _commit(
         self,
         apply: Callable[[sqlite3.Connection, int], StoreChange],
@@ -265,6 +407,8 @@ class Collection:
         """Serves ``view`` here and tells worker processes, before the write is acknowledged."""
         self._view = view
         self.published.publish(view.generation.number, view.sequence)
+        with self._sequence_reached:
+            self._sequence_reached.notify_all()
 
     # ----------------------------------------------------------------- generations
     def compact(self) -> int:
@@ -328,14 +472,22 @@ class Collection:
             if isinstance(record, log_records.DeleteRecord):
                 change = self.store.delete(db, sequence, record.doc_ids)
                 return view.apply(_live_change(change))
-            analysed = analyse(record.documents, self.settings.chunker, self.analyzer)
-            if len(analysed.texts) != len(record.vectors):
-                raise StorageError(
-                    f"{self.wal.directory}: record {sequence} has {len(record.vectors)} "
-                    f"vectors for {len(analysed.texts)} passages; the chunker settings changed?"
-                )
+            analysed = self._analysed(record, sequence)
             change = self.store.upsert(db, sequence, record.documents, analysed.spans)
         return view.apply(_live_change(change, analysed, record.vectors))
+
+
+class SequenceGap(StorageError):
+    """The log skipped records this collection has not applied: only a snapshot can bridge it."""
+
+    def __init__(self, name: str, applied: int, offered: int) -> None:
+        super().__init__(
+            f"collection {name!r} has applied the log up to {applied} but the log now starts at "
+            f"{offered}: the records between were trimmed; restore this replica from a snapshot "
+            "(or delete its data directory to rebuild it from the log)"
+        )
+        self.applied = applied
+        self.offered = offered
 
 
 def _live_change(

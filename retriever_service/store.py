@@ -275,6 +275,27 @@ class DocumentStore:
         ]
         return StoredDocument(doc_id, text, title, metadata), passages
 
+    def live_documents(
+        self, sequence: int
+    ) -> Iterator[tuple[StoredDocument, list[tuple[int, int, int]]]]:
+        """Every document live at ``sequence`` in id order, with its passages' ``(pid, start,
+        end)`` in order: what a replica's state digest covers."""
+        rows = self._db().execute(
+            """
+            SELECT d.doc_id, d.title, d.text, d.metadata,
+                   (SELECT json_group_array(json_array(p.pid, p.start, p.end))
+                    FROM (SELECT pid, start, end FROM passages WHERE doc_key = d.doc_key
+                          ORDER BY ordinal) p)
+            FROM documents d
+            WHERE d.born_seq <= ?1 AND (d.dead_seq IS NULL OR d.dead_seq > ?1)
+            ORDER BY d.doc_id
+            """,
+            (sequence,),
+        )
+        for doc_id, title, text, metadata, passages in rows:
+            spans = [(int(pid), int(start), int(end)) for pid, start, end in json.loads(passages)]
+            yield StoredDocument(doc_id, text, title, json.loads(metadata)), spans
+
     def count_documents(self, sequence: int) -> int:
         (count,) = (
             self._db()
