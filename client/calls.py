@@ -13,6 +13,7 @@ from realm.client.types import (
     CitationSpan,
     CollectionInfo,
     CollectionStats,
+    Consistency,
     Document,
     ExtractedField,
     GeneratorInfo,
@@ -63,6 +64,11 @@ _STYLES: dict[str, generator_pb2.AnswerStyle.ValueType] = {
     "short": generator_pb2.ANSWER_STYLE_SHORT,
     "sentence": generator_pb2.ANSWER_STYLE_SENTENCE,
 }
+_CONSISTENCY: dict[str, retriever_pb2.Consistency.ValueType] = {
+    "eventual": retriever_pb2.CONSISTENCY_EVENTUAL,
+    "session": retriever_pb2.CONSISTENCY_SESSION,
+    "strong": retriever_pb2.CONSISTENCY_STRONG,
+}
 _FINISH = {
     generator_pb2.FINISH_REASON_STOP: "stop",
     generator_pb2.FINISH_REASON_LENGTH: "length",
@@ -103,6 +109,8 @@ def search_request(
         k=options.get("k", 10),
         mode=_choice("mode", options.get("mode", "hybrid"), _MODES),
         filter=dict(options.get("filter") or {}),
+        min_sequence=options.get("min_sequence", 0),
+        consistency=_choice("consistency", options.get("consistency", "session"), _CONSISTENCY),
     )
     fusion = options.get("fusion")
     if fusion is not None:
@@ -173,7 +181,10 @@ def collection_stats(stats: retriever_pb2.CollectionStats) -> CollectionStats:
         tail_passages=int(stats.tail_passages),
         tombstones=int(stats.tombstones),
         wal_bytes=int(stats.wal_bytes),
-        last_sequence=int(stats.last_sequence),
+        last_sequence=int(stats.applied_sequence or stats.last_sequence),
+        log_sequence=int(stats.log_sequence),
+        lag=int(stats.lag),
+        state_digest=stats.state_digest,
     )
 
 
@@ -209,8 +220,15 @@ def _delete_request(collection: str, ids: Iterable[str]) -> retriever_pb2.Delete
     return retriever_pb2.DeleteRequest(collection=collection, ids=list(ids))
 
 
-def _get_request(collection: str, doc_id: str) -> retriever_pb2.GetDocumentRequest:
-    return retriever_pb2.GetDocumentRequest(collection=collection, id=doc_id)
+def _get_request(
+    collection: str, doc_id: str, consistency: Consistency = "session", min_sequence: int = 0
+) -> retriever_pb2.GetDocumentRequest:
+    return retriever_pb2.GetDocumentRequest(
+        collection=collection,
+        id=doc_id,
+        consistency=_choice("consistency", consistency, _CONSISTENCY),
+        min_sequence=min_sequence,
+    )
 
 
 def _stats_request(collection: str = "") -> retriever_pb2.StatsRequest:
@@ -229,7 +247,13 @@ def _document(response: retriever_pb2.GetDocumentResponse) -> Document:
 DELETE_COLLECTION = Rpc(
     "DeleteCollection", "call", _delete_collection_request, lambda r: int(r.documents_deleted)
 )
-DELETE = Rpc("Delete", "call", _delete_request, lambda r: (int(r.deleted), list(r.not_found)))
+# (deleted, ids not found, sequence): the clients keep the sequence for their session.
+DELETE = Rpc(
+    "Delete",
+    "call",
+    _delete_request,
+    lambda r: (int(r.deleted), list(r.not_found), int(r.sequence)),
+)
 GET_DOCUMENT = Rpc("GetDocument", "call", _get_request, _document)
 SEARCH = Rpc("Search", "call", search_request, hits)
 BATCH_SEARCH = Rpc(

@@ -15,10 +15,12 @@ from realm.channels import RETRIEVER_SERVICE, ConnectionOptions, Target
 from realm.client import calls
 from realm.client.errors import RealmClientError
 from realm.client.ingest import IngestLedger
+from realm.client.session import Session
 from realm.client.transport import AsyncClient, SyncClient
 from realm.client.types import (
     CollectionInfo,
     CollectionStats,
+    Consistency,
     Document,
     SearchHit,
     SearchOptions,
@@ -39,17 +41,21 @@ class RetrieverClient(SyncClient):
         *,
         timeout: float | None = None,
         options: ConnectionOptions | None = None,
+        consistency: Consistency = "session",
     ) -> None:
         """``options`` holds TLS, token, retries and keepalive; ``timeout`` overrides its
-        timeouts (the common case, hence its own argument)."""
+        timeouts (the common case, hence its own argument). ``consistency``: how fresh reads
+        must be in a cluster (``realm.client.session``); a search may override it."""
         super().__init__(
             target, RETRIEVER_SERVICE, retriever_pb2_grpc.RetrieverServiceStub, timeout, options
         )
+        self.session = Session(consistency)
 
     def create_collection(
         self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
     ) -> CollectionInfo:
         """Unset settings take the server's defaults; they are fixed once the collection exists."""
+        self.session.forget(name)
         return self._calls.unary(
             calls.CREATE_COLLECTION,
             name,
@@ -63,6 +69,7 @@ class RetrieverClient(SyncClient):
 
     def delete_collection(self, name: str) -> int:
         """Returns how many documents went with it."""
+        self.session.forget(name)
         return self._calls.unary(calls.DELETE_COLLECTION, name)
 
     def upsert(
@@ -79,7 +86,9 @@ class RetrieverClient(SyncClient):
         messages = calls.upsert_messages(
             collection, _reported(_batches(documents, batch_size), progress)
         )
-        return self._calls.stream_in("Upsert", messages, calls.upsert_summary)
+        summary = self._calls.stream_in("Upsert", messages, calls.upsert_summary)
+        self.session.wrote(collection, summary.sequence)
+        return summary
 
     def ingest(
         self,
@@ -114,21 +123,28 @@ class RetrieverClient(SyncClient):
 
     def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         """Deletes documents; returns ``(deleted, ids_not_found)``."""
-        return self._calls.unary(calls.DELETE, collection, ids)
+        deleted, not_found, sequence = self._calls.unary(calls.DELETE, collection, ids)
+        self.session.wrote(collection, sequence)
+        return deleted, not_found
 
     def get(self, collection: str, doc_id: str) -> Document:
-        return self._calls.unary(calls.GET_DOCUMENT, collection, doc_id)
+        read = self.session.read(collection, {})
+        return self._calls.unary(
+            calls.GET_DOCUMENT, collection, doc_id, read["consistency"], read["min_sequence"]
+        )
 
     def search(
         self, collection: str, query: str, **options: Unpack[SearchOptions]
     ) -> list[SearchHit]:
-        return self._calls.unary(calls.SEARCH, collection, query, **options)
+        read = self.session.read(collection, options)
+        return self._calls.unary(calls.SEARCH, collection, query, **read)
 
     def batch_search(
         self, collection: str, queries: Sequence[str], **options: Unpack[SearchOptions]
     ) -> list[list[SearchHit]]:
         """Several queries in one call, answered in order (an evaluation's queries, say)."""
-        return self._calls.unary(calls.BATCH_SEARCH, collection, queries, **options)
+        read = self.session.read(collection, options)
+        return self._calls.unary(calls.BATCH_SEARCH, collection, queries, **read)
 
     def stats(self, collection: str = "") -> list[CollectionStats]:
         """One collection's figures, or every collection's when none is named."""
@@ -149,14 +165,17 @@ class AsyncRetrieverClient(AsyncClient):
         *,
         timeout: float | None = None,
         options: ConnectionOptions | None = None,
+        consistency: Consistency = "session",
     ) -> None:
         super().__init__(
             target, RETRIEVER_SERVICE, retriever_pb2_grpc.RetrieverServiceStub, timeout, options
         )
+        self.session = Session(consistency)
 
     async def create_collection(
         self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
     ) -> CollectionInfo:
+        self.session.forget(name)
         return await self._calls.unary(
             calls.CREATE_COLLECTION,
             name,
@@ -169,6 +188,7 @@ class AsyncRetrieverClient(AsyncClient):
         return await self._calls.unary(calls.LIST_COLLECTIONS)
 
     async def delete_collection(self, name: str) -> int:
+        self.session.forget(name)
         return await self._calls.unary(calls.DELETE_COLLECTION, name)
 
     async def upsert(
@@ -188,7 +208,9 @@ class AsyncRetrieverClient(AsyncClient):
                 if progress is not None:
                     progress(len(batch))
 
-        return await self._calls.stream_in("Upsert", messages(), calls.upsert_summary)
+        summary = await self._calls.stream_in("Upsert", messages(), calls.upsert_summary)
+        self.session.wrote(collection, summary.sequence)
+        return summary
 
     async def ingest(
         self,
@@ -213,20 +235,27 @@ class AsyncRetrieverClient(AsyncClient):
         return ledger.total
 
     async def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
-        return await self._calls.unary(calls.DELETE, collection, ids)
+        deleted, not_found, sequence = await self._calls.unary(calls.DELETE, collection, ids)
+        self.session.wrote(collection, sequence)
+        return deleted, not_found
 
     async def get(self, collection: str, doc_id: str) -> Document:
-        return await self._calls.unary(calls.GET_DOCUMENT, collection, doc_id)
+        read = self.session.read(collection, {})
+        return await self._calls.unary(
+            calls.GET_DOCUMENT, collection, doc_id, read["consistency"], read["min_sequence"]
+        )
 
     async def search(
         self, collection: str, query: str, **options: Unpack[SearchOptions]
     ) -> list[SearchHit]:
-        return await self._calls.unary(calls.SEARCH, collection, query, **options)
+        read = self.session.read(collection, options)
+        return await self._calls.unary(calls.SEARCH, collection, query, **read)
 
     async def batch_search(
         self, collection: str, queries: Sequence[str], **options: Unpack[SearchOptions]
     ) -> list[list[SearchHit]]:
-        return await self._calls.unary(calls.BATCH_SEARCH, collection, queries, **options)
+        read = self.session.read(collection, options)
+        return await self._calls.unary(calls.BATCH_SEARCH, collection, queries, **read)
 
     async def stats(self, collection: str = "") -> list[CollectionStats]:
         return await self._calls.unary(calls.STATS, collection)

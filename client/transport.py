@@ -5,6 +5,7 @@ token on each call and turn a failed call into its typed exception (``translated
 one translation path). Channels come from ``realm.channels``: TLS, retries, keepalive.
 """
 
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -39,6 +40,11 @@ class _Transport:
         self._channel = channel
         self._stub = stub(channel)
 
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The connection's metadata and a request id of this call's own: the servers log it,
+        and a cluster drops a write re-sent with the same id (gRPC's retries keep it)."""
+        return (*self._metadata, ("x-request-id", uuid.uuid4().hex[:16]))
+
 
 class SyncTransport(_Transport):
     """One blocking channel to one service."""
@@ -52,7 +58,7 @@ class SyncTransport(_Transport):
         request = rpc.build(*args, **kwargs)
         with translated_errors():
             response = getattr(self._stub, rpc.method)(
-                request, timeout=self.timeouts[rpc.timeout], metadata=self._metadata
+                request, timeout=self.timeouts[rpc.timeout], metadata=self._call_metadata()
             )
         return rpc.parse(response)
 
@@ -61,7 +67,9 @@ class SyncTransport(_Transport):
     ) -> Result:
         """A client-streaming call, without deadline: the server answers when it has all."""
         with translated_errors():
-            response = getattr(self._stub, method)(requests, timeout=None, metadata=self._metadata)
+            response = getattr(self._stub, method)(
+                requests, timeout=None, metadata=self._call_metadata()
+            )
         return parse(response)
 
     def stream_out(
@@ -69,7 +77,7 @@ class SyncTransport(_Transport):
     ) -> Generator[Event, None, None]:
         """A server-streaming call as a generator; closing it early cancels the call."""
         call = getattr(self._stub, method)(
-            request, timeout=self.timeouts["generate"], metadata=self._metadata
+            request, timeout=self.timeouts["generate"], metadata=self._call_metadata()
         )
         try:
             with translated_errors():
@@ -91,7 +99,7 @@ class AsyncTransport(_Transport):
         request = rpc.build(*args, **kwargs)
         with translated_errors():
             response = await getattr(self._stub, rpc.method)(
-                request, timeout=self.timeouts[rpc.timeout], metadata=self._metadata
+                request, timeout=self.timeouts[rpc.timeout], metadata=self._call_metadata()
             )
         return rpc.parse(response)
 
@@ -100,7 +108,7 @@ class AsyncTransport(_Transport):
     ) -> Result:
         with translated_errors():
             response = await getattr(self._stub, method)(
-                requests, timeout=None, metadata=self._metadata
+                requests, timeout=None, metadata=self._call_metadata()
             )
         return parse(response)
 
@@ -108,7 +116,7 @@ class AsyncTransport(_Transport):
         self, method: str, request: Any, parse: Callable[[Any], Event]
     ) -> AsyncGenerator[Event, None]:
         call: aio.UnaryStreamCall[Any, Any] = getattr(self._stub, method)(
-            request, timeout=self.timeouts["generate"], metadata=self._metadata
+            request, timeout=self.timeouts["generate"], metadata=self._call_metadata()
         )
         try:
             with translated_errors():

@@ -10,17 +10,24 @@ Fusion = Literal["rrf", "weighted"]
 Task = Literal["answer", "summarize", "extract"]
 Grounding = Literal["strict", "cite", "free"]
 AnswerStyle = Literal["short", "sentence"]
+# How fresh a read must be: "eventual" (what the replica has), "session" (this client's own
+# writes, the default), "strong" (every write acknowledged before the read).
+Consistency = Literal["eventual", "session", "strong"]
 
 
 class SearchOptions(TypedDict, total=False):
     """How to search: ``k`` passages (10), ``mode`` (hybrid), exact metadata ``filter``s, the
-    ``fusion`` of a hybrid search and the ``dense_weight`` of a weighted one (server defaults)."""
+    ``fusion`` of a hybrid search and the ``dense_weight`` of a weighted one (server defaults);
+    the read's ``consistency`` (the client's own by default) and ``min_sequence`` (set by the
+    client's session: the last sequence it wrote to the collection)."""
 
     k: int
     mode: Mode
     filter: Mapping[str, str]
     fusion: Fusion | None
     dense_weight: float | None
+    consistency: Consistency
+    min_sequence: int
 
 
 class AskOptions(TypedDict, total=False):
@@ -89,6 +96,12 @@ class CollectionStats:
     tombstones: int
     wal_bytes: int
     last_sequence: int
+    # In a cluster: the newest sequence of the collection's log this replica knows, how many
+    # records it has still to apply, and a digest of what it serves (equal on replicas at the
+    # same last_sequence). On a single node lag is 0.
+    log_sequence: int = 0
+    lag: int = 0
+    state_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,12 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
         serving = self.replicas.serving(validation.collection_name(request.collection))
-        if serving is None:
+        if (
+            serving is None
+            or request.consistency == retriever_pb2.CONSISTENCY_STRONG
+            or serving[1].sequence < request.min_sequence
+        ):
+            # The writer knows the log and waits for a sequence it has not applied yet.
             return await self._relay(self.writer.Search, request, context)
         replica, view = serving
         query = validation.search_query(request, self.limits, "")

@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 from realm.files import lock_directory
 from realm.retriever.embedder import load_encoder
 from realm.retriever.registry import Registry
+from realm.retriever.replication import Replication, replica_id
 from realm.retriever.servicer import SERVICE_NAME, UPSERT_METHOD, RetrieverServicer
 from realm.retriever.settings import RetrieverConfig
 from realm.retriever.workers import WorkerPool
@@ -45,7 +46,10 @@ async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
         config.embedding_models,
     )
     limits = config.served_limits
-    servicer = RetrieverServicer(registry, limits)
+    cluster = config.cluster
+    replica = replica_id(config.data_dir) if cluster.enabled else ""
+    replication = Replication(registry, cluster, replica) if cluster.enabled else None
+    servicer = RetrieverServicer(registry, limits, replication, cluster.read_wait_s, replica)
     options = config.server
     pool = WorkerPool(config.workers - 1, config.data_dir, limits, config.preload_model)
 
@@ -58,6 +62,10 @@ async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
                 await asyncio.to_thread(load_encoder, model)
         await asyncio.to_thread(registry.load_all)
         _LOGGER.info("loaded %d collections from %s", len(registry.list()), config.data_dir)
+        if replication is not None:
+            # Health stays NOT_SERVING until every collection has caught up with its log.
+            await replication.start()
+            _LOGGER.info("replica %s follows %d collections", replica, len(replication.feeds))
         if with_workers and running.loopback_port is not None:
             # Workers bind the port this process got (port 0 picks one) and relay to it.
             pool.start(replace(options, port=running.port), running.loopback_port)
@@ -67,6 +75,8 @@ async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
             await pool.stop(config.server.grace_seconds)
 
     async def flush() -> None:
+        if replication is not None:
+            await replication.close()
         registry.close()
 
     await serve_until_signal(

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from grpc import aio
 
+from realm.errors import Unavailable
 from realm.retriever import validation
 from realm.retriever.collection import Collection
 from realm.retriever.live import View
@@ -19,6 +20,7 @@ from realm.retriever.response_budget import ResponseBudget
 from realm.retriever.search import Hit, SearchQuery
 from realm.retriever.settings import CollectionSettings, Limits
 from realm.retriever.store import PassageRecord
+from realm.retriever.writes import LocalWrites, Writes
 from realm.streams import paced
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
@@ -96,10 +98,50 @@ def search_response(
 INLINE_BM25_MAX_PASSAGES = 200_000
 
 
+async def fresh_enough(
+    collection: Collection,
+    writes: Writes,
+    min_sequence: int,
+    consistency: "retriever_pb2.Consistency.ValueType",
+    context: Context,
+    read_wait_s: float,
+) -> None:
+    """Waits until ``collection`` has applied what the read asks for (read-your-writes), at most
+    until the call's deadline or ``read_wait_s``; UNAVAILABLE after that, so that a client may
+    try another replica."""
+    if consistency == retriever_pb2.CONSISTENCY_EVENTUAL:
+        return
+    wanted = min_sequence
+    if consistency == retriever_pb2.CONSISTENCY_STRONG:
+        wanted = max(wanted, await writes.log_sequence(collection.name))
+    applied = collection.snapshot().sequence
+    if applied >= wanted:
+        return
+    remaining = context.time_remaining()
+    # Leave the caller time to receive the clear status rather than its own deadline's.
+    timeout = read_wait_s if remaining is None else max(0.0, min(read_wait_s, remaining - 0.1))
+    if not await asyncio.to_thread(collection.wait_for, wanted, timeout):
+        raise Unavailable(
+            f"collection {collection.name!r} has applied writes up to sequence "
+            f"{collection.snapshot().sequence} here, not yet min_sequence={wanted}, after "
+            f"waiting {timeout:.1f} s; retry (another replica may be ahead)"
+        )
+
+
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
-    def __init__(self, registry: Registry, limits: Limits) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        limits: Limits,
+        writes: Writes | None = None,
+        read_wait_s: float = 5.0,
+        replica: str = "",
+    ) -> None:
         self.registry = registry
         self.limits = limits
+        self.writes: Writes = writes or LocalWrites(registry)
+        self.read_wait_s = read_wait_s
+        self.replica = replica
 
     def _info(self, collection: Collection) -> retriever_pb2.CollectionInfo:
         stats = collection.stats()
@@ -116,7 +158,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> retriever_pb2.CreateCollectionResponse:
         name = validation.collection_name(request.name, "name")
         settings = validation.collection_settings(request.config)
-        collection = await asyncio.to_thread(self.registry.create, name, settings)
+        collection = await self.writes.create_collection(name, settings)
         return retriever_pb2.CreateCollectionResponse(collection=self._info(collection))
 
     async def ListCollections(  # noqa: N802
@@ -129,7 +171,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteCollectionRequest, context: Context
     ) -> retriever_pb2.DeleteCollectionResponse:
         name = validation.collection_name(request.name, "name")
-        deleted = await asyncio.to_thread(self.registry.delete, name)
+        deleted = await self.writes.delete_collection(name)
         return retriever_pb2.DeleteCollectionResponse(documents_deleted=deleted)
 
     async def Upsert(  # noqa: N802
@@ -148,7 +190,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             return retriever_pb2.UpsertResponse(
                 generation=collection.generation, sequence=collection.snapshot().sequence
             )
-        result = await asyncio.to_thread(collection.upsert, documents)
+        result = await self.writes.upsert(name, documents)
         return retriever_pb2.UpsertResponse(
             inserted=result.inserted,
             replaced=result.replaced,
@@ -160,11 +202,27 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Delete(  # noqa: N802
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
-        collection = self.registry.get(validation.collection_name(request.collection))
+        name = validation.collection_name(request.collection)
+        self.registry.get(name)
         ids = validation.document_ids(request.ids, self.limits)
-        result = await asyncio.to_thread(collection.delete, ids)
+        result = await self.writes.delete(name, ids)
         return retriever_pb2.DeleteResponse(
             deleted=result.deleted, not_found=result.not_found, sequence=result.sequence
+        )
+
+    async def _fresh(
+        self,
+        collection: Collection,
+        request: retriever_pb2.SearchRequest | retriever_pb2.GetDocumentRequest,
+        context: Context,
+    ) -> None:
+        await fresh_enough(
+            collection,
+            self.writes,
+            request.min_sequence,
+            request.consistency,
+            context,
+            self.read_wait_s,
         )
 
     def _query(
@@ -179,6 +237,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
         collection, query = self._query(request, "")
+        await self._fresh(collection, request, context)
         budget = ResponseBudget(self.limits)
         if query.mode == "bm25" and collection.snapshot().passages <= INLINE_BM25_MAX_PASSAGES:
             return search_response(collection, query, budget)
@@ -189,6 +248,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> retriever_pb2.BatchSearchResponse:
         validation.batch_size(request.requests, self.limits)
         queries = [self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
+        for (collection, _), search in zip(queries, request.requests, strict=True):
+            await self._fresh(collection, search, context)
         budget = ResponseBudget(self.limits)  # one budget for the whole batch's response
         responses = await asyncio.to_thread(
             lambda: [search_response(c, q, budget) for c, q in queries]
@@ -200,6 +261,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> retriever_pb2.GetDocumentResponse:
         collection = self.registry.get(validation.collection_name(request.collection))
         doc_id = validation.document_id(request.id, self.limits)
+        await self._fresh(collection, request, context)
         document, passages = await asyncio.to_thread(collection.get, doc_id)
         return retriever_pb2.GetDocumentResponse(
             document=common_pb2.Document(
@@ -223,6 +285,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             out = []
             for collection in collections:
                 stats = collection.stats()
+                log_sequence, lag = self.writes.lag(collection.name)
                 out.append(
                     retriever_pb2.CollectionStats(
                         name=collection.name,
@@ -235,11 +298,17 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                         tombstones=stats.tombstones,
                         wal_bytes=stats.wal_bytes,
                         last_sequence=stats.last_sequence,
+                        applied_sequence=stats.last_sequence,
+                        log_sequence=max(log_sequence, stats.last_sequence),
+                        lag=lag,
+                        state_digest=collection.state_digest(),
                     )
                 )
             return out
 
-        return retriever_pb2.StatsResponse(collections=await asyncio.to_thread(gather))
+        return retriever_pb2.StatsResponse(
+            collections=await asyncio.to_thread(gather), replica=self.replica
+        )
 
     async def Compact(  # noqa: N802
         self, request: retriever_pb2.CompactRequest, context: Context

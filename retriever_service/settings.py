@@ -116,6 +116,55 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """Cluster mode: writes go through NATS JetStream and every replica applies them in order
+    (docs/operations.md). Unset ``nats`` means one process with its own write-ahead log."""
+
+    nats: tuple[str, ...] = setting(
+        (),
+        env="REALM_NATS_URL",
+        help="NATS server URLs (comma-separated, e.g. nats://nats-0:4222,nats://nats-1:4222): "
+        "run as a replica of a JetStream-fed cluster. Unset: a single node.",
+    )
+    nats_replicas: int = setting(
+        3,
+        help="Copies JetStream keeps of each collection's log (3 in production; 1 for a "
+        "single NATS server).",
+    )
+    nats_write_timeout_s: float = setting(
+        1.0,
+        flag="nats-write-timeout-seconds",
+        help="How long a write waits for JetStream to store it before failing with "
+        "UNAVAILABLE (nothing is applied then).",
+    )
+    read_wait_s: float = setting(
+        5.0,
+        flag="read-wait-seconds",
+        help="Longest a search carrying min_sequence waits for this replica to apply it "
+        "(less when the call's deadline is nearer), then UNAVAILABLE.",
+    )
+    max_start_lag: int = setting(
+        0,
+        help="Log records a replica may still be behind when it reports SERVING at start-up.",
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nats_replicas <= 5:
+            raise ValueError(
+                f"nats_replicas={self.nats_replicas} is outside 1..5 (JetStream's limit)"
+            )
+        for name in ("nats_write_timeout_s", "read_wait_s"):
+            if not 0 < getattr(self, name) <= 600:
+                raise ValueError(f"{name}={getattr(self, name)} is outside (0, 600] seconds")
+        if self.max_start_lag < 0:
+            raise ValueError(f"max_start_lag={self.max_start_lag} must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nats)
+
+
+@dataclass(frozen=True, slots=True)
 class RetrieverConfig:
     """Everything the retriever needs to start, validated before anything binds or loads: the one
     source of its flags and environment variables (``realm serve retriever --help``)."""
@@ -123,6 +172,7 @@ class RetrieverConfig:
     data_dir: Path = setting(help="Where the collections live.")
     server: ServerOptions = group(lambda: ServerOptions(port=RETRIEVER_PORT))
     limits: Limits = group(Limits)
+    cluster: ClusterOptions = group(ClusterOptions)
     preload_model: str = setting(
         DEFAULT_MODEL, help="Embedding model loaded at start-up, so the first query does not wait."
     )

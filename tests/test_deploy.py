@@ -16,6 +16,8 @@ from tests.servers import REPO
 
 KUBERNETES_VERSION = "1.33"  # the oldest release the manifests promise to work on
 MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
+# The services' own manifests; nats.yaml runs the NATS server's image.
+REALM_MANIFESTS = [p for p in MANIFESTS if p.name != "nats.yaml"]
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -28,14 +30,14 @@ def _serve_envvars(service: str) -> set[str]:
     return {p.envvar for p in command.params if isinstance(p.envvar, str)}
 
 
-def test_there_is_a_manifest_per_service() -> None:
-    assert [p.name for p in MANIFESTS] == ["generator.yaml", "retriever.yaml"]
+def test_there_is_a_manifest_per_service_and_for_the_log() -> None:
+    assert [p.name for p in MANIFESTS] == ["generator.yaml", "nats.yaml", "retriever.yaml"]
 
 
 def _workloads() -> list[tuple[str, dict[str, Any]]]:
     return [
         (path.name, document)
-        for path in MANIFESTS
+        for path in REALM_MANIFESTS
         for document in _documents(path)
         if document["kind"] in ("Deployment", "StatefulSet")
     ]
@@ -53,7 +55,7 @@ def test_every_environment_setting_is_one_the_server_reads() -> None:
 def test_probes_and_services_use_the_container_port() -> None:
     """YAML cannot import realm.ports, so this ties the manifests' numbers to it."""
     well_known = {"retriever": RETRIEVER_PORT, "generator": GENERATOR_PORT}
-    for path in MANIFESTS:
+    for path in REALM_MANIFESTS:
         documents = _documents(path)
         [workload] = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
         [service] = [d for d in documents if d["kind"] == "Service"]
@@ -98,8 +100,10 @@ def test_pods_run_locked_down_with_tls_a_required_token_and_cpu_limits() -> None
 
 def test_a_network_policy_admits_only_the_callers_of_each_service() -> None:
     allowed = {
-        "realm-retriever": [{"app": "realm-generator"}, {"realm-client": "true"}],
-        "realm-generator": [{"realm-client": "true"}],
+        "realm-retriever": [[{"app": "realm-generator"}, {"realm-client": "true"}]],
+        "realm-generator": [[{"realm-client": "true"}]],
+        # Retriever replicas reach NATS; the NATS servers reach each other.
+        "realm-nats": [[{"app": "realm-retriever"}], [{"app": "realm-nats"}]],
     }
     policies = {
         d["metadata"]["name"]: d
@@ -110,8 +114,28 @@ def test_a_network_policy_admits_only_the_callers_of_each_service() -> None:
     assert set(policies) == set(allowed)
     for name, policy in policies.items():
         assert policy["spec"]["podSelector"]["matchLabels"] == {"app": name}
-        [rule] = policy["spec"]["ingress"]
-        assert [peer["podSelector"]["matchLabels"] for peer in rule["from"]] == allowed[name]
+        rules = policy["spec"]["ingress"]
+        peers = [[peer["podSelector"]["matchLabels"] for peer in rule["from"]] for rule in rules]
+        assert peers == allowed[name]
+
+
+def test_the_retrievers_follow_a_three_server_jetstream_cluster_on_volumes() -> None:
+    """What replication needs of the manifests: three NATS servers that route to each other
+    and keep JetStream on persistent volumes, and retrievers that name all three, with streams
+    kept on all three (R3)."""
+    documents = {d["kind"]: d for d in _documents(REPO / "deploy" / "kubernetes" / "nats.yaml")}
+    nats = documents["StatefulSet"]
+    assert nats["spec"]["replicas"] == 3
+    assert nats["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    config = documents["ConfigMap"]["data"]["nats.conf"]
+    assert "store_dir: /data/jetstream" in config
+    pods = [f"realm-nats-{i}.realm-nats" for i in range(3)]
+    assert all(f"nats://{pod}:6222" in config for pod in pods)
+    [(_, retriever)] = [w for w in _workloads() if w[1]["kind"] == "StatefulSet"]
+    [container] = retriever["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["REALM_NATS_URL"].split(",") == [f"nats://{pod}:4222" for pod in pods]
+    assert env["REALM_NATS_REPLICAS"] == "3"
 
 
 def test_the_manifests_match_the_kubernetes_schemas() -> None:

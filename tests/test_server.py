@@ -317,3 +317,30 @@ def test_message_size_limit_is_enforced_by_the_transport(retriever: RetrieverPro
             lambda: stub.Search(retriever_pb2.SearchRequest(collection="c", query="x" * (65 << 20)))
         )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_read_waits_for_min_sequence_then_fails_clearly(
+    client: RetrieverClient, fixture_collection: str, retriever: RetrieverProcess
+) -> None:
+    """Read-your-writes on one node: what was written is there at once; a sequence from the
+    future (another cluster, a stale token) is UNAVAILABLE within the deadline, not a hang."""
+    written = client.stats(fixture_collection)[0].last_sequence
+    with grpc.insecure_channel(retriever.target) as channel:
+        stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        for consistency in (retriever_pb2.CONSISTENCY_SESSION, retriever_pb2.CONSISTENCY_STRONG):
+            request = retriever_pb2.SearchRequest(
+                collection=fixture_collection,
+                query="photosynthesis",
+                min_sequence=written,
+                consistency=consistency,
+            )
+            assert stub.Search(request, timeout=10).sequence == written
+        ahead = retriever_pb2.SearchRequest(
+            collection=fixture_collection, query="photosynthesis", min_sequence=written + 5
+        )
+        with pytest.raises(grpc.RpcError) as waited:
+            stub.Search(ahead, timeout=1.5)
+        assert waited.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert f"min_sequence={written + 5}" in (waited.value.details() or "")
+        ahead.consistency = retriever_pb2.CONSISTENCY_EVENTUAL
+        assert stub.Search(ahead, timeout=10).sequence == written

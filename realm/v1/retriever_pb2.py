@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from realm.v1 import common_pb2 as realm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18realm/v1/retriever.proto\x12\x08realm.v1\x1a\x15realm/v1/common.proto\"\xc3\x01\n\x10\x43ollectionConfig\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_words\x18\x03 \x01(\r\x12\x1a\n\rchunk_overlap\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x02k1\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x0e\n\x01\x62\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x13\n\x0b\x61nnoy_trees\x18\x07 \x01(\rB\x10\n\x0e_chunk_overlapB\x05\n\x03_k1B\x04\n\x02_b\"\x82\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.realm.v1.CollectionConfig\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x10\n\x08passages\x18\x04 \x01(\x04\x12\x11\n\tdimension\x18\x05 \x01(\r\"S\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.realm.v1.CollectionConfig\"H\n\x18\x43reateCollectionResponse\x12,\n\ncollection\x18\x01 \x01(\x0b\x32\x18.realm.v1.CollectionInfo\"\x18\n\x16ListCollectionsRequest\"H\n\x17ListCollectionsResponse\x12-\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x18.realm.v1.CollectionInfo\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x18\x44\x65leteCollectionResponse\x12\x19\n\x11\x64ocuments_deleted\x18\x01 \x01(\x04\"J\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12%\n\tdocuments\x18\x02 \x03(\x0b\x32\x12.realm.v1.Document\"l\n\x0eUpsertResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x04\x12\x10\n\x08replaced\x18\x02 \x01(\x04\x12\x10\n\x08passages\x18\x03 \x01(\x04\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"F\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"\x99\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\"\n\x04mode\x18\x04 \x01(\x0e\x32\x14.realm.v1.SearchMode\x12\x33\n\x06\x66ilter\x18\x05 \x03(\x0b\x32#.realm.v1.SearchRequest.FilterEntry\x12&\n\x06\x66usion\x18\x06 \x01(\x0e\x32\x16.realm.v1.FusionMethod\x12\x19\n\x0c\x64\x65nse_weight\x18\x07 \x01(\x02H\x00\x88\x01\x01\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_dense_weight\"\xb3\x01\n\tSearchHit\x12\"\n\x07passage\x18\x01 \x01(\x0b\x32\x11.realm.v1.Passage\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.realm.v1.SearchHit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.realm.v1.SearchHit\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.realm.v1.SearchRequest\"B\n\x13\x42\x61tchSearchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.realm.v1.SearchResponse\"4\n\x12GetDocumentRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"`\n\x13GetDocumentResponse\x12$\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x12.realm.v1.Document\x12#\n\x08passages\x18\x02 \x03(\x0b\x32\x11.realm.v1.Passage\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\xd6\x01\n\x0f\x43ollectionStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x10\n\x08passages\x18\x03 \x01(\x04\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x12\n\nvocabulary\x18\x05 \x01(\x04\x12\x13\n\x0bindex_bytes\x18\x06 \x01(\x04\x12\x15\n\rtail_passages\x18\x07 \x01(\x04\x12\x12\n\ntombstones\x18\x08 \x01(\x04\x12\x11\n\twal_bytes\x18\t \x01(\x04\x12\x15\n\rlast_sequence\x18\n \x01(\x04\"$\n\x0e\x43ompactRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"7\n\x0f\x43ompactResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x10\n\x08passages\x18\x02 \x01(\x04\"?\n\rStatsResponse\x12.\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x19.realm.v1.CollectionStats2\xeb\x05\n\x10RetrieverService\x12Y\n\x10\x43reateCollection\x12!.realm.v1.CreateCollectionRequest\x1a\".realm.v1.CreateCollectionResponse\x12V\n\x0fListCollections\x12 .realm.v1.ListCollectionsRequest\x1a!.realm.v1.ListCollectionsResponse\x12Y\n\x10\x44\x65leteCollection\x12!.realm.v1.DeleteCollectionRequest\x1a\".realm.v1.DeleteCollectionResponse\x12=\n\x06Upsert\x12\x17.realm.v1.UpsertRequest\x1a\x18.realm.v1.UpsertResponse(\x01\x12;\n\x06\x44\x65lete\x12\x17.realm.v1.DeleteRequest\x1a\x18.realm.v1.DeleteResponse\x12;\n\x06Search\x12\x17.realm.v1.SearchRequest\x1a\x18.realm.v1.SearchResponse\x12J\n\x0b\x42\x61tchSearch\x12\x1c.realm.v1.BatchSearchRequest\x1a\x1d.realm.v1.BatchSearchResponse\x12J\n\x0bGetDocument\x12\x1c.realm.v1.GetDocumentRequest\x1a\x1d.realm.v1.GetDocumentResponse\x12\x38\n\x05Stats\x12\x16.realm.v1.StatsRequest\x1a\x17.realm.v1.StatsResponse\x12>\n\x07\x43ompact\x12\x18.realm.v1.CompactRequest\x1a\x19.realm.v1.CompactResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18realm/v1/retriever.proto\x12\x08realm.v1\x1a\x15realm/v1/common.proto\"\xc3\x01\n\x10\x43ollectionConfig\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_words\x18\x03 \x01(\r\x12\x1a\n\rchunk_overlap\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x02k1\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x0e\n\x01\x62\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x13\n\x0b\x61nnoy_trees\x18\x07 \x01(\rB\x10\n\x0e_chunk_overlapB\x05\n\x03_k1B\x04\n\x02_b\"\x82\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.realm.v1.CollectionConfig\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x10\n\x08passages\x18\x04 \x01(\x04\x12\x11\n\tdimension\x18\x05 \x01(\r\"S\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1a.realm.v1.CollectionConfig\"H\n\x18\x43reateCollectionResponse\x12,\n\ncollection\x18\x01 \x01(\x0b\x32\x18.realm.v1.CollectionInfo\"\x18\n\x16ListCollectionsRequest\"H\n\x17ListCollectionsResponse\x12-\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x18.realm.v1.CollectionInfo\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x18\x44\x65leteCollectionResponse\x12\x19\n\x11\x64ocuments_deleted\x18\x01 \x01(\x04\"J\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12%\n\tdocuments\x18\x02 \x03(\x0b\x32\x12.realm.v1.Document\"l\n\x0eUpsertResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x04\x12\x10\n\x08replaced\x18\x02 \x01(\x04\x12\x10\n\x08passages\x18\x03 \x01(\x04\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"F\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"\xdb\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\"\n\x04mode\x18\x04 \x01(\x0e\x32\x14.realm.v1.SearchMode\x12\x33\n\x06\x66ilter\x18\x05 \x03(\x0b\x32#.realm.v1.SearchRequest.FilterEntry\x12&\n\x06\x66usion\x18\x06 \x01(\x0e\x32\x16.realm.v1.FusionMethod\x12\x19\n\x0c\x64\x65nse_weight\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x0cmin_sequence\x18\x08 \x01(\x04\x12*\n\x0b\x63onsistency\x18\t \x01(\x0e\x32\x15.realm.v1.Consistency\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_dense_weight\"\xb3\x01\n\tSearchHit\x12\"\n\x07passage\x18\x01 \x01(\x0b\x32\x11.realm.v1.Passage\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.realm.v1.SearchHit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.realm.v1.SearchHit\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.realm.v1.SearchRequest\"B\n\x13\x42\x61tchSearchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.realm.v1.SearchResponse\"v\n\x12GetDocumentRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0cmin_sequence\x18\x03 \x01(\x04\x12*\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x15.realm.v1.Consistency\"`\n\x13GetDocumentResponse\x12$\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x12.realm.v1.Document\x12#\n\x08passages\x18\x02 \x03(\x0b\x32\x11.realm.v1.Passage\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\xa9\x02\n\x0f\x43ollectionStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x10\n\x08passages\x18\x03 \x01(\x04\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x12\n\nvocabulary\x18\x05 \x01(\x04\x12\x13\n\x0bindex_bytes\x18\x06 \x01(\x04\x12\x15\n\rtail_passages\x18\x07 \x01(\x04\x12\x12\n\ntombstones\x18\x08 \x01(\x04\x12\x11\n\twal_bytes\x18\t \x01(\x04\x12\x15\n\rlast_sequence\x18\n \x01(\x04\x12\x18\n\x10\x61pplied_sequence\x18\x0b \x01(\x04\x12\x14\n\x0clog_sequence\x18\x0c \x01(\x04\x12\x0b\n\x03lag\x18\r \x01(\x04\x12\x14\n\x0cstate_digest\x18\x0e \x01(\t\"$\n\x0e\x43ompactRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"7\n\x0f\x43ompactResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x10\n\x08passages\x18\x02 \x01(\x04\"P\n\rStatsResponse\x12.\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x19.realm.v1.CollectionStats\x12\x0f\n\x07replica\x18\x02 \x01(\t*u\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSISTENCY_EVENTUAL\x10\x01\x12\x17\n\x13\x43ONSISTENCY_SESSION\x10\x02\x12\x16\n\x12\x43ONSISTENCY_STRONG\x10\x03\x32\xeb\x05\n\x10RetrieverService\x12Y\n\x10\x43reateCollection\x12!.realm.v1.CreateCollectionRequest\x1a\".realm.v1.CreateCollectionResponse\x12V\n\x0fListCollections\x12 .realm.v1.ListCollectionsRequest\x1a!.realm.v1.ListCollectionsResponse\x12Y\n\x10\x44\x65leteCollection\x12!.realm.v1.DeleteCollectionRequest\x1a\".realm.v1.DeleteCollectionResponse\x12=\n\x06Upsert\x12\x17.realm.v1.UpsertRequest\x1a\x18.realm.v1.UpsertResponse(\x01\x12;\n\x06\x44\x65lete\x12\x17.realm.v1.DeleteRequest\x1a\x18.realm.v1.DeleteResponse\x12;\n\x06Search\x12\x17.realm.v1.SearchRequest\x1a\x18.realm.v1.SearchResponse\x12J\n\x0b\x42\x61tchSearch\x12\x1c.realm.v1.BatchSearchRequest\x1a\x1d.realm.v1.BatchSearchResponse\x12J\n\x0bGetDocument\x12\x1c.realm.v1.GetDocumentRequest\x1a\x1d.realm.v1.GetDocumentResponse\x12\x38\n\x05Stats\x12\x16.realm.v1.StatsRequest\x1a\x17.realm.v1.StatsResponse\x12>\n\x07\x43ompact\x12\x18.realm.v1.CompactRequest\x1a\x19.realm.v1.CompactResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHHIT_METADATAENTRY']._loaded_options = None
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CONSISTENCY']._serialized_start=2542
+  _globals['_CONSISTENCY']._serialized_end=2659
   _globals['_COLLECTIONCONFIG']._serialized_start=62
   _globals['_COLLECTIONCONFIG']._serialized_end=257
   _globals['_COLLECTIONINFO']._serialized_start=260
@@ -61,33 +63,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETERESPONSE']._serialized_start=983
   _globals['_DELETERESPONSE']._serialized_end=1053
   _globals['_SEARCHREQUEST']._serialized_start=1056
-  _globals['_SEARCHREQUEST']._serialized_end=1337
-  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_start=1275
-  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_end=1320
-  _globals['_SEARCHHIT']._serialized_start=1340
-  _globals['_SEARCHHIT']._serialized_end=1519
-  _globals['_SEARCHHIT_METADATAENTRY']._serialized_start=1472
-  _globals['_SEARCHHIT_METADATAENTRY']._serialized_end=1519
-  _globals['_SEARCHRESPONSE']._serialized_start=1521
-  _globals['_SEARCHRESPONSE']._serialized_end=1610
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=1612
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=1675
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1677
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1743
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=1745
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=1797
-  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1799
-  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1895
-  _globals['_STATSREQUEST']._serialized_start=1897
-  _globals['_STATSREQUEST']._serialized_end=1931
-  _globals['_COLLECTIONSTATS']._serialized_start=1934
-  _globals['_COLLECTIONSTATS']._serialized_end=2148
-  _globals['_COMPACTREQUEST']._serialized_start=2150
-  _globals['_COMPACTREQUEST']._serialized_end=2186
-  _globals['_COMPACTRESPONSE']._serialized_start=2188
-  _globals['_COMPACTRESPONSE']._serialized_end=2243
-  _globals['_STATSRESPONSE']._serialized_start=2245
-  _globals['_STATSRESPONSE']._serialized_end=2308
-  _globals['_RETRIEVERSERVICE']._serialized_start=2311
-  _globals['_RETRIEVERSERVICE']._serialized_end=3058
+  _globals['_SEARCHREQUEST']._serialized_end=1403
+  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_start=1341
+  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_end=1386
+  _globals['_SEARCHHIT']._serialized_start=1406
+  _globals['_SEARCHHIT']._serialized_end=1585
+  _globals['_SEARCHHIT_METADATAENTRY']._serialized_start=1538
+  _globals['_SEARCHHIT_METADATAENTRY']._serialized_end=1585
+  _globals['_SEARCHRESPONSE']._serialized_start=1587
+  _globals['_SEARCHRESPONSE']._serialized_end=1676
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1678
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1741
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1743
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1809
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=1811
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=1929
+  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1931
+  _globals['_GETDOCUMENTRESPONSE']._serialized_end=2027
+  _globals['_STATSREQUEST']._serialized_start=2029
+  _globals['_STATSREQUEST']._serialized_end=2063
+  _globals['_COLLECTIONSTATS']._serialized_start=2066
+  _globals['_COLLECTIONSTATS']._serialized_end=2363
+  _globals['_COMPACTREQUEST']._serialized_start=2365
+  _globals['_COMPACTREQUEST']._serialized_end=2401
+  _globals['_COMPACTRESPONSE']._serialized_start=2403
+  _globals['_COMPACTRESPONSE']._serialized_end=2458
+  _globals['_STATSRESPONSE']._serialized_start=2460
+  _globals['_STATSRESPONSE']._serialized_end=2540
+  _globals['_RETRIEVERSERVICE']._serialized_start=2662
+  _globals['_RETRIEVERSERVICE']._serialized_end=3409
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from realm.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,44 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Consistency:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsistencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consistency.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSISTENCY_UNSPECIFIED: _Consistency.ValueType  # 0
+    """Not set: CONSISTENCY_SESSION."""
+    CONSISTENCY_EVENTUAL: _Consistency.ValueType  # 1
+    """Answer from what this replica has applied now; min_sequence is ignored."""
+    CONSISTENCY_SESSION: _Consistency.ValueType  # 2
+    """Wait until this replica has applied min_sequence (the client library sends the last
+    sequence it wrote to the collection: it reads its own writes).
+    """
+    CONSISTENCY_STRONG: _Consistency.ValueType  # 3
+    """Read the collection's newest log sequence from JetStream first and wait for it: every
+    write acknowledged before the read started is seen.
+    """
+
+class Consistency(_Consistency, metaclass=_ConsistencyEnumTypeWrapper):
+    """How fresh a read must be. In cluster mode replicas apply the log a little apart; a single
+    node is always up to date, so there every level reads the same.
+    """
+
+CONSISTENCY_UNSPECIFIED: Consistency.ValueType  # 0
+"""Not set: CONSISTENCY_SESSION."""
+CONSISTENCY_EVENTUAL: Consistency.ValueType  # 1
+"""Answer from what this replica has applied now; min_sequence is ignored."""
+CONSISTENCY_SESSION: Consistency.ValueType  # 2
+"""Wait until this replica has applied min_sequence (the client library sends the last
+sequence it wrote to the collection: it reads its own writes).
+"""
+CONSISTENCY_STRONG: Consistency.ValueType  # 3
+"""Read the collection's newest log sequence from JetStream first and wait for it: every
+write acknowledged before the read started is seen.
+"""
+Global___Consistency: _TypeAlias = Consistency  # noqa: Y015
 
 @_typing.final
 class CollectionConfig(_message.Message):
@@ -414,6 +453,8 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     FUSION_FIELD_NUMBER: _builtins.int
     DENSE_WEIGHT_FIELD_NUMBER: _builtins.int
+    MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection to search."""
     query: _builtins.str
@@ -426,6 +467,13 @@ class SearchRequest(_message.Message):
     """Hybrid only: how the two rankings are fused; unset means weighted."""
     dense_weight: _builtins.float
     """Hybrid only: weight of the dense side in [0, 1]; unset means the server's default."""
+    min_sequence: _builtins.int
+    """Read-your-writes: answer only once writes up to this sequence (an UpsertResponse's or
+    DeleteResponse's sequence) are applied here, waiting up to the deadline (and the server's
+    --read-wait-seconds), else UNAVAILABLE. 0: no wait.
+    """
+    consistency: Global___Consistency.ValueType
+    """How fresh the answer must be; unset means session."""
     @_builtins.property
     def filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Exact-match metadata filters, all of which must hold; applied before the top k is cut."""
@@ -440,10 +488,12 @@ class SearchRequest(_message.Message):
         filter: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         fusion: _common_pb2.FusionMethod.ValueType = ...,
         dense_weight: _builtins.float | None = ...,
+        min_sequence: _builtins.int = ...,
+        consistency: Global___Consistency.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "dense_weight", b"dense_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "collection", b"collection", "dense_weight", b"dense_weight", "filter", b"filter", "fusion", b"fusion", "k", b"k", "mode", b"mode", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "collection", b"collection", "consistency", b"consistency", "dense_weight", b"dense_weight", "filter", b"filter", "fusion", b"fusion", "k", b"k", "min_sequence", b"min_sequence", "mode", b"mode", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dense_weight: _TypeAlias = _typing.Literal["dense_weight"]  # noqa: Y015
     _WhichOneofArgType__dense_weight: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight"]  # noqa: Y015
@@ -597,19 +647,27 @@ class GetDocumentRequest(_message.Message):
 
     COLLECTION_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection holding the document."""
     id: _builtins.str
     """Document id."""
+    min_sequence: _builtins.int
+    """Read-your-writes, as in SearchRequest.min_sequence."""
+    consistency: Global___Consistency.ValueType
+    """How fresh the answer must be, as in SearchRequest.consistency."""
     def __init__(
         self,
         *,
         collection: _builtins.str = ...,
         id: _builtins.str = ...,
+        min_sequence: _builtins.int = ...,
+        consistency: Global___Consistency.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "consistency", b"consistency", "id", b"id", "min_sequence", b"min_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -683,6 +741,10 @@ class CollectionStats(_message.Message):
     TOMBSTONES_FIELD_NUMBER: _builtins.int
     WAL_BYTES_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    APPLIED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LOG_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    STATE_DIGEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Collection name."""
     documents: _builtins.int
@@ -702,7 +764,21 @@ class CollectionStats(_message.Message):
     wal_bytes: _builtins.int
     """Bytes of write-ahead-log segments on disk."""
     last_sequence: _builtins.int
-    """Sequence number of the last acknowledged write."""
+    """Sequence number of the last write applied here (= applied_sequence; kept for old
+    clients).
+    """
+    applied_sequence: _builtins.int
+    """Sequence number of the last write applied by this replica: searches answer as of it."""
+    log_sequence: _builtins.int
+    """Newest sequence this replica knows the collection's log holds (cluster mode; on a single
+    node it equals applied_sequence).
+    """
+    lag: _builtins.int
+    """Log records not yet applied here: log_sequence - applied_sequence."""
+    state_digest: _builtins.str
+    """SHA-256 (hex) of the served content: documents, passages, vectors and BM25 statistics.
+    Replicas at the same applied_sequence have the same digest.
+    """
     def __init__(
         self,
         *,
@@ -716,10 +792,14 @@ class CollectionStats(_message.Message):
         tombstones: _builtins.int = ...,
         wal_bytes: _builtins.int = ...,
         last_sequence: _builtins.int = ...,
+        applied_sequence: _builtins.int = ...,
+        log_sequence: _builtins.int = ...,
+        lag: _builtins.int = ...,
+        state_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "generation", b"generation", "index_bytes", b"index_bytes", "last_sequence", b"last_sequence", "name", b"name", "passages", b"passages", "tail_passages", b"tail_passages", "tombstones", b"tombstones", "vocabulary", b"vocabulary", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "documents", b"documents", "generation", b"generation", "index_bytes", b"index_bytes", "lag", b"lag", "last_sequence", b"last_sequence", "log_sequence", b"log_sequence", "name", b"name", "passages", b"passages", "state_digest", b"state_digest", "tail_passages", b"tail_passages", "tombstones", b"tombstones", "vocabulary", b"vocabulary", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -780,6 +860,9 @@ class StatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COLLECTIONS_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    replica: _builtins.str
+    """This replica's id in a cluster (it names its JetStream consumers); empty on a single node."""
     @_builtins.property
     def collections(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectionStats]:
         """One entry per collection, sorted by name."""
@@ -788,10 +871,11 @@ class StatsResponse(_message.Message):
         self,
         *,
         collections: _abc.Iterable[Global___CollectionStats] | None = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "replica", b"replica"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,277 @@
+"""The cluster's log, kept by NATS JetStream: a catalog of collections and one stream each.
+
+We do not write a replicated log of our own. JetStream stores every message on a quorum of its
+servers (Raft) before it acknowledges it, numbers it (the stream sequence is the write's
+sequence), and drops a second publish with the same ``Nats-Msg-Id`` within its duplicate window.
+
+- The **catalog** is a key-value bucket: collection name → its settings and its stream. A create
+  is the bucket's atomic create, so two replicas racing for one name cannot both win.
+- Each collection incarnation has its **own stream** (``REALM_<name>_<id>``): a collection deleted
+  and made again under the same name starts a fresh log, never the old one's tail.
+
+Every failure to reach JetStream becomes ``Unavailable``. A write refused before it was sent
+(no connection) is not applied; one that was sent but not acknowledged in time may still be
+stored once the quorum is back, and a retry with the same request id is then dropped as a
+duplicate, so it is applied once either way — never in part.
+"""
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from realm.errors import AlreadyExists, NotFound, Unavailable
+from realm.retriever.settings import ClusterOptions, CollectionSettings
+
+_LOGGER = logging.getLogger(__name__)
+CATALOG_BUCKET = "realm-collections"
+SUBJECT_PREFIX = "realm.log"
+# JetStream's window for dropping a re-sent write (the stream's duplicate_window).
+DUPLICATE_WINDOW_S = 120.0
+# How long an administrative request (stream info, catalog read) may take.
+REQUEST_TIMEOUT_S = 5.0
+T = TypeVar("T")
+NATS_FAILURES = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One collection as the catalog holds it."""
+
+    name: str
+    stream: str
+    settings: CollectionSettings
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"stream": self.stream, "settings": self.settings.to_json()}).encode()
+
+    @classmethod
+    def from_bytes(cls, name: str, value: bytes) -> "CatalogEntry":
+        payload = json.loads(value)
+        return cls(name, payload["stream"], CollectionSettings.from_json(payload["settings"]))
+
+    @property
+    def subject(self) -> str:
+        return f"{SUBJECT_PREFIX}.{self.stream}"
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where JetStream stored a write: its sequence, and whether it was a dropped re-send."""
+
+    sequence: int
+    duplicate: bool
+
+
+@asynccontextmanager
+async def _unavailable(what: str) -> AsyncIterator[None]:
+    """Turns NATS failures into UNAVAILABLE naming what could not be done.
+
+    A write that timed out was not acknowledged, but JetStream may still store it once its
+    quorum is back (only the acknowledgement was missing): the message says so, and that a retry
+    with the same request id is applied once."""
+    try:
+        yield
+    except NATS_FAILURES as error:
+        if isinstance(error, nats.js.errors.NotFoundError):
+            raise
+        reason = type(error).__name__ + (f": {error}" if str(error) else "")
+        raise Unavailable(
+            f"{what} failed: NATS JetStream did not acknowledge it ({reason}). It may still "
+            "be applied when the NATS cluster has a quorum again; retry with the same "
+            "x-request-id (the client library's retries do) and it is applied once"
+        ) from error
+
+
+class JetStreamLog:
+    """This replica's connection to the cluster's log."""
+
+    def __init__(self, client: Client, options: ClusterOptions, catalog: KeyValue) -> None:
+        self.client = client
+        self.stream_api: JetStreamContext = client.jetstream(timeout=REQUEST_TIMEOUT_S)
+        self.options = options
+        self.catalog = catalog
+
+    @classmethod
+    async def connect(cls, options: ClusterOptions) -> "JetStreamLog":
+        """Connects (retrying until a server answers: a replica waits for NATS rather than
+        exit) and opens, or makes, the catalog bucket."""
+        attempt = 0
+        while True:
+            try:
+                client = await nats.connect(
+                    servers=list(options.nats),
+                    connect_timeout=2,
+                    reconnect_time_wait=0.5,
+                    max_reconnect_attempts=-1,
+                    name="realm-retriever",
+                    error_cb=_log_nats_error,
+                )
+                catalog = await _catalog(client.jetstream(timeout=REQUEST_TIMEOUT_S), options)
+                break
+            except NATS_FAILURES as error:
+                attempt += 1
+                _LOGGER.warning(
+                    "NATS at %s not ready (%s), attempt %d; retrying",
+                    ",".join(options.nats),
+                    error,
+                    attempt,
+                )
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
+        url = client.connected_url
+        _LOGGER.info("connected to NATS JetStream at %s", url.netloc if url else "?")
+        return cls(client, options, catalog)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its ``max_payload``) less room for headers."""
+        return int(self.client.max_payload) - 4096
+
+    # ------------------------------------------------------------------ catalog
+    async def watch_catalog(self) -> KeyValue.KeyWatcher:
+        """Every catalog entry now, then a ``None`` marker, then every change as it happens."""
+        async with _unavailable("watching the collection catalog"):
+            return await self.catalog.watchall()
+
+    async def entry(self, name: str) -> tuple[CatalogEntry, int]:
+        """The catalog's entry for ``name`` and its revision; NotFound if there is none."""
+        async with _unavailable(f"reading collection {name!r} from the catalog"):
+            try:
+                found = await self.catalog.get(name)
+            except nats.js.errors.KeyNotFoundError as error:
+                raise NotFound(
+                    f"collection {name!r} does not exist; create it first (realm ingest creates "
+                    "it) or check ListCollections"
+                ) from error
+        assert found.value is not None
+        assert found.revision is not None
+        return CatalogEntry.from_bytes(name, found.value), found.revision
+
+    async def create_collection(self, name: str, settings: CollectionSettings) -> CatalogEntry:
+        """Makes the collection's stream, then claims the name in the catalog; the loser of a
+        race removes its stream again and gets ALREADY_EXISTS."""
+        entry = CatalogEntry(name, f"REALM_{name}_{uuid.uuid4().hex[:12]}", settings)
+        async with _unavailable(f"creating collection {name!r}"):
+            await self.stream_api.add_stream(
+                name=entry.stream,
+                subjects=[entry.subject],
+                num_replicas=self.options.nats_replicas,
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                discard=api.DiscardPolicy.OLD,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
+            try:
+                await self.catalog.create(name, entry.to_bytes())
+            except nats.js.errors.KeyWrongLastSequenceError as error:
+                await self._delete_stream(entry.stream)
+                raise AlreadyExists(
+                    f"collection {name!r} exists already; pick another name or delete it"
+                ) from error
+        return entry
+
+    async def delete_collection(self, name: str) -> CatalogEntry:
+        """Removes the name from the catalog (replicas then drop their copies), then the log."""
+        entry, revision = await self.entry(name)
+        async with _unavailable(f"deleting collection {name!r}"):
+            try:
+                await self.catalog.delete(name, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError as error:
+                raise NotFound(
+                    f"collection {name!r} was deleted or re-created meanwhile; check "
+                    "ListCollections"
+                ) from error
+            await self._delete_stream(entry.stream)
+        return entry
+
+    async def _delete_stream(self, stream: str) -> None:
+        with suppress(nats.js.errors.NotFoundError):
+            await self.stream_api.delete_stream(stream)
+
+    # ------------------------------------------------------------------ log
+    async def publish(self, entry: CatalogEntry, payload: bytes, message_id: str) -> Published:
+        """Stores one log record; returns once JetStream holds it on a quorum."""
+        if not self.client.is_connected:
+            raise Unavailable(
+                f"collection {entry.name!r}: not connected to NATS (reconnecting); nothing was "
+                "applied, retry when the NATS cluster is reachable"
+            )
+        async with _unavailable(f"writing to collection {entry.name!r}"):
+            try:
+                ack = await self.stream_api.publish(
+                    entry.subject,
+                    payload,
+                    timeout=self.options.nats_write_timeout_s,
+                    stream=entry.stream,
+                    headers={api.Header.MSG_ID: message_id},
+                )
+            except nats.js.errors.NotFoundError as error:
+                raise NotFound(f"collection {entry.name!r} was deleted meanwhile") from error
+        return Published(ack.seq, bool(ack.duplicate))
+
+    async def last_sequence(self, entry: CatalogEntry) -> int:
+        """The sequence of the newest record in the collection's log."""
+        async with _unavailable(f"reading the log position of collection {entry.name!r}"):
+            info = await self.stream_api.stream_info(entry.stream)
+        assert info.state is not None
+        return int(info.state.last_seq)
+
+    async def subscribe(
+        self, entry: CatalogEntry, consumer: str, start: int
+    ) -> JetStreamContext.PullSubscription:
+        """This replica's durable consumer of the collection's log, from sequence ``start``.
+
+        The replica's own files say how far it got, so the consumer is made again at every
+        start rather than trusting where an old one stopped."""
+        async with _unavailable(f"following the log of collection {entry.name!r}"):
+            with suppress(nats.js.errors.NotFoundError):
+                await self.stream_api.delete_consumer(entry.stream, consumer)
+            return await self.stream_api.pull_subscribe(
+                entry.subject,
+                durable=consumer,
+                stream=entry.stream,
+                config=api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    inactive_threshold=24 * 3600.0,
+                ),
+            )
+
+
+async def _catalog(stream_api: JetStreamContext, options: ClusterOptions) -> KeyValue:
+    try:
+        return await stream_api.key_value(CATALOG_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        return await stream_api.create_key_value(
+            bucket=CATALOG_BUCKET,
+            history=1,
+            replicas=options.nats_replicas,
+            storage=api.StorageType.FILE,
+        )
+
+
+async def _log_nats_error(error: Exception) -> None:
+    _LOGGER.warning("NATS connection: %s: %s", type(error).__name__, error)
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float, what: str) -> T:
+    """``awaitable`` within ``seconds``, else UNAVAILABLE naming ``what``."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError as error:
+        raise Unavailable(f"{what} did not happen within {seconds:g} s; retry") from error
