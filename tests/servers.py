@@ -47,10 +47,6 @@ class RetrieverProcess(ServiceProcess):
         )
         self.data_dir = data_dir
 
-    def __enter__(self) -> "RetrieverProcess":
-        self.start().wait_serving()
-        return self
-
 
 class GeneratorProcess(ServiceProcess):
     """``realm serve generator --retriever TARGET`` with the packaged default model."""
@@ -65,10 +61,6 @@ class GeneratorProcess(ServiceProcess):
             *extra,
             port=port,
         )
-
-    def __enter__(self) -> "GeneratorProcess":
-        self.start().wait_serving()
-        return self
 
 
 class StubRetriever:

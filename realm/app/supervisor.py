@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -115,8 +116,14 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> "ServiceProcess":
-        return self.start().wait_serving()
+    def __enter__(self) -> Self:
+        self.start()
+        try:
+            self.wait_serving()
+        except BaseException:
+            self.stop()  # a server that never served must not outlive its caller
+            raise
+        return self
 
     def __exit__(
         self,
