@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import nats
@@ -30,12 +31,16 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from realm.errors import AlreadyExists, NotFound, Unavailable
 from realm.retriever.settings import ClusterOptions, CollectionSettings
+from realm.retriever.snapshots import SnapshotInfo
 
 _LOGGER = logging.getLogger(__name__)
 CATALOG_BUCKET = "realm-collections"
+# Object store of the newest snapshot of each stream, named after the stream.
+SNAPSHOT_BUCKET = "realm-snapshots"
 SUBJECT_PREFIX = "realm.log"
 # JetStream's window for dropping a re-sent write (the stream's duplicate_window).
 DUPLICATE_WINDOW_S = 120.0
@@ -97,11 +102,14 @@ async def _unavailable(what: str) -> AsyncIterator[None]:
 class JetStreamLog:
     """This replica's connection to the cluster's log."""
 
-    def __init__(self, client: Client, options: ClusterOptions, catalog: KeyValue) -> None:
+    def __init__(
+        self, client: Client, options: ClusterOptions, catalog: KeyValue, snapshots: ObjectStore
+    ) -> None:
         self.client = client
         self.stream_api: JetStreamContext = client.jetstream(timeout=REQUEST_TIMEOUT_S)
         self.options = options
         self.catalog = catalog
+        self.snapshots = snapshots
 
     @classmethod
     async def connect(cls, options: ClusterOptions) -> "JetStreamLog":
@@ -118,7 +126,9 @@ class JetStreamLog:
                     name="realm-retriever",
                     error_cb=_log_nats_error,
                 )
-                catalog = await _catalog(client.jetstream(timeout=REQUEST_TIMEOUT_S), options)
+                stream_api = client.jetstream(timeout=REQUEST_TIMEOUT_S)
+                catalog = await _catalog(stream_api, options)
+                snapshots = await _snapshot_store(stream_api, options)
                 break
             except NATS_FAILURES as error:
                 attempt += 1
@@ -131,7 +141,7 @@ class JetStreamLog:
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
         url = client.connected_url
         _LOGGER.info("connected to NATS JetStream at %s", url.netloc if url else "?")
-        return cls(client, options, catalog)
+        return cls(client, options, catalog, snapshots)
 
     async def close(self) -> None:
         await self.client.close()
@@ -185,7 +195,8 @@ class JetStreamLog:
         return entry
 
     async def delete_collection(self, name: str) -> CatalogEntry:
-        """Removes the name from the catalog (replicas then drop their copies), then the log."""
+        """Removes the name from the catalog (replicas then drop their copies), then the log and
+        its snapshot."""
         entry, revision = await self.entry(name)
         async with _unavailable(f"deleting collection {name!r}"):
             try:
@@ -196,6 +207,8 @@ class JetStreamLog:
                     "ListCollections"
                 ) from error
             await self._delete_stream(entry.stream)
+            with suppress(nats.js.errors.ObjectNotFoundError):
+                await self.snapshots.delete(entry.stream)
         return entry
 
     async def _delete_stream(self, stream: str) -> None:
@@ -225,10 +238,58 @@ class JetStreamLog:
 
     async def last_sequence(self, entry: CatalogEntry) -> int:
         """The sequence of the newest record in the collection's log."""
+        return (await self.bounds(entry))[1]
+
+    async def bounds(self, entry: CatalogEntry) -> tuple[int, int]:
+        """The first and last sequence the collection's log holds (first is last + 1 when it
+        was trimmed empty, 0 when it was never written)."""
         async with _unavailable(f"reading the log position of collection {entry.name!r}"):
             info = await self.stream_api.stream_info(entry.stream)
         assert info.state is not None
-        return int(info.state.last_seq)
+        return int(info.state.first_seq), int(info.state.last_seq)
+
+    # ------------------------------------------------------------------ snapshots
+    async def snapshot_info(self, entry: CatalogEntry) -> SnapshotInfo | None:
+        """What the newest stored snapshot of the collection covers; None if there is none."""
+        async with _unavailable(f"reading the snapshot of collection {entry.name!r}"):
+            try:
+                info = await self.snapshots.get_info(entry.stream)
+            except nats.js.errors.ObjectNotFoundError:
+                return None
+        return SnapshotInfo.from_json(info.description or "{}")
+
+    async def upload_snapshot(self, entry: CatalogEntry, archive: Path, info: SnapshotInfo) -> None:
+        """Stores ``archive`` as the collection's snapshot (the object store checks its digest
+        on every read)."""
+        async with _unavailable(f"storing a snapshot of collection {entry.name!r}"):
+            with archive.open("rb") as data:
+                await self.snapshots.put(
+                    entry.stream,
+                    data,
+                    meta=api.ObjectMeta(name=entry.stream, description=info.to_json()),
+                )
+
+    async def download_snapshot(self, entry: CatalogEntry, into: Path) -> bool:
+        """Writes the collection's snapshot to ``into``; False if there is none."""
+        async with _unavailable(f"reading the snapshot of collection {entry.name!r}"):
+            try:
+                with into.open("wb") as file:
+                    await self.snapshots.get(entry.stream, writeinto=file)
+            except nats.js.errors.ObjectNotFoundError:
+                return False
+        return True
+
+    async def trim(self, entry: CatalogEntry, covered: int) -> int:
+        """Drops log records that no replica needs: those up to ``covered`` (what the newest
+        snapshot holds) that every replica's consumer has applied, less the records kept for
+        replicas a little behind. Returns the log's new first sequence."""
+        async with _unavailable(f"trimming the log of collection {entry.name!r}"):
+            consumers = await self.stream_api.consumers_info(entry.stream)
+            applied = [c.ack_floor.stream_seq for c in consumers if c.ack_floor is not None]
+            keep_from = min([covered, *applied]) + 1 - self.options.snapshot_retain_records
+            if keep_from > 1:
+                await self.stream_api.purge_stream(entry.stream, seq=keep_from)
+        return max(1, keep_from)
 
     async def subscribe(
         self, entry: CatalogEntry, consumer: str, start: int
@@ -251,6 +312,17 @@ class JetStreamLog:
                     inactive_threshold=24 * 3600.0,
                 ),
             )
+
+
+async def _snapshot_store(stream_api: JetStreamContext, options: ClusterOptions) -> ObjectStore:
+    try:
+        return await stream_api.object_store(SNAPSHOT_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        return await stream_api.create_object_store(
+            bucket=SNAPSHOT_BUCKET,
+            replicas=options.nats_replicas,
+            storage=api.StorageType.FILE,
+        )
 
 
 async def _catalog(stream_api: JetStreamContext, options: ClusterOptions) -> KeyValue:

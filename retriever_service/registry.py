@@ -4,7 +4,7 @@ import logging
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from realm.errors import (
@@ -73,7 +73,7 @@ class Registry:
     def create(self, name: str, settings: CollectionSettings) -> Collection:
         with self._lock:
             self._check_room(name)
-        encoder = self._encoder_for(settings.embedding_model)  # outside the lock: may be slow
+        encoder = self.encoder_for(settings.embedding_model)  # outside the lock: may be slow
         with self._lock:
             self._check_room(name)
             collection = Collection.create(
@@ -82,7 +82,32 @@ class Registry:
             self._collections[name] = collection
             return collection
 
-    def _encoder_for(self, model: str) -> Encoder:
+    def restore(self, name: str, unpack: Callable[[Path], None]) -> Collection:
+        """Makes collection ``name`` from files that ``unpack`` writes into an empty directory
+        (a cluster snapshot), checked like any collection as it opens. Made under a dot-name and
+        renamed into place, as a create is."""
+        with self._lock:
+            self._check_room(name)
+        staging = self.root / f".restoring-{name}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            unpack(staging)
+            with self._lock:
+                self._check_room(name)
+                staging.rename(self.root / name)
+                fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        with self._lock:
+            collection = Collection.open(
+                self.root / name, self._load_encoder, self._compact_threshold
+            )
+            self._collections[name] = collection
+            return collection
+
+    def encoder_for(self, model: str) -> Encoder:
+        """The encoder of ``model`` if this server offers it (INVALID_ARGUMENT if not)."""
         if model not in self.embedding_models:
             raise InvalidArgument(
                 f"config.embedding_model={shown(model)} is not offered by this server; use one "

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import tempfile
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,9 +25,10 @@ from pathlib import Path
 import nats.errors
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from realm.errors import FailedPrecondition, NotFound, Unavailable
+from realm.errors import FailedPrecondition, NotFound, StorageError, Unavailable
 from realm.files import write_json_atomic
 from realm.logs import request_id
+from realm.retriever import snapshots
 from realm.retriever.collection import Collection, DeleteResult, SequenceGap, UpsertResult
 from realm.retriever.jetstream import NATS_FAILURES, CatalogEntry, JetStreamLog, bounded
 from realm.retriever.log_records import encode_delete
@@ -73,54 +75,26 @@ class Feed:
     results: OrderedDict[int, UpsertResult | DeleteResult] = field(default_factory=OrderedDict)
     failure: str = ""
     task: asyncio.Task[None] | None = None
+    # The newest generation this replica offered as the collection's snapshot.
+    offered_generation: int = 0
+    snapshotting: asyncio.Task[None] | None = None
 
     @property
     def lag(self) -> int:
         return max(0, self.log_sequence - self.collection.snapshot().sequence)
 
-    async def run(self, log: JetStreamLog) -> None:
-        """Applies the log from where this replica's files stop, for as long as it serves the
-        collection; reconnects after NATS failures."""
-        while True:
-            try:
-                start = self.collection.snapshot().sequence + 1
-                subscription = await log.subscribe(self.entry, self.consumer, start)
-                await self._apply_from(subscription)
-            except SequenceGap as gap:
-                self.failure = str(gap)
-                _LOGGER.error("%s", gap)
-                return
-            except (*NATS_FAILURES, Unavailable) as error:
-                _LOGGER.warning(
-                    "collection %s: following its log failed (%s); retrying",
-                    self.entry.name,
-                    error,
-                )
-                await asyncio.sleep(1.0)
-
-    async def _apply_from(self, subscription: object) -> None:
-        fetch = subscription.fetch  # type: ignore[attr-defined]
-        while True:
-            try:
-                messages = await fetch(batch=FETCH_BATCH, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
-                self.log_sequence = max(self.log_sequence, self.collection.snapshot().sequence)
-                continue
-            for message in messages:
-                metadata = message.metadata
-                sequence = int(metadata.sequence.stream)
-                result = await asyncio.to_thread(self.collection.apply, sequence, message.data)
-                if result is not None:
-                    self.results[sequence] = result
-                    while len(self.results) > KEPT_RESULTS:
-                        self.results.popitem(last=False)
-                self.log_sequence = max(self.log_sequence, sequence + int(metadata.num_pending))
-                await message.ack()
+    def keep(self, sequence: int, result: UpsertResult | DeleteResult | None) -> None:
+        """Remembers a write's result for the replica that accepted it to report."""
+        if result is not None:
+            self.results[sequence] = result
+            while len(self.results) > KEPT_RESULTS:
+                self.results.popitem(last=False)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        for task in (self.task, self.snapshotting):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 class Replication:
@@ -211,8 +185,121 @@ class Replication:
             local = await asyncio.to_thread(self.registry.create, entry.name, entry.settings)
             write_json_atomic(local.directory / BINDING_FILE, {"stream": entry.stream})
         feed = Feed(entry, local, self.consumer)
-        feed.task = asyncio.create_task(feed.run(self.log), name=f"log-{entry.name}")
+        feed.task = asyncio.create_task(self._follow(feed), name=f"log-{entry.name}")
         self.feeds[entry.name] = feed
+
+    # ------------------------------------------------------------------ following a log
+    async def _follow(self, feed: Feed) -> None:
+        """Applies the collection's log from where this replica's files stop, for as long as it
+        serves the collection: reconnects after NATS failures, restores the snapshot when the
+        records it needs were trimmed, offers a snapshot of each generation it seals."""
+        while True:
+            try:
+                applied = feed.collection.snapshot().sequence
+                first, _ = await self.log.bounds(feed.entry)
+                if first > applied + 1:  # trimmed past us, maybe to nothing: no record says so
+                    raise SequenceGap(feed.entry.name, applied, first)
+                subscription = await self.log.subscribe(feed.entry, feed.consumer, applied + 1)
+                try:
+                    await self._apply(feed, subscription)
+                finally:
+                    with contextlib.suppress(*NATS_FAILURES):
+                        await subscription.unsubscribe()
+            except SequenceGap as gap:
+                try:
+                    await self._restore(feed, gap)
+                except (StorageError, *NATS_FAILURES, Unavailable) as error:
+                    feed.failure = f"{gap} ({error})"
+                    _LOGGER.error("collection %s: %s", feed.entry.name, feed.failure)
+                    return
+            except (*NATS_FAILURES, Unavailable) as error:
+                _LOGGER.warning(
+                    "collection %s: following its log failed (%s: %s); retrying",
+                    feed.entry.name,
+                    type(error).__name__,
+                    error,
+                )
+                await asyncio.sleep(1.0)
+
+    async def _apply(self, feed: Feed, subscription: object) -> None:
+        fetch = subscription.fetch  # type: ignore[attr-defined]
+        while True:
+            try:
+                messages = await fetch(batch=FETCH_BATCH, timeout=FETCH_WAIT_S)
+            except nats.errors.TimeoutError:
+                feed.log_sequence = max(feed.log_sequence, feed.collection.snapshot().sequence)
+                messages = []
+            for message in messages:
+                metadata = message.metadata
+                sequence = int(metadata.sequence.stream)
+                result = await asyncio.to_thread(feed.collection.apply, sequence, message.data)
+                feed.keep(sequence, result)
+                feed.log_sequence = max(feed.log_sequence, sequence + int(metadata.num_pending))
+                await message.ack()
+            self._offer_snapshot(feed)
+
+    def _offer_snapshot(self, feed: Feed) -> None:
+        """Starts storing a snapshot of a generation this replica sealed since the last one."""
+        generation = feed.collection.generation
+        idle = feed.snapshotting is None or feed.snapshotting.done()
+        if generation > feed.offered_generation and idle:
+            feed.offered_generation = generation
+            feed.snapshotting = asyncio.create_task(self._store_snapshot(feed))
+
+    async def _store_snapshot(self, feed: Feed) -> None:
+        """Uploads the served generation unless a snapshot as new is stored already, then trims
+        the log below what the snapshot and every replica cover. Failures are logged: the next
+        sealed generation tries again, and the log keeps its records meanwhile."""
+        try:
+            stored = await self.log.snapshot_info(feed.entry)
+            with tempfile.TemporaryDirectory(dir=self.registry.root.parent) as scratch:
+                archive = Path(scratch) / "snapshot.tar"
+                info = await asyncio.to_thread(snapshots.pack, feed.collection, archive)
+                if info is None or (stored is not None and stored.sequence >= info.sequence):
+                    return
+                await self.log.upload_snapshot(feed.entry, archive, info)
+            first = await self.log.trim(feed.entry, info.sequence)
+            _LOGGER.info(
+                "collection %s: stored the snapshot of generation %d (sequence %d); the log "
+                "now starts at %d",
+                feed.entry.name,
+                info.generation,
+                info.sequence,
+                first,
+            )
+        except (OSError, StorageError, *NATS_FAILURES, Unavailable) as error:
+            _LOGGER.warning("collection %s: no snapshot stored (%s)", feed.entry.name, error)
+
+    async def _restore(self, feed: Feed, gap: SequenceGap) -> None:
+        """Replaces the local copy with the stored snapshot: the log's missing records are in
+        it. Refuses a snapshot that does not reach the log's first record."""
+        name = feed.entry.name
+        with tempfile.TemporaryDirectory(dir=self.registry.root.parent) as scratch:
+            archive = Path(scratch) / "snapshot.tar"
+            if not await self.log.download_snapshot(feed.entry, archive):
+                raise StorageError("the cluster stores no snapshot of it")
+            covered: list[snapshots.SnapshotInfo] = []
+
+            def unpack(directory: Path) -> None:
+                covered.append(snapshots.unpack(archive, directory))
+                if covered[0].sequence + 1 < gap.offered:
+                    raise StorageError(
+                        f"the snapshot covers sequence {covered[0].sequence}, the log starts at "
+                        f"{gap.offered}"
+                    )
+                write_json_atomic(directory / BINDING_FILE, {"stream": feed.entry.stream})
+
+            await asyncio.to_thread(self.registry.delete, name)
+            feed.collection = await asyncio.to_thread(self.registry.restore, name, unpack)
+        feed.offered_generation = feed.collection.generation
+        _LOGGER.info(
+            "collection %s: restored from the snapshot of generation %d (sequence %d); "
+            "following the log from %d",
+            name,
+            covered[0].generation,
+            covered[0].sequence,
+            covered[0].sequence + 1,
+        )
 
     async def _drop(self, name: str) -> None:
         feed = self.feeds.pop(name, None)
@@ -230,6 +317,8 @@ class Replication:
 
     # ------------------------------------------------------------------ writes
     async def create_collection(self, name: str, settings: CollectionSettings) -> Collection:
+        # Refused here, before the catalog takes settings no replica could serve.
+        await asyncio.to_thread(self.registry.encoder_for, settings.embedding_model)
         entry = await self.log.create_collection(name, settings)
         await self._until(
             lambda: name in self.feeds and self.feeds[name].entry.stream == entry.stream,
@@ -238,8 +327,11 @@ class Replication:
         return self.feeds[name].collection
 
     async def delete_collection(self, name: str) -> int:
-        feed = self._feed(name)
-        documents = feed.collection.snapshot().documents
+        # Not _feed(): a collection whose log failed here can still be deleted.
+        feed = self.feeds.get(name)
+        documents = (
+            (feed.collection if feed is not None else self.registry.get(name)).snapshot().documents
+        )
         entry = await self.log.delete_collection(name)
         await self._until(
             lambda: name not in self.feeds or self.feeds[name].entry.stream != entry.stream,

@@ -143,6 +143,11 @@ class ClusterOptions:
         help="Longest a search carrying min_sequence waits for this replica to apply it "
         "(less when the call's deadline is nearer), then UNAVAILABLE.",
     )
+    snapshot_retain_records: int = setting(
+        10_000,
+        help="Log records kept below the newest snapshot, so that a replica a little behind "
+        "catches up from the log (records no replica has applied are always kept).",
+    )
     max_start_lag: int = setting(
         0,
         help="Log records a replica may still be behind when it reports SERVING at start-up.",
@@ -156,6 +161,8 @@ class ClusterOptions:
         for name in ("nats_write_timeout_s", "read_wait_s"):
             if not 0 < getattr(self, name) <= 600:
                 raise ValueError(f"{name}={getattr(self, name)} is outside (0, 600] seconds")
+        if self.snapshot_retain_records < 0:
+            raise ValueError(f"snapshot_retain_records={self.snapshot_retain_records} must be >= 0")
         if self.max_start_lag < 0:
             raise ValueError(f"max_start_lag={self.max_start_lag} must be >= 0")
 

@@ -200,6 +200,11 @@ class DocumentStore:
                 change.killed_pids.extend(pids)
         return change
 
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of the whole store (one read transaction): a snapshot's rows. The
+        copy may hold writes after the snapshot's sequence; opening it rolls them back."""
+        self._db().execute("VACUUM INTO ?", (str(path),))
+
     def roll_back_after(self, sequence: int) -> None:
         """Undoes every write after ``sequence``; start-up then replays them from the log."""
         with self._write() as db:

@@ -122,8 +122,9 @@ class WriteAheadLog:
     def resume_after(self, sequence: int) -> None:
         """Continues numbering after ``sequence`` when the index is ahead of the log's records.
 
-        Only possible if segments were removed by hand; what is left is older than the index, so
-        it is dropped and numbering restarts in a fresh segment without a gap."""
+        Happens to a collection restored from a cluster snapshot (it comes without a log), or
+        if segments were removed by hand; what is left is older than the index, so it is
+        dropped and numbering restarts in a fresh segment without a gap."""
         if sequence <= self.last_sequence:
             return
         _LOGGER.warning(

