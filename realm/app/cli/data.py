@@ -35,6 +35,7 @@ STATS_FIELDS = (
     "tombstones",
     "wal_bytes",
     "last_sequence",
+    "lag",
     "index_bytes",
 )
 
@@ -173,12 +174,14 @@ def stats(
     as_json: JsonOpt = False,
     target: Target = RETRIEVER_TARGET,
 ) -> None:
-    """Show each collection's size, generation, tail and write-ahead log."""
+    """Show each collection's size, generation, tail, write-ahead log and (in a cluster) how
+    far this replica is behind the collection's log."""
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
         collections = client.stats(collection)
     rows = {c.name: {f: int(getattr(c, f)) for f in STATS_FIELDS} for c in collections}
     if as_json:
-        print_json(rows)
+        # The digest tells whether replicas at the same sequence serve the same content.
+        print_json({c.name: {**rows[c.name], "state_digest": c.state_digest} for c in collections})
         return
     console.print(counts_table(f"collections on {target}", rows, STATS_FIELDS))
 
