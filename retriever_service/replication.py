@@ -119,7 +119,8 @@ class Replication:
     async def start(self) -> None:
         """Connects to NATS, brings the local collections in line with the catalog, starts
         following it and every log, and returns once each collection is within
-        ``max_start_lag`` of its log."""
+        ``max_start_lag`` of its log (or has failed: that one collection then refuses writes
+        naming why, and the others are served)."""
         self._log = await JetStreamLog.connect(self.options)
         watcher = await self.log.watch_catalog()
         current: dict[str, CatalogEntry] = {}
@@ -142,8 +143,6 @@ class Replication:
             wanted = last - self.options.max_start_lag
             while feed.collection.snapshot().sequence < wanted and not feed.failure:
                 await asyncio.sleep(0.05)
-            if feed.failure:
-                raise FailedPrecondition(feed.failure)
 
     async def close(self) -> None:
         if self._watching is not None:
@@ -315,6 +314,22 @@ class Replication:
 
         await bounded(wait(), CATALOG_APPLY_S, what)
 
+    async def collection(self, name: str) -> Collection:
+        """Served here, or made through another replica and not yet applied here: then this
+        waits for the catalog (a client that made a collection reads it on any replica)."""
+        feed = self.feeds.get(name)
+        if feed is not None:
+            return feed.collection
+        try:
+            return self.registry.get(name)
+        except NotFound:
+            entry, _ = await self.log.entry(name)  # NotFound when the cluster lacks it too
+        await self._until(
+            lambda: name in self.feeds and self.feeds[name].entry.stream == entry.stream,
+            f"collection {name!r} being made on this replica",
+        )
+        return self.feeds[name].collection
+
     # ------------------------------------------------------------------ writes
     async def create_collection(self, name: str, settings: CollectionSettings) -> Collection:
         # Refused here, before the catalog takes settings no replica could serve.
@@ -342,7 +357,7 @@ class Replication:
     async def upsert(self, name: str, documents: Sequence[StoredDocument]) -> UpsertResult:
         """Publishes the upsert (split into several records when it exceeds the server's
         largest message, each whole documents) and reports it once applied here."""
-        feed = self._feed(name)
+        feed = await self._feed(name)
         prepared = await asyncio.to_thread(feed.collection.prepare, documents)
         records = prepared.records(self.log.max_payload)
         results = [await self._write(feed, record, part) for part, record in enumerate(records)]
@@ -357,7 +372,7 @@ class Replication:
         )
 
     async def delete(self, name: str, doc_ids: Sequence[str]) -> DeleteResult:
-        feed = self._feed(name)
+        feed = await self._feed(name)
         result = await self._write(feed, encode_delete(list(doc_ids)), 0)
         if isinstance(result, DeleteResult):
             return result
@@ -380,10 +395,10 @@ class Replication:
             return DeleteResult(0, [], published.sequence)
         return stored
 
-    def _feed(self, name: str) -> Feed:
+    async def _feed(self, name: str) -> Feed:
+        await self.collection(name)
         feed = self.feeds.get(name)
         if feed is None:
-            self.registry.get(name)  # NotFound with the usual message
             raise Unavailable(f"collection {name!r} is not yet following its log here; retry")
         if feed.failure:
             raise FailedPrecondition(feed.failure)
@@ -399,7 +414,7 @@ class Replication:
 
     async def log_sequence(self, name: str) -> int:
         """The collection's newest sequence, read from JetStream (a strong read waits for it)."""
-        feed = self._feed(name)
+        feed = await self._feed(name)
         last = await self.log.last_sequence(feed.entry)
         feed.log_sequence = max(feed.log_sequence, last)
         return last

@@ -183,9 +183,9 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         ):
             named = stream.add(message)
             if named is not None:
-                self.registry.get(named)  # fail fast, before the client streams everything
+                await self.writes.collection(named)  # fail fast, before the client streams all
         name, documents = stream.finish()
-        collection = self.registry.get(name)
+        collection = await self.writes.collection(name)
         if not documents:
             return retriever_pb2.UpsertResponse(
                 generation=collection.generation, sequence=collection.snapshot().sequence
@@ -203,7 +203,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
         name = validation.collection_name(request.collection)
-        self.registry.get(name)
+        await self.writes.collection(name)
         ids = validation.document_ids(request.ids, self.limits)
         result = await self.writes.delete(name, ids)
         return retriever_pb2.DeleteResponse(
@@ -225,10 +225,10 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             self.read_wait_s,
         )
 
-    def _query(
+    async def _query(
         self, request: retriever_pb2.SearchRequest, field: str
     ) -> tuple[Collection, SearchQuery]:
-        collection = self.registry.get(
+        collection = await self.writes.collection(
             validation.collection_name(request.collection, f"{field}collection")
         )
         return collection, validation.search_query(request, self.limits, field)
@@ -236,7 +236,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Search(  # noqa: N802
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
-        collection, query = self._query(request, "")
+        collection, query = await self._query(request, "")
         await self._fresh(collection, request, context)
         budget = ResponseBudget(self.limits)
         if query.mode == "bm25" and collection.snapshot().passages <= INLINE_BM25_MAX_PASSAGES:
@@ -247,7 +247,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.BatchSearchRequest, context: Context
     ) -> retriever_pb2.BatchSearchResponse:
         validation.batch_size(request.requests, self.limits)
-        queries = [self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
+        queries = [await self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
         for (collection, _), search in zip(queries, request.requests, strict=True):
             await self._fresh(collection, search, context)
         budget = ResponseBudget(self.limits)  # one budget for the whole batch's response
@@ -259,7 +259,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def GetDocument(  # noqa: N802
         self, request: retriever_pb2.GetDocumentRequest, context: Context
     ) -> retriever_pb2.GetDocumentResponse:
-        collection = self.registry.get(validation.collection_name(request.collection))
+        collection = await self.writes.collection(validation.collection_name(request.collection))
         doc_id = validation.document_id(request.id, self.limits)
         await self._fresh(collection, request, context)
         document, passages = await asyncio.to_thread(collection.get, doc_id)
@@ -277,7 +277,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.StatsRequest, context: Context
     ) -> retriever_pb2.StatsResponse:
         if request.collection:
-            collections = [self.registry.get(validation.collection_name(request.collection))]
+            name = validation.collection_name(request.collection)
+            collections = [await self.writes.collection(name)]
         else:
             collections = self.registry.list()
 

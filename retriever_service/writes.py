@@ -15,6 +15,11 @@ from realm.retriever.store import StoredDocument
 class Writes(Protocol):
     """The write side of the service, and what a read needs to know of the log."""
 
+    async def collection(self, name: str) -> Collection:
+        """The collection ``name`` as served here; in a cluster one made through another
+        replica a moment ago is waited for (NotFound if it exists nowhere)."""
+        ...
+
     async def create_collection(self, name: str, settings: CollectionSettings) -> Collection: ...
 
     async def delete_collection(self, name: str) -> int: ...
@@ -37,6 +42,9 @@ class LocalWrites:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+
+    async def collection(self, name: str) -> Collection:
+        return self.registry.get(name)
 
     async def create_collection(self, name: str, settings: CollectionSettings) -> Collection:
         return await asyncio.to_thread(self.registry.create, name, settings)

@@ -8,6 +8,7 @@ losing the NATS quorum fails writes fast while searches keep answering.
 """
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from realm.client import (
     CollectionStats,
     Document,
     InvalidArgument,
+    NotFound,
     RetrieverClient,
     Unavailable,
 )
@@ -165,6 +167,20 @@ def test_collections_made_and_deleted_through_one_replica_change_on_all(cluster:
                 time.sleep(0.1)
 
 
+def test_a_collection_made_through_one_replica_is_written_at_once_through_another(
+    cluster: Cluster,
+) -> None:
+    """No polling: the second replica waits for the catalog, the third reads strongly."""
+    first, second, third = (RetrieverClient(t, timeout=30) for t in cluster.targets)
+    with first, second, third:
+        first.create_collection("made-elsewhere")
+        second.upsert("made-elsewhere", _documents(0, 5))
+        hits = third.search("made-elsewhere", "token3", k=1, mode="bm25", consistency="strong")
+        assert [h.doc_id for h in hits] == ["doc-3"]
+        with pytest.raises(NotFound, match="does not exist"):
+            second.search("never-made", "anything")
+
+
 def test_a_resent_write_is_applied_once(cluster: Cluster) -> None:
     name = "resent"
     with cluster.client() as client:
@@ -194,23 +210,36 @@ def test_a_thousand_interleaved_writes_and_reads_see_their_own_writes(cluster: C
     assert len(set(cluster.settled(name))) == 1
 
 
-def test_a_killed_replica_catches_up_on_restart(cluster: Cluster) -> None:
+def test_a_replica_killed_during_writes_catches_up_on_restart(cluster: Cluster) -> None:
+    """SIGKILL while the victim applies a stream of writes (through the other replicas); the
+    writes go on; restarted on its files, it replays what it missed and equals the others."""
     name = "catch-up"
     victim = cluster.replicas[2]
     with cluster.client() as client:
         client.create_collection(name)
         client.upsert(name, _documents(0, 30))
-        cluster.settled(name)
-        victim.signal(signal.SIGKILL)
-        victim.wait(10)
+    acknowledged: list[int] = []
+
+    def write() -> None:
         with RetrieverClient(cluster.targets[:2], timeout=30) as survivors:
-            for batch in range(1, 6):
+            for batch in range(1, 11):
                 survivors.upsert(name, _documents(batch * 30, 30))
                 survivors.delete(name, [f"doc-{batch}"])
+                acknowledged.append(batch)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while len(acknowledged) < 3:  # the victim is applying the writes when it dies
+        assert writer.is_alive(), "the writer stopped before the kill"
+        time.sleep(0.01)
+    victim.signal(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    writer.join(120)
+    assert acknowledged == list(range(1, 11)), "writes stopped when a replica died"
     victim.start().wait_serving()
     digests = cluster.settled(name)
     assert len(set(digests)) == 1
-    assert cluster.stats(2, name).documents == 175
+    assert cluster.stats(2, name).documents == 330 - 10
 
 
 def test_a_replica_started_after_the_log_was_trimmed_boots_from_a_snapshot(
