@@ -231,8 +231,8 @@ def _get_request(
     )
 
 
-def _stats_request(collection: str = "") -> retriever_pb2.StatsRequest:
-    return retriever_pb2.StatsRequest(collection=collection)
+def _stats_request(collection: str = "", digest: bool = False) -> retriever_pb2.StatsRequest:
+    return retriever_pb2.StatsRequest(collection=collection, state_digest=digest)
 
 
 def _compact_request(collection: str) -> retriever_pb2.CompactRequest:

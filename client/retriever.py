@@ -146,9 +146,10 @@ class RetrieverClient(SyncClient):
         read = self.session.read(collection, options)
         return self._calls.unary(calls.BATCH_SEARCH, collection, queries, **read)
 
-    def stats(self, collection: str = "") -> list[CollectionStats]:
-        """One collection's figures, or every collection's when none is named."""
-        return self._calls.unary(calls.STATS, collection)
+    def stats(self, collection: str = "", *, digest: bool = False) -> list[CollectionStats]:
+        """One collection's figures, or every collection's when none is named; ``digest`` also
+        computes each one's ``state_digest`` (it reads the whole collection)."""
+        return self._calls.unary(calls.STATS, collection, digest)
 
     def compact(self, collection: str) -> int:
         """Folds the collection's recent writes into a new generation; returns its number."""
@@ -257,8 +258,8 @@ class AsyncRetrieverClient(AsyncClient):
         read = self.session.read(collection, options)
         return await self._calls.unary(calls.BATCH_SEARCH, collection, queries, **read)
 
-    async def stats(self, collection: str = "") -> list[CollectionStats]:
-        return await self._calls.unary(calls.STATS, collection)
+    async def stats(self, collection: str = "", *, digest: bool = False) -> list[CollectionStats]:
+        return await self._calls.unary(calls.STATS, collection, digest)
 
     async def compact(self, collection: str) -> int:
         return await self._calls.unary(calls.COMPACT, collection)

@@ -98,7 +98,7 @@ class CollectionStats:
     last_sequence: int
     # In a cluster: the newest sequence of the collection's log this replica knows, how many
     # records it has still to apply, and a digest of what it serves (equal on replicas at the
-    # same last_sequence). On a single node lag is 0.
+    # same last_sequence; only when stats(digest=True) asked). On a single node lag is 0.
     log_sequence: int = 0
     lag: int = 0
     state_digest: str = ""

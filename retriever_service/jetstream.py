@@ -114,9 +114,10 @@ class JetStreamLog:
     @classmethod
     async def connect(cls, options: ClusterOptions) -> "JetStreamLog":
         """Connects (retrying until a server answers: a replica waits for NATS rather than
-        exit) and opens, or makes, the catalog bucket."""
+        exit) and opens, or makes, the catalog bucket and the snapshot store."""
         attempt = 0
         while True:
+            client: Client | None = None
             try:
                 client = await nats.connect(
                     servers=list(options.nats),
@@ -131,6 +132,8 @@ class JetStreamLog:
                 snapshots = await _snapshot_store(stream_api, options)
                 break
             except NATS_FAILURES as error:
+                if client is not None:  # connected, but JetStream was not ready: start over
+                    await client.close()
                 attempt += 1
                 _LOGGER.warning(
                     "NATS at %s not ready (%s), attempt %d; retrying",

@@ -282,6 +282,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         else:
             collections = self.registry.list()
 
+        digest = request.state_digest
+
         def gather() -> list[retriever_pb2.CollectionStats]:
             out = []
             for collection in collections:
@@ -302,7 +304,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                         applied_sequence=stats.last_sequence,
                         log_sequence=max(log_sequence, stats.last_sequence),
                         lag=lag,
-                        state_digest=collection.state_digest(),
+                        state_digest=collection.state_digest() if digest else "",
                     )
                 )
             return out

@@ -48,7 +48,7 @@ class Cluster:
 
     def stats(self, replica: int, collection: str) -> CollectionStats:
         with RetrieverClient(self.replicas[replica].target, timeout=30) as client:
-            return client.stats(collection)[0]
+            return client.stats(collection, digest=True)[0]
 
     def settled(self, collection: str, timeout: float = 60.0) -> list[str]:
         """Each replica's digest once all have applied the same sequence."""
@@ -127,7 +127,7 @@ def test_writes_through_any_replica_are_read_everywhere_and_replicas_agree(
             for attempt in range(REPLICAS):  # round robin: each read on another replica
                 hits = client.search(name, f"token{batch * 20 + 7}", k=1, mode="bm25")
                 assert hits[0].doc_id == f"doc-{batch * 20 + 7}", f"read {attempt} missed"
-        single_stats = single.stats(name)[0]
+        single_stats = single.stats(name, digest=True)[0]
         digests = cluster.settled(name)
         assert len(set(digests)) == 1
         assert digests[0] == single_stats.state_digest
@@ -258,7 +258,7 @@ def test_a_replica_started_after_the_log_was_trimmed_boots_from_a_snapshot(
         time.sleep(0.2)
     with _replica(tmp_path / "late" / "data", cluster.nats) as late:
         with RetrieverClient(late.target, timeout=30) as client:
-            stats = client.stats(name)[0]
+            stats = client.stats(name, digest=True)[0]
             assert stats.state_digest == digests[0]
             assert stats.documents == 119
             assert stats.generation >= 1
@@ -277,6 +277,7 @@ def test_losing_the_nats_quorum_fails_writes_fast_and_reads_go_on(cluster: Clust
         # One of three down: writes go on once the streams the lost server led have elected a
         # new leader (a few seconds; meanwhile writes fail with UNAVAILABLE, never hang).
         _write_when_available(client, name, _documents(10, 10))
+        cluster.settled(name)  # every replica has applied it before the quorum goes
         cluster.nats.servers[1].kill()
         request = retriever_pb2.UpsertRequest(
             collection=name, documents=[common_pb2.Document(id="no-quorum", text="late write")]
@@ -291,8 +292,10 @@ def test_losing_the_nats_quorum_fails_writes_fast_and_reads_go_on(cluster: Clust
                 took = time.monotonic() - started
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value.details()
             assert took < 3.0, f"a write without quorum took {took:.1f} s to fail"
-        hits = client.search(name, "token15", k=1, mode="bm25", consistency="eventual")
-        assert hits[0].doc_id == "doc-15"
+        for target in cluster.targets:  # every replica answers from what it applied
+            with RetrieverClient(target, timeout=30, consistency="eventual") as one:
+                hits = one.search(name, "token15", k=1, mode="bm25")
+            assert [h.doc_id for h in hits] == ["doc-15"]
         cluster.nats.servers[0].start()
         cluster.nats.servers[1].start()
         cluster.nats.wait_ready()

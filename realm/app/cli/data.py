@@ -172,18 +172,26 @@ def stats(
         str, typer.Option("--collection", "-c", help="One collection; default all.")
     ] = "",
     as_json: JsonOpt = False,
+    digest: Annotated[
+        bool,
+        typer.Option(
+            "--digest", help="Also the digest of each collection's content (reads it whole)."
+        ),
+    ] = False,
     target: Target = RETRIEVER_TARGET,
 ) -> None:
     """Show each collection's size, generation, tail, write-ahead log and (in a cluster) how
     far this replica is behind the collection's log."""
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
-        collections = client.stats(collection)
+        collections = client.stats(collection, digest=digest)
     rows = {c.name: {f: int(getattr(c, f)) for f in STATS_FIELDS} for c in collections}
     if as_json:
         # The digest tells whether replicas at the same sequence serve the same content.
         print_json({c.name: {**rows[c.name], "state_digest": c.state_digest} for c in collections})
         return
     console.print(counts_table(f"collections on {target}", rows, STATS_FIELDS))
+    for c in collections if digest else []:
+        console.print(f"{c.name}: state digest {c.state_digest}")
 
 
 def compact(collection: CollectionOpt, target: Target = RETRIEVER_TARGET) -> None:
