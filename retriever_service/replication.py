@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats.errors
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from realm.errors import FailedPrecondition, NotFound, StorageError, Unavailable
@@ -225,7 +224,7 @@ class Replication:
         while True:
             try:
                 messages = await fetch(batch=FETCH_BATCH, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own or asyncio's: no new records
                 feed.log_sequence = max(feed.log_sequence, feed.collection.snapshot().sequence)
                 messages = []
             for message in messages:
