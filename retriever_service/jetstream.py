@@ -71,14 +71,6 @@ class CatalogEntry:
         return f"{SUBJECT_PREFIX}.{self.stream}"
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
-    """Where JetStream stored a write: its sequence, and whether it was a dropped re-send."""
-
-    sequence: int
-    duplicate: bool
-
-
 @asynccontextmanager
 async def _unavailable(what: str) -> AsyncIterator[None]:
     """Turns NATS failures into UNAVAILABLE naming what could not be done.
@@ -219,8 +211,9 @@ class JetStreamLog:
             await self.stream_api.delete_stream(stream)
 
     # ------------------------------------------------------------------ log
-    async def publish(self, entry: CatalogEntry, payload: bytes, message_id: str) -> Published:
-        """Stores one log record; returns once JetStream holds it on a quorum."""
+    async def publish(self, entry: CatalogEntry, payload: bytes, message_id: str) -> int:
+        """Stores one log record; returns its sequence once JetStream holds it on a quorum (a
+        re-sent record's is the first send's: JetStream dropped the copy)."""
         if not self.client.is_connected:
             raise Unavailable(
                 f"collection {entry.name!r}: not connected to NATS (reconnecting); nothing was "
@@ -237,7 +230,7 @@ class JetStreamLog:
                 )
             except nats.js.errors.NotFoundError as error:
                 raise NotFound(f"collection {entry.name!r} was deleted meanwhile") from error
-        return Published(ack.seq, bool(ack.duplicate))
+        return int(ack.seq)
 
     async def last_sequence(self, entry: CatalogEntry) -> int:
         """The sequence of the newest record in the collection's log."""

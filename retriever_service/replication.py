@@ -379,19 +379,19 @@ class Replication:
 
     async def _write(self, feed: Feed, record: bytes, part: int) -> UpsertResult | DeleteResult:
         """One record into the log, then waits for this replica to apply it."""
-        published = await self.log.publish(feed.entry, record, f"{request_id.get()}-{part}")
+        sequence = await self.log.publish(feed.entry, record, f"{request_id.get()}-{part}")
         reached = await asyncio.to_thread(
-            feed.collection.wait_for, published.sequence, self.options.read_wait_s
+            feed.collection.wait_for, sequence, self.options.read_wait_s
         )
         if not reached:
             raise Unavailable(
                 f"collection {feed.entry.name!r}: the write is stored in the log as sequence "
-                f"{published.sequence} but this replica has not applied it within "
+                f"{sequence} but this replica has not applied it within "
                 f"{self.options.read_wait_s:g} s; it will be, search with min_sequence"
             )
-        stored = feed.results.get(published.sequence)
+        stored = feed.results.get(sequence)
         if stored is None:  # a re-sent write (applied before) or one whose result was evicted
-            return DeleteResult(0, [], published.sequence)
+            return DeleteResult(0, [], sequence)
         return stored
 
     async def _feed(self, name: str) -> Feed:
