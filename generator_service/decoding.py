@@ -53,6 +53,9 @@ class Finished:
     completion_tokens: int
     first_token_at: float
     finished_at: float
+    # When the engine received the request and when its prefill began (perf_counter seconds).
+    submitted_at: float = 0.0
+    prefill_started_at: float = 0.0
 
 
 Event = Delta | Finished
@@ -68,6 +71,8 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
     emitted: str = ""
+    submitted_at: float = field(default_factory=time.perf_counter)
+    prefill_started_at: float = 0.0
     first_token_at: float = 0.0
     sampler: torch.Generator | None = None
     drafter: PromptLookup | None = None  # greedy, unconstrained rows of a speculating engine
@@ -142,6 +147,8 @@ class StopCriteria:
                 completion_tokens=len(job.generated),
                 first_token_at=job.first_token_at or time.perf_counter(),
                 finished_at=time.perf_counter(),
+                submitted_at=job.submitted_at,
+                prefill_started_at=job.prefill_started_at or job.submitted_at,
             )
         )
 

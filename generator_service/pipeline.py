@@ -16,11 +16,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from realm import errors
+from realm import errors, tracing
 from realm.generator.citations import Citation, find_citations, span_citations
-from realm.generator.decoding import Delta, FinishReason, SamplingParams
+from realm.generator.decoding import Delta, Finished, FinishReason, SamplingParams
 from realm.generator.extraction import Field, parse_fields, to_json
 from realm.generator.grounding import AnswerStyle, CopyConstraint, Grounding, Vocabulary
+from realm.generator.metrics import (
+    GENERATION_DURATION,
+    INTER_TOKEN_LATENCY,
+    QUEUE_DURATION,
+    RETRIEVAL_DURATION,
+    TIME_TO_FIRST_TOKEN,
+)
 from realm.generator.prompts import PromptBuilder, PromptKind, RetrievedPassage, Task
 from realm.generator.retrieval import RetrieverGateway, SearchSpec
 from realm.generator.scheduler import GenerationEngine
@@ -273,16 +280,17 @@ class Pipeline:
         words that say it does not know); with ``opening``, it starts with a new word."""
         prefix = f"{field_name}:" if field_name else ""
         kind: PromptKind = request.style if request.task == "answer" else request.task
-        prompt = await asyncio.to_thread(
-            self.prompts.build,
-            kind,
-            request.question,
-            passages,
-            [field_name] if field_name else [],
-            params.max_new_tokens,
-            bool(passages),
-            prefix,
-        )
+        with tracing.span("pack_prompt", passages=len(passages)):
+            prompt = await asyncio.to_thread(
+                self.prompts.build,
+                kind,
+                request.question,
+                passages,
+                [field_name] if field_name else [],
+                params.max_new_tokens,
+                bool(passages),
+                prefix,
+            )
         if prefix:
             yield prefix
         constraint = None
@@ -299,6 +307,7 @@ class Pipeline:
             if isinstance(event, Delta):
                 yield event.text
             else:
+                _observe(event)
                 yield _Run(
                     text=prefix + event.text,
                     passages=prompt.passages,
@@ -354,16 +363,36 @@ class Pipeline:
         self, request: AnswerRequest, time_left: Callable[[], float | None]
     ) -> tuple[list[RetrievedPassage], str]:
         """The passages, or none and the reason when the request allows answering without."""
+        started = time.perf_counter()
         try:
-            passages = await self.gateway.search(request.search, time_left())
+            with tracing.span("retrieve", k=request.search.k):
+                passages = await self.gateway.search(request.search, time_left())
         except (errors.Unavailable, errors.ResourceExhausted) as error:
             if not request.allow_no_context:
                 raise
             _LOGGER.warning("answering without context: %s", error)
             return [], f"retrieval failed: {error}"
+        finally:
+            RETRIEVAL_DURATION.observe(time.perf_counter() - started)
         if not passages:
             return [], "the retriever found no passages for the question"
         return passages, ""
+
+
+def _observe(done: Finished) -> None:
+    """One generation's latencies as metrics, and its engine phases as spans."""
+    TIME_TO_FIRST_TOKEN.observe(done.first_token_at - done.submitted_at)
+    QUEUE_DURATION.observe(done.prefill_started_at - done.submitted_at)
+    GENERATION_DURATION.observe(done.finished_at - done.submitted_at)
+    if done.completion_tokens > 1:
+        INTER_TOKEN_LATENCY.observe(
+            (done.finished_at - done.first_token_at) / (done.completion_tokens - 1)
+        )
+    tracing.record("queue", done.submitted_at, done.prefill_started_at)
+    tracing.record(
+        "prefill", done.prefill_started_at, done.first_token_at, tokens=done.prompt_tokens
+    )
+    tracing.record("decode", done.first_token_at, done.finished_at, tokens=done.completion_tokens)
 
 
 def _lacks_number(question: str, run: _Run, span: tuple[int, int]) -> bool:

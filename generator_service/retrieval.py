@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import grpc
 from grpc import aio
 
-from realm import errors
+from realm import errors, tracing
 from realm.channels import RETRIEVER_SERVICE, ConnectionOptions, aio_channel
 from realm.generator.prompts import RetrievedPassage
 from realm.status import error_for
@@ -58,7 +58,9 @@ class RetrieverGateway:
         )
         try:
             response = await self._stub.Search(
-                request, timeout=timeout, metadata=self._options.metadata
+                request,
+                timeout=timeout,
+                metadata=(*self._options.metadata, *tracing.outgoing_metadata()),
             )
         except aio.AioRpcError as error:
             raise self._translate(error, timeout) from None

@@ -78,6 +78,10 @@ class EngineStats:
     """What the engine has done so far; read by tests, benchmarks and ``Info``."""
 
     steps: int = 0  # decode steps run
+    finished: int = 0  # requests finished
+    prompt_tokens: int = 0  # prompt tokens of admitted requests
+    reused_prompt_tokens: int = 0  # of which taken from the previous prompt's cache
+    generated_tokens: int = 0  # tokens of finished requests
     max_rows_seen: int = 0  # the most rows one step decoded
     drafted_tokens: int = 0  # guessed tokens fed to the model
     confirmed_tokens: int = 0  # guessed tokens the model confirmed
@@ -129,6 +133,11 @@ class GenerationEngine:
     def sequences_decoding(self) -> int:
         return len(self._rows)
 
+    @property
+    def waiting(self) -> int:
+        """Requests not yet admitted into the batch."""
+        return self._inbox.qsize()
+
     def start(self) -> None:
         self._thread.start()
 
@@ -163,6 +172,8 @@ class GenerationEngine:
                     raise event
                 yield event
                 if isinstance(event, Finished):
+                    self.stats.finished += 1
+                    self.stats.generated_tokens += event.completion_tokens
                     return
         finally:
             job.cancelled.set()
@@ -208,10 +219,13 @@ class GenerationEngine:
     def _prefill(self, job: Job) -> None:
         model = self.loaded.model
         device = self.loaded.device
+        job.prefill_started_at = time.perf_counter()
         if self.prefix_reuse is None:
             cache, reused = DynamicCache(config=model.config), 0
         else:
             cache, reused = self.prefix_reuse.seed(job.prompt_ids)
+        self.stats.prompt_tokens += len(job.prompt_ids)
+        self.stats.reused_prompt_tokens += reused
         ids = torch.tensor([job.prompt_ids[reused:]], dtype=torch.long, device=device)
         out = model(
             input_ids=ids, use_cache=True, **self._prefill_options, **{self._cache_argument: cache}
@@ -303,6 +317,8 @@ class GenerationEngine:
         """The path for models the batcher cannot merge: ``generate`` with a streaming hook."""
         model: Any = self.loaded.model
         device = self.loaded.device
+        job.prefill_started_at = time.perf_counter()
+        self.stats.prompt_tokens += len(job.prompt_ids)
         ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=device)
         streamer = _JobStreamer(self.stops, job)
         options: dict[str, Any] = {

@@ -5,6 +5,7 @@ import logging
 
 from grpc import aio
 
+from realm.generator.metrics import EngineCollector
 from realm.generator.models import load_model
 from realm.generator.pipeline import Pipeline
 from realm.generator.prompts import PromptBuilder
@@ -17,6 +18,7 @@ from realm.v1 import generator_pb2, generator_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+TELEMETRY_NAME = "realm-generator"  # service.name of its spans
 
 
 async def serve(config: GeneratorConfig) -> None:
@@ -25,6 +27,7 @@ async def serve(config: GeneratorConfig) -> None:
         config.retriever_target, config.retrieval_timeout_s, config.retriever_connection()
     )
     engines: list[GenerationEngine] = []
+    engine_figures = EngineCollector()
 
     def register(server: aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
@@ -36,6 +39,7 @@ async def serve(config: GeneratorConfig) -> None:
         )
         engine.start()
         engines.append(engine)
+        engine_figures.attach(engine)
         prompts = PromptBuilder(loaded.tokenizer, loaded.context_tokens)
         servicer.attach(Pipeline(gateway, engine, prompts), loaded)
 
@@ -44,4 +48,12 @@ async def serve(config: GeneratorConfig) -> None:
             await asyncio.to_thread(engine.stop)
         await gateway.close()
 
-    await serve_until_signal(config.server, register, [SERVICE_NAME], load, flush)
+    await serve_until_signal(
+        config.server,
+        register,
+        [SERVICE_NAME],
+        load,
+        flush,
+        telemetry_name=TELEMETRY_NAME,
+        collectors=[engine_figures],
+    )

@@ -5,6 +5,7 @@ matching code and the error's message. Anything unexpected is logged with its tr
 reaches the caller as INTERNAL with only the request id, never a traceback.
 """
 
+import asyncio
 import hmac
 import logging
 import time
@@ -17,8 +18,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from realm import errors
+from realm import errors, tracing
 from realm.logs import request_id
+from realm.metrics import RELAYED_KEY, MethodMetrics, for_method
 from realm.status import status_of
 
 _LOGGER = logging.getLogger("realm.rpc")
@@ -44,10 +46,12 @@ class Admission:
         self.per_method: dict[str, int] = {}
 
     @contextmanager
-    def held(self, method: str) -> Iterator[None]:
+    def held(self, method: str, metrics: MethodMetrics) -> Iterator[None]:
         if not self.ready:
+            metrics.refused("not_ready")
             raise errors.Unavailable("the server is loading or shutting down; retry shortly")
         if self.calls >= self.max_calls:
+            metrics.refused("server_full")
             raise errors.ResourceExhausted(
                 f"{self.calls} calls are in progress, the server's max_concurrent_rpcs="
                 f"{self.max_calls}; retry shortly"
@@ -55,34 +59,43 @@ class Admission:
         cap = self.max_per_method.get(method)
         running = self.per_method.get(method, 0)
         if cap is not None and running >= cap:
+            metrics.refused("method_full")
             raise errors.ResourceExhausted(
                 f"{running} {method.rsplit('/', 1)[-1]} calls are in progress, this server's "
                 f"limit; retry shortly"
             )
         self.calls += 1
         self.per_method[method] = running + 1
+        metrics.started()
         try:
             yield
         finally:
             self.calls -= 1
             self.per_method[method] -= 1
+            metrics.ended()
 
 
 class _CallScope:
-    """Sets the request id, times the call and turns exceptions into statuses."""
+    """Sets the request id, times the call, records its metrics and span, and turns exceptions
+    into statuses."""
 
     def __init__(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
         self.method = method
         self.context = context
-        metadata = dict(context.invocation_metadata() or ())
+        self.invocation = context.invocation_metadata()
+        metadata = dict(self.invocation or ())
+        self.metrics = for_method(method, counted=RELAYED_KEY not in metadata)
         self.rid = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
         self.started = time.perf_counter()
 
     def __enter__(self) -> "_CallScope":
         self.token = request_id.set(self.rid)
+        self.span_scope = tracing.server_span(self.method, self.invocation)
+        self.span = self.span_scope.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
+        self.span_scope.__exit__(*exc)
         request_id.reset(self.token)
 
     async def fail(self, error: BaseException) -> None:
@@ -98,12 +111,16 @@ class _CallScope:
         await self.context.abort(code, message)
 
     def log(self, code: grpc.StatusCode) -> None:
-        """Failed calls log at INFO; successful ones at DEBUG (logging each one costs a
-        noticeable share of a fast search; docs/benchmarks.md)."""
+        """Records the call's end: metrics, span status, and a log line. Failed calls log at
+        INFO; successful ones at DEBUG (logging each one costs a noticeable share of a fast
+        search; docs/benchmarks.md)."""
+        seconds = time.perf_counter() - self.started
+        self.metrics.finished(code.name, seconds)
+        tracing.set_grpc_status(self.span, code.name, code.value[0])
         level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
         if not _LOGGER.isEnabledFor(level):
             return
-        duration = round((time.perf_counter() - self.started) * 1000, 2)
+        duration = round(seconds * 1000, 2)
         _LOGGER.log(
             level,
             "%s %s",
@@ -188,10 +205,14 @@ def _wrap_single_response(handler: Any, method: str, admission: Admission) -> An
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         with _CallScope(method, context) as scope:
             try:
-                with admission.held(method):
+                with admission.held(method, scope.metrics):
                     response = await behavior(_checked(request), context)
-            except Exception as error:  # cancellation (BaseException) passes through
+            except asyncio.CancelledError:
+                scope.log(grpc.StatusCode.CANCELLED)
+                raise
+            except Exception as error:
                 if _is_abort(error):
+                    scope.log(context.code())
                     raise
                 await scope.fail(error)
                 raise
@@ -207,11 +228,15 @@ def _wrap_streaming_response(handler: Any, method: str, admission: Admission) ->
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with _CallScope(method, context) as scope:
             try:
-                with admission.held(method):
+                with admission.held(method, scope.metrics):
                     async for item in behavior(_checked(request), context):
                         yield item
-            except Exception as error:  # cancellation (BaseException) passes through
+            except asyncio.CancelledError:
+                scope.log(grpc.StatusCode.CANCELLED)
+                raise
+            except Exception as error:
                 if _is_abort(error):
+                    scope.log(context.code())
                     raise
                 await scope.fail(error)
                 raise

@@ -1,10 +1,13 @@
-"""Structured logs: one JSON object per line on stderr, with the request id when there is one."""
+"""Structured logs: one JSON object per line on stderr, with the request id and the trace id
+when there are ones."""
 
 import contextvars
 import json
 import logging
 import sys
 import time
+
+from realm.tracing import current_trace_id
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -24,6 +27,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             entry["request_id"] = rid
+        trace_id = current_trace_id()
+        if trace_id:
+            entry["trace_id"] = trace_id
         for key in ("method", "code", "duration_ms"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)

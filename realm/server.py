@@ -20,8 +20,11 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client.registry import Collector
 
+from realm import tracing
 from realm.interceptors import Admission, BearerTokenInterceptor, ErrorInterceptor
+from realm.metrics import MetricsEndpoint
 from realm.ports import RETRIEVER_PORT
 from realm.settings import setting
 
@@ -70,6 +73,11 @@ class ServerOptions:
         help="Token every call but health must carry as 'authorization: Bearer TOKEN'.",
     )
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR.")
+    metrics_port: int | None = setting(
+        None,
+        help="Serve Prometheus metrics over HTTP on this port at /metrics (same host as the "
+        "gRPC port); off when unset.",
+    )
     # Connection management (docs/limits.md, "Connections"). The server pings a connection that
     # has been silent for keepalive_s and drops it when no answer comes within
     # keepalive_timeout_s, so half-open connections of vanished clients do not pile up.
@@ -107,6 +115,8 @@ class ServerOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} is outside 0..65535")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port={self.metrics_port} is outside 0..65535")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes={self.max_message_bytes} is below 1024")
         if self.max_concurrent_rpcs < 1:
@@ -309,12 +319,54 @@ async def serve_until_signal(
     *,
     reuse_port: bool = False,
     method_caps: Mapping[str, int] | None = None,
+    telemetry_name: str,
+    collectors: Sequence[Collector] = (),
+    worker_metrics: Path | None = None,
 ) -> None:
     """Runs a service for its whole life: start, load, serve, drain on a signal, flush.
 
     ``before_stop`` runs when the signal arrives, while this server still answers (the
     retriever stops its workers there, whose calls it may still be serving).
+    ``telemetry_name`` is the service's name in traces; ``collectors`` read the service's state
+    when Prometheus scrapes (with ``options.metrics_port`` set), and the read workers announce
+    their own figures in ``worker_metrics``.
     """
+    tracing.configure(telemetry_name)
+    endpoint = (
+        None
+        if options.metrics_port is None
+        else MetricsEndpoint(options.host, options.metrics_port, collectors, worker_metrics)
+    )
+    try:
+        await _serve(
+            options,
+            register,
+            service_names,
+            load,
+            flush,
+            before_stop,
+            loopback_port,
+            reuse_port=reuse_port,
+            method_caps=method_caps,
+        )
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        tracing.shutdown()
+
+
+async def _serve(
+    options: ServerOptions,
+    register: Callable[[aio.Server], None],
+    service_names: Sequence[str],
+    load: Callable[[RunningServer], Coroutine[Any, Any, None]],
+    flush: Callable[[], Coroutine[Any, Any, None]],
+    before_stop: Callable[[], Coroutine[Any, Any, None]] | None,
+    loopback_port: bool,
+    *,
+    reuse_port: bool,
+    method_caps: Mapping[str, int] | None,
+) -> None:
     running = await start_server(
         options,
         register,

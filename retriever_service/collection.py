@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from realm import tracing
 from realm.errors import InvalidArgument, NotFound, StorageError, shown
 from realm.files import fsync_dir, make_durable_dir
 from realm.retriever import log_records
@@ -276,12 +277,13 @@ class Collection:
     def prepare(self, documents: Sequence[StoredDocument]) -> Prepared:
         """Chunks, analyses and encodes an upsert's documents (no lock held: the slow part)."""
         latest = {d.doc_id: d for d in documents}  # an id sent twice: the last one wins
-        analysed = analyse(list(latest.values()), self.settings.chunker, self.analyzer)
-        vectors = (
-            self.encoder.encode(analysed.texts)
-            if analysed.texts
-            else np.empty((0, self.encoder.dimension), dtype=np.float32)
-        )
+        with tracing.span("prepare", documents=len(latest)):
+            analysed = analyse(list(latest.values()), self.settings.chunker, self.analyzer)
+            vectors = (
+                self.encoder.encode(analysed.texts)
+                if analysed.texts
+                else np.empty((0, self.encoder.dimension), dtype=np.float32)
+            )
         return Prepared(analysed, vectors)
 
     def upsert(self, documents: Sequence[StoredDocument]) -> UpsertResult:
@@ -294,7 +296,7 @@ class Collection:
                 f"this Upsert stream makes a {len(payload):,}-byte log record, above "
                 f"{MAX_RECORD_BYTES:,}; split it into several streams"
             )
-        with self.write_lock:
+        with tracing.span("commit", documents=len(analysed.documents)), self.write_lock:
             view, change = self._commit(
                 lambda db, sequence: self.store.upsert(
                     db, sequence, analysed.documents, analysed.spans

@@ -10,13 +10,16 @@ import logging
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
+from realm import tracing
 from realm.errors import StorageError
 from realm.retriever.generation import GENERATIONS, Generation, generation_dir, write_generation
 from realm.retriever.live import View, carry_over, fold
 from realm.retriever.manifest import GenerationEntry, write_manifest
+from realm.retriever.metrics import BUILD_DURATION
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.store import DocumentStore
 from realm.retriever.wal import WriteAheadLog
@@ -94,6 +97,7 @@ class Compactor:
                     return
                 collection.wal.seal()  # later records go to a segment the next build still needs
             number = built_from.generation.number + 1
+            started = time.perf_counter()
             _LOGGER.info(
                 "collection %s: building generation %d (%d tail passages, %d tombstones)",
                 collection.name,
@@ -102,7 +106,8 @@ class Compactor:
                 built_from.dead_generation_count,
             )
             try:
-                generation = self._write(built_from, number)
+                with tracing.span("build", collection=collection.name, generation=number):
+                    generation = self._write(built_from, number)
                 with collection.write_lock:
                     write_manifest(  # the commit point
                         collection.directory,
@@ -119,6 +124,7 @@ class Compactor:
                     f"({error}); the served generation and the log are unchanged"
                 ) from error
             self.fallback = built_from.generation.manifest_entry()
+            BUILD_DURATION.observe(time.perf_counter() - started)
             _LOGGER.info(
                 "collection %s serves generation %d (%d passages, log sequence %d)",
                 collection.name,

@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 
 from grpc import aio
 
+from realm import tracing
 from realm.logs import request_id
+from realm.metrics import RELAYED_KEY
 from realm.retriever import validation
 from realm.retriever.replica import Replicas
 from realm.retriever.response_budget import ResponseBudget
@@ -46,6 +48,8 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             if key in _FORWARDED_KEYS
         ]
         metadata.append(("x-request-id", request_id.get()))
+        metadata.append((RELAYED_KEY, "1"))  # counted in this worker's metrics, not again
+        metadata.extend(tracing.outgoing_metadata())
         try:
             return await call(request, metadata=metadata, timeout=context.time_remaining())
         except aio.AioRpcError as error:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from realm import tracing
 from realm.errors import FailedPrecondition, NotFound, StorageError, Unavailable
 from realm.files import write_json_atomic
 from realm.logs import request_id
@@ -379,10 +380,12 @@ class Replication:
 
     async def _write(self, feed: Feed, record: bytes, part: int) -> UpsertResult | DeleteResult:
         """One record into the log, then waits for this replica to apply it."""
-        sequence = await self.log.publish(feed.entry, record, f"{request_id.get()}-{part}")
-        reached = await asyncio.to_thread(
-            feed.collection.wait_for, sequence, self.options.read_wait_s
-        )
+        with tracing.span("log.publish", bytes=len(record)):
+            sequence = await self.log.publish(feed.entry, record, f"{request_id.get()}-{part}")
+        with tracing.span("log.apply", sequence=sequence):
+            reached = await asyncio.to_thread(
+                feed.collection.wait_for, sequence, self.options.read_wait_s
+            )
         if not reached:
             raise Unavailable(
                 f"collection {feed.entry.name!r}: the write is stored in the log as sequence "

@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from realm import tracing
 from realm.retriever import fusion
 from realm.retriever.analyzer import Analyzer
 from realm.retriever.embedder import Encoder
@@ -61,7 +62,8 @@ class Searcher:
             return []
         rows, scores = self._rank(view, query, allowed)
         pids = view.pids(rows)
-        records = self.store.passages([int(p) for p in pids])
+        with tracing.span("hydrate", hits=len(pids)):
+            records = self.store.passages([int(p) for p in pids])
         # A row purged after a much later swap can be missing for a very old view: skip it.
         return [
             Hit(records[int(pid)], float(score))
@@ -74,27 +76,37 @@ class Searcher:
     ) -> tuple[IntArray, FloatArray]:
         if query.mode == "bm25":
             return self._bm25_top(view, query.text, query.k, allowed)[:2]
-        vector = self.encoder.encode([query.text])[0]
         if query.mode == "dense":
-            return view.dense_top(vector, query.k, allowed)
+            return self._dense_top(view, query.text, query.k, allowed)[:2]
         params = fusion.FusionParams()
         method = query.fusion_method or params.method
         weight = params.dense_weight if query.dense_weight is None else query.dense_weight
         depth = max(query.k, params.depth)
         bm25_rows, _, all_bm25 = self._bm25_top(view, query.text, depth, allowed)
-        dense_rows, _ = view.dense_top(vector, depth, allowed)
-        if method == "rrf":
-            return fusion.rrf(bm25_rows, dense_rows, query.k, weight, params.rrf_k)
-        candidates = np.union1d(bm25_rows, dense_rows)
-        cosines = view.vectors(candidates) @ vector
-        return fusion.weighted(candidates, all_bm25[candidates], cosines, query.k, weight)
+        dense_rows, _, vector = self._dense_top(view, query.text, depth, allowed)
+        with tracing.span("fuse", method=method):
+            if method == "rrf":
+                return fusion.rrf(bm25_rows, dense_rows, query.k, weight, params.rrf_k)
+            candidates = np.union1d(bm25_rows, dense_rows)
+            cosines = view.vectors(candidates) @ vector
+            return fusion.weighted(candidates, all_bm25[candidates], cosines, query.k, weight)
+
+    def _dense_top(
+        self, view: View, text: str, k: int, allowed: IntArray | None
+    ) -> tuple[IntArray, FloatArray, FloatArray]:
+        """The dense top k and the query's vector (hybrid's weighted fusion needs it again)."""
+        with tracing.span("dense", k=k):
+            vector = self.encoder.encode([text])[0]
+            rows, scores = view.dense_top(vector, k, allowed)
+        return rows, scores, vector
 
     def _bm25_top(
         self, view: View, text: str, k: int, allowed: IntArray | None
     ) -> tuple[IntArray, FloatArray, FloatArray]:
-        scores = view.bm25_scores(self.analyzer.tokens(text), self.settings.bm25)
-        matching = np.flatnonzero(scores > 0).astype(np.int64)  # IDF is always positive
-        if allowed is not None:
-            matching = np.intersect1d(matching, allowed, assume_unique=True)
-        rows, best = top_k(scores, k, matching)
+        with tracing.span("bm25", k=k):
+            scores = view.bm25_scores(self.analyzer.tokens(text), self.settings.bm25)
+            matching = np.flatnonzero(scores > 0).astype(np.int64)  # IDF is always positive
+            if allowed is not None:
+                matching = np.intersect1d(matching, allowed, assume_unique=True)
+            rows, best = top_k(scores, k, matching)
         return rows, best, scores

@@ -3,16 +3,25 @@
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 from grpc import aio
 from threadpoolctl import threadpool_limits
 
 from realm.files import lock_directory
 from realm.retriever.embedder import load_encoder
+from realm.retriever.metrics import IndexCollector
 from realm.retriever.registry import Registry
 from realm.retriever.replication import Replication, replica_id
-from realm.retriever.servicer import SERVICE_NAME, UPSERT_METHOD, RetrieverServicer
+from realm.retriever.servicer import (
+    SERVICE_NAME,
+    TELEMETRY_NAME,
+    UPSERT_METHOD,
+    RetrieverServicer,
+)
 from realm.retriever.settings import RetrieverConfig
 from realm.retriever.workers import WorkerPool
 from realm.server import RunningServer, refuse_port_in_use, serve_until_signal
@@ -31,13 +40,20 @@ async def serve(config: RetrieverConfig) -> None:
         refuse_port_in_use(config.server.host, config.server.port)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(config.data_dir)  # before anything reads or repairs the directory
+    # Where the read workers announce their metrics endpoints to this process (realm.metrics).
+    shared_metrics = config.server.metrics_port is not None and with_workers
+    metrics_dir = Path(tempfile.mkdtemp(prefix="realm-metrics-")) if shared_metrics else None
     try:
-        await _serve_locked(config, with_workers)
+        await _serve_locked(config, with_workers, metrics_dir)
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         os.close(lock)
 
 
-async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
+async def _serve_locked(
+    config: RetrieverConfig, with_workers: bool, metrics_dir: Path | None
+) -> None:
     registry = Registry(
         config.data_dir,
         load_encoder,
@@ -51,7 +67,9 @@ async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
     replication = Replication(registry, cluster, replica) if cluster.enabled else None
     servicer = RetrieverServicer(registry, limits, replication, cluster.read_wait_s, replica)
     options = config.server
-    pool = WorkerPool(config.workers - 1, config.data_dir, limits, config.preload_model)
+    pool = WorkerPool(
+        config.workers - 1, config.data_dir, limits, config.preload_model, metrics_dir
+    )
 
     def register(server: aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
@@ -67,8 +85,11 @@ async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
             await replication.start()
             _LOGGER.info("replica %s follows %d collections", replica, len(replication.feeds))
         if with_workers and running.loopback_port is not None:
-            # Workers bind the port this process got (port 0 picks one) and relay to it.
-            pool.start(replace(options, port=running.port), running.loopback_port)
+            # Workers bind the port this process got (port 0 picks one) and relay to it; this
+            # process serves their metrics.
+            pool.start(
+                replace(options, port=running.port, metrics_port=None), running.loopback_port
+            )
 
     async def stop_workers() -> None:
         if with_workers:
@@ -89,4 +110,7 @@ async def _serve_locked(config: RetrieverConfig, with_workers: bool) -> None:
         loopback_port=with_workers,
         reuse_port=with_workers,
         method_caps={UPSERT_METHOD: config.limits.max_concurrent_upserts},
+        telemetry_name=TELEMETRY_NAME,
+        collectors=[IndexCollector(servicer.stats)],
+        worker_metrics=metrics_dir,
     )

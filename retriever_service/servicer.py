@@ -6,15 +6,18 @@ keeps accepting calls, answering health checks and draining on shutdown.
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from grpc import aio
 
+from realm import tracing
 from realm.errors import Unavailable
 from realm.retriever import validation
 from realm.retriever.collection import Collection
 from realm.retriever.live import View
+from realm.retriever.metrics import SEARCH_BY_MODE
 from realm.retriever.registry import Registry
 from realm.retriever.response_budget import ResponseBudget
 from realm.retriever.search import Hit, SearchQuery
@@ -27,6 +30,7 @@ from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 Context = aio.ServicerContext[Any, Any]
 UPSERT_METHOD = f"/{SERVICE_NAME}/Upsert"
+TELEMETRY_NAME = "realm-retriever"  # service.name of its spans
 
 
 def settings_to_proto(settings: CollectionSettings) -> retriever_pb2.CollectionConfig:
@@ -81,13 +85,16 @@ def search_response(
 ) -> retriever_pb2.SearchResponse:
     """The answer to one search, as ``Search`` sends it, charged to ``budget`` before it is
     built."""
+    started = time.perf_counter()
     view = view or collection.snapshot()  # report the state that actually answered
     response = retriever_pb2.SearchResponse(
         generation=view.generation.number, sequence=view.sequence
     )
-    hits = collection.search(query, view)
+    with tracing.span("search", mode=query.mode, k=query.k):
+        hits = collection.search(query, view)
     budget.charge(hits)
     _add_hits(response, hits)
+    SEARCH_BY_MODE[query.mode].observe(time.perf_counter() - started)
     return response
 
 
@@ -276,42 +283,42 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Stats(  # noqa: N802
         self, request: retriever_pb2.StatsRequest, context: Context
     ) -> retriever_pb2.StatsResponse:
+        collections = None
         if request.collection:
             name = validation.collection_name(request.collection)
             collections = [await self.writes.collection(name)]
-        else:
-            collections = self.registry.list()
 
-        digest = request.state_digest
+        gathered = await asyncio.to_thread(self.stats, collections, request.state_digest)
+        return retriever_pb2.StatsResponse(collections=gathered, replica=self.replica)
 
-        def gather() -> list[retriever_pb2.CollectionStats]:
-            out = []
-            for collection in collections:
-                stats = collection.stats()
-                log_sequence, lag = self.writes.lag(collection.name)
-                out.append(
-                    retriever_pb2.CollectionStats(
-                        name=collection.name,
-                        documents=stats.documents,
-                        passages=stats.passages,
-                        generation=stats.generation,
-                        vocabulary=stats.vocabulary,
-                        index_bytes=stats.index_bytes,
-                        tail_passages=stats.tail_passages,
-                        tombstones=stats.tombstones,
-                        wal_bytes=stats.wal_bytes,
-                        last_sequence=stats.last_sequence,
-                        applied_sequence=stats.last_sequence,
-                        log_sequence=max(log_sequence, stats.last_sequence),
-                        lag=lag,
-                        state_digest=collection.state_digest() if digest else "",
-                    )
+    def stats(
+        self, collections: list[Collection] | None = None, digest: bool = False
+    ) -> list[retriever_pb2.CollectionStats]:
+        """What ``Stats`` reports of ``collections`` (all of them by default); the metrics
+        endpoint reads it too."""
+        out = []
+        for collection in self.registry.list() if collections is None else collections:
+            stats = collection.stats()
+            log_sequence, lag = self.writes.lag(collection.name)
+            out.append(
+                retriever_pb2.CollectionStats(
+                    name=collection.name,
+                    documents=stats.documents,
+                    passages=stats.passages,
+                    generation=stats.generation,
+                    vocabulary=stats.vocabulary,
+                    index_bytes=stats.index_bytes,
+                    tail_passages=stats.tail_passages,
+                    tombstones=stats.tombstones,
+                    wal_bytes=stats.wal_bytes,
+                    last_sequence=stats.last_sequence,
+                    applied_sequence=stats.last_sequence,
+                    log_sequence=max(log_sequence, stats.last_sequence),
+                    lag=lag,
+                    state_digest=collection.state_digest() if digest else "",
                 )
-            return out
-
-        return retriever_pb2.StatsResponse(
-            collections=await asyncio.to_thread(gather), replica=self.replica
-        )
+            )
+        return out
 
     async def Compact(  # noqa: N802
         self, request: retriever_pb2.CompactRequest, context: Context

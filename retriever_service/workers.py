@@ -21,11 +21,11 @@ from pathlib import Path
 from grpc import aio
 from threadpoolctl import threadpool_limits
 
-from realm import logs
+from realm import logs, metrics
 from realm.retriever.embedder import load_encoder
 from realm.retriever.replica import Replicas
 from realm.retriever.replica_servicer import ReplicaServicer
-from realm.retriever.servicer import SERVICE_NAME
+from realm.retriever.servicer import SERVICE_NAME, TELEMETRY_NAME
 from realm.retriever.settings import Limits
 from realm.server import RunningServer, ServerOptions, serve_until_signal
 from realm.v1 import retriever_pb2_grpc
@@ -45,10 +45,17 @@ def run_worker(
     preload_model: str,
     writer_address: str,
     log_level: int,
+    metrics_dir: Path | None,
 ) -> None:
-    """A worker process's main (the target ``WorkerPool`` spawns)."""
+    """A worker process's main (the target ``WorkerPool`` spawns). With ``metrics_dir``, the
+    worker serves its figures to the writer, announced there."""
     logs.configure(logging.getLevelName(log_level))
-    asyncio.run(_serve(data_dir, options, limits, preload_model, writer_address))
+    endpoint = None if metrics_dir is None else metrics.WorkerEndpoint(metrics_dir)
+    try:
+        asyncio.run(_serve(data_dir, options, limits, preload_model, writer_address))
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 async def _serve(
@@ -82,7 +89,15 @@ async def _serve(
         replicas.close()
         await channel.close(None)
 
-    await serve_until_signal(options, register, [SERVICE_NAME], load, flush, reuse_port=True)
+    await serve_until_signal(
+        options,
+        register,
+        [SERVICE_NAME],
+        load,
+        flush,
+        reuse_port=True,
+        telemetry_name=TELEMETRY_NAME,
+    )
 
 
 async def _keep_refreshing(replicas: Replicas) -> None:
@@ -113,8 +128,12 @@ class WorkerPool:
         data_dir: Path,
         limits: Limits,
         preload_model: str,
+        metrics_dir: Path | None = None,
     ) -> None:
+        """``metrics_dir``: where the workers announce their metrics endpoints (None: no
+        metrics are served)."""
         self.count = count
+        self._metrics_dir = metrics_dir
         self._data_dir = data_dir
         self._limits = limits
         self._preload_model = preload_model
@@ -144,6 +163,7 @@ class WorkerPool:
                 self._preload_model,
                 self._writer_address,
                 logging.getLogger().level,
+                self._metrics_dir,
             ),
             name=f"realm-worker-{slot}",
             daemon=True,
@@ -165,6 +185,8 @@ class WorkerPool:
                     continue
                 if died[slot] is None:
                     died[slot] = now
+                    if process.pid is not None and self._metrics_dir is not None:
+                        metrics.worker_gone(self._metrics_dir, process.pid)
                     young = now - self._started[slot] < _STABLE_SECONDS
                     delays[slot] = (
                         min(2 * delays[slot], _MAX_RESTART_DELAY_SECONDS)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from realm.app.supervisor import ServiceProcess, free_port, health_status
@@ -35,7 +36,13 @@ def open_descriptors(pid: int) -> int:
 class RetrieverProcess(ServiceProcess):
     """``realm serve retriever --data-dir DIR`` with its log beside the data directory."""
 
-    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         port = port or free_port()
         super().__init__(
             "retriever",
@@ -44,6 +51,7 @@ class RetrieverProcess(ServiceProcess):
             str(data_dir),
             *extra,
             port=port,
+            env=env,
         )
         self.data_dir = data_dir
 
@@ -51,7 +59,13 @@ class RetrieverProcess(ServiceProcess):
 class GeneratorProcess(ServiceProcess):
     """``realm serve generator --retriever TARGET`` with the packaged default model."""
 
-    def __init__(self, log_dir: Path, retriever_target: str, *extra: str) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        retriever_target: str,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         port = free_port()
         super().__init__(
             "generator",
@@ -60,6 +74,7 @@ class GeneratorProcess(ServiceProcess):
             retriever_target,
             *extra,
             port=port,
+            env=env,
         )
 
 

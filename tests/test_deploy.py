@@ -60,7 +60,7 @@ def test_probes_and_services_use_the_container_port() -> None:
         [workload] = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
         [service] = [d for d in documents if d["kind"] == "Service"]
         [container] = workload["spec"]["template"]["spec"]["containers"]
-        [port] = container["ports"]
+        port, metrics = container["ports"]
         assert port["containerPort"] == well_known[container["args"][1]]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             command = container[probe]["exec"]["command"]
@@ -70,6 +70,16 @@ def test_probes_and_services_use_the_container_port() -> None:
         assert service["spec"]["ports"][0]["targetPort"] == port["name"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["REALM_PORT"] == str(port["containerPort"])
+        # The metrics port: the variable, the container port, the scrape annotations, and the
+        # one port besides gRPC that the NetworkPolicy lets Prometheus reach.
+        assert metrics["name"] == "metrics"
+        assert env["REALM_METRICS_PORT"] == str(metrics["containerPort"])
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
+        [policy] = [d for d in documents if d["kind"] == "NetworkPolicy"]
+        allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert allowed == {port["containerPort"], metrics["containerPort"]}
 
 
 def test_pods_run_locked_down_with_tls_a_required_token_and_cpu_limits() -> None:
@@ -99,9 +109,10 @@ def test_pods_run_locked_down_with_tls_a_required_token_and_cpu_limits() -> None
 
 
 def test_a_network_policy_admits_only_the_callers_of_each_service() -> None:
+    prometheus = [{"app.kubernetes.io/name": "prometheus"}]  # the metrics port only
     allowed = {
-        "realm-retriever": [[{"app": "realm-generator"}, {"realm-client": "true"}]],
-        "realm-generator": [[{"realm-client": "true"}]],
+        "realm-retriever": [[{"app": "realm-generator"}, {"realm-client": "true"}], prometheus],
+        "realm-generator": [[{"realm-client": "true"}], prometheus],
         # Retriever replicas reach NATS; the NATS servers reach each other.
         "realm-nats": [[{"app": "realm-retriever"}], [{"app": "realm-nats"}]],
     }

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -51,8 +52,11 @@ class ServiceProcess:
         *args: str,
         port: int | None = None,
         module: str = "realm.app.cli.main",
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env`` adds to (or overrides) this process's environment for the service."""
         self.service = service
+        self.env = dict(env or {})
         self.module = module
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -62,7 +66,7 @@ class ServiceProcess:
 
     def start(self) -> "ServiceProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **self.env}
         command = [
             sys.executable,
             "-m",

@@ -8,11 +8,24 @@ The verbs live by group: ``serve`` (flags derived from each service's settings),
 
 import typer
 
+from realm import tracing
 from realm.app.cli import ask, data, demo
 from realm.app.cli.evaluate import eval_app
 from realm.app.cli.serve import serve_app
 
+CLI_TELEMETRY_NAME = "realm-cli"
 app = typer.Typer(help="ReaLM: retrieval-augmented generation over gRPC.", no_args_is_help=True)
+
+
+@app.callback()
+def _trace_commands(context: typer.Context) -> None:
+    """Client commands join traces when the OTEL_* variables ask for them (``realm ask`` is
+    the root of one trace through the generator and the retriever); a served process sets up
+    its own tracing under its service's name."""
+    if context.invoked_subcommand != "serve":
+        tracing.configure(CLI_TELEMETRY_NAME)
+
+
 app.add_typer(serve_app, name="serve")
 app.add_typer(eval_app, name="eval")
 for verb in (
