@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "grpc": ("grpc_bench", ("grpcio", "protobuf")),
     "generate": ("generate_bench", ("transformers", "torch")),
     "memory": ("memory_bench", ("bm25s", "annoy", "numpy")),
+    "metrics": ("metrics_bench", ("prometheus-client", "grpcio")),
     "writes": ("write_bench", ("bm25s", "annoy", "sentence-transformers")),
 }
 

@@ -31,8 +31,9 @@ from bench.load import LoadResult, run_load, summary
 from bench.transport_floor import save_responses
 from realm.app.corpus import wiki_summaries
 from realm.app.supervisor import ServiceProcess
+from realm.client import Document
 from realm.retriever.collection import Collection
-from realm.retriever.embedder import load_encoder
+from realm.retriever.embedder import Encoder, load_encoder
 from realm.retriever.response_budget import ResponseBudget
 from realm.retriever.search import SearchMode, SearchQuery
 from realm.retriever.servicer import search_response
@@ -64,7 +65,7 @@ def _in_process(collection: Collection, queries: list[str], mode: SearchMode) ->
     return LoadResult(len(queries), seconds, {"OK": len(queries)}, latencies)
 
 
-def _wait_every_process_serving(target: str, timeout: float = 300.0) -> None:
+def wait_every_process_serving(target: str, timeout: float = 300.0) -> None:
     """Health over each of ``CONCURRENCY`` connections: the writer turns SERVING first, a
     worker once it has loaded the collection (it relays searches until then)."""
     deadline = time.monotonic() + timeout
@@ -89,6 +90,30 @@ def _wait_every_process_serving(target: str, timeout: float = 300.0) -> None:
     raise TimeoutError(f"not every process behind {target} was serving after {timeout:.0f}s")
 
 
+def write_collection(data_dir: Path, documents: list[Document]) -> Encoder:
+    """``documents`` as collection "bench" of a retriever's ``data_dir``, compacted into one
+    generation as after ``realm ingest``; returns the encoder it was built with."""
+    encoder = load_encoder(CollectionSettings().embedding_model)
+    collection = Collection.create(
+        "bench", data_dir / "collections" / "bench", CollectionSettings(), lambda _: encoder
+    )
+    collection.upsert([StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in documents])
+    collection.compact()
+    collection.close()
+    return encoder
+
+
+def wait_workers_serving(server: ServiceProcess, timeout: float = 300.0) -> None:
+    """Until every read worker has loaded the collection. A worker binds the port seconds
+    after the writer serves (it starts, then imports torch), so health checked before that
+    reaches the writer alone and passes; measured then, a side runs with fewer processes."""
+    deadline = time.monotonic() + timeout
+    while server.log().count("serving searches") < WORKERS - 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the read workers of {server.target} did not start")
+        time.sleep(0.2)
+
+
 def _remote(server: ServiceProcess, requests: list[retriever_pb2.SearchRequest]) -> LoadResult:
     return run_load(server.target, requests, CONCURRENCY, connections=CONCURRENCY)
 
@@ -107,15 +132,7 @@ def run(quick: bool) -> list[Row]:
     bm25_run: tuple[list[retriever_pb2.SearchRequest], float] = ([], 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        encoder = load_encoder(CollectionSettings().embedding_model)
-        collection = Collection.create(
-            "bench", data_dir / "collections" / "bench", CollectionSettings(), lambda _: encoder
-        )
-        collection.upsert(
-            [StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in documents]
-        )
-        collection.compact()  # searched as one generation, as after `realm ingest`
-        collection.close()
+        encoder = write_collection(data_dir, documents)
         # Each server gets its own copy, so no two sides share open files or a writer.
         for copy in ("served", "single"):
             shutil.copytree(data_dir, Path(tmp) / copy)
@@ -138,7 +155,8 @@ def run(quick: bool) -> list[Row]:
                 running.callback(process.stop)
             for process in (server, single):
                 process.wait_serving()
-            _wait_every_process_serving(server.target)
+            wait_every_process_serving(server.target)
+            wait_workers_serving(server)
             for mode, proto_mode in _PROTO_MODE.items():
                 requests = [
                     retriever_pb2.SearchRequest(collection="bench", query=q, k=10, mode=proto_mode)
@@ -235,12 +253,12 @@ def _floor(
     )
 
 
-def _medians(sides: list[Callable[[], LoadResult]]) -> list[LoadResult]:
-    """Each side's median run by queries/s over ``ROUNDS`` rounds; the side that goes first
+def _medians(sides: list[Callable[[], LoadResult]], rounds: int = ROUNDS) -> list[LoadResult]:
+    """Each side's median run by queries/s over ``rounds`` rounds; the side that goes first
     changes every round, so a drift in the machine's speed falls on all of them."""
     runs: list[list[LoadResult]] = [[] for _ in sides]
-    for round_number in range(ROUNDS):
+    for round_number in range(rounds):
         for offset in range(len(sides)):
             index = (round_number + offset) % len(sides)
             runs[index].append(sides[index]())
-    return [sorted(side, key=lambda run: run.qps)[ROUNDS // 2] for side in runs]
+    return [sorted(side, key=lambda run: run.qps)[rounds // 2] for side in runs]

@@ -74,7 +74,14 @@ def configure(service_name: str) -> bool:
     return True
 
 
-def _otlp_exporter() -> Any:
+def check_environment() -> None:
+    """Raises ValueError naming the variable when the OTEL_* settings ask for what ReaLM does
+    not have (an unknown exporter, OTLP over HTTP), so a command can fail cleanly at start."""
+    if "otlp" in requested():
+        _check_protocol()
+
+
+def _check_protocol() -> None:
     for variable in _PROTOCOL_VARIABLES:
         protocol = os.environ.get(variable)
         if protocol is not None:
@@ -84,7 +91,11 @@ def _otlp_exporter() -> Any:
                     "it to grpc and point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's gRPC "
                     "port (4317 by default)"
                 )
-            break
+            return
+
+
+def _otlp_exporter() -> Any:
+    _check_protocol()
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()

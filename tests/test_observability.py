@@ -384,3 +384,30 @@ def test_tracing_is_off_unless_the_environment_asks() -> None:
     with pytest.raises(ValueError, match="zipkin is not an exporter"):
         tracing.requested({"OTEL_TRACES_EXPORTER": "zipkin"})
     assert not tracing.active()  # this test process installed no provider
+
+
+def test_commands_refuse_tracing_settings_they_cannot_honour() -> None:
+    """An exporter ReaLM does not have, or OTLP over HTTP, stops a command at once with the
+    variable named, never a traceback or a silent lack of spans."""
+    for variables, named in (
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER='zipkin'"),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            },
+            "OTEL_EXPORTER_OTLP_PROTOCOL='http/protobuf'",
+        ),
+    ):
+        for command in (["stats"], ["serve", "retriever", "--port", str(free_port())]):
+            refused = subprocess.run(
+                [sys.executable, "-m", "realm.app.cli.main", *command],
+                env={**os.environ, **variables},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert refused.returncode == 2, refused.stderr
+            assert named in refused.stderr
+            assert "Traceback" not in refused.stderr

@@ -71,10 +71,9 @@ def _other_value(knob: Knob) -> tuple[str, Any] | None:
     default = knob.default
     if knob.annotation is bool:
         return ("false" if default else "true"), not default
-    if knob.annotation is int:
-        return str(default + 1), default + 1
-    if knob.annotation == int | None and default is None:
-        return "9464", 9464
+    if knob.annotation in (int, int | None):  # an optional port is off (None) by default
+        value = (9463 if default is None else default) + 1
+        return str(value), value
     if knob.annotation is float:
         return str(default * 2), default * 2
     if knob.annotation is str and not knob.required:

@@ -11,6 +11,7 @@ import typer
 from realm import tracing
 from realm.app.cli import ask, data, demo
 from realm.app.cli.evaluate import eval_app
+from realm.app.cli.output import fail
 from realm.app.cli.serve import serve_app
 
 CLI_TELEMETRY_NAME = "realm-cli"
@@ -22,6 +23,10 @@ def _trace_commands(context: typer.Context) -> None:
     """Client commands join traces when the OTEL_* variables ask for them (``realm ask`` is
     the root of one trace through the generator and the retriever); a served process sets up
     its own tracing under its service's name."""
+    try:
+        tracing.check_environment()
+    except ValueError as error:
+        fail(str(error), code=2)
     if context.invoked_subcommand != "serve":
         tracing.configure(CLI_TELEMETRY_NAME)
 
