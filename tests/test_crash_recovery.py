@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 COLLECTION = "crash"
 BATCH = 40
+MIN_NEW_PER_ROUND = 200  # documents acknowledged before the kill's random delay starts
 THRESHOLD = "300"  # a background generation build every few batches
 
 
@@ -53,13 +54,18 @@ class Ledger:
 def _ingest_until_killed(
     server: RetrieverProcess, ledger: Ledger, rng: random.Random, first_id: int, kill_in: float
 ) -> int:
-    """Writes batches until the server is SIGKILLed ``kill_in`` seconds from now."""
+    """Writes batches until the server is SIGKILLed ``kill_in`` seconds after this round has
+    had ``MIN_NEW_PER_ROUND`` new documents acknowledged. Counting from the first write
+    instead made the work depend on the machine's speed: a slow CI machine acknowledged too
+    few documents for the check to mean much."""
     killer = threading.Timer(kill_in, server.signal, args=(signal.SIGKILL,))
     next_id = first_id
     with RetrieverClient(server.target, timeout=30) as client:
-        killer.start()
         try:
             while True:
+                acknowledged = len(ledger.live) + len(ledger.deleted)
+                if not killer.ident and acknowledged >= first_id + MIN_NEW_PER_ROUND:
+                    killer.start()  # once: ``ident`` is set from then on
                 roll = rng.random()
                 if roll < 0.15 and len(ledger.live) > 20:
                     doomed = rng.sample(sorted(ledger.live), 5)
@@ -88,7 +94,8 @@ def _ingest_until_killed(
         except RealmClientError:
             pass  # the server died under this call: in_flight stays undecided
         finally:
-            killer.join()
+            if killer.ident:
+                killer.join()
     assert server.wait(10) == -signal.SIGKILL
     return next_id
 
