@@ -1,55 +1,107 @@
-"""Passage encoding: ReaLM's encoder path against a raw SentenceTransformer.encode loop.
+"""Encoding: ReaLM's encoder path against a raw SentenceTransformer.encode loop, and the int8
+ONNX backend against the float32 torch one.
 
-Same model instance, same batch size, same passages (Wikipedia summaries): the ratio shows
-ReaLM's overhead, which should be none. The sides alternate, and the median of several short runs
-is compared, because this benchmark's figure sits at 1.0 and this machine's speed drifts.
+The first row runs the same model instance at the same batch size on both sides: its ratio is
+ReaLM's overhead, which should be none. The others weigh the two backends on the same Wikipedia
+summaries: passages per second, the latency of encoding one query, and how far the int8 vectors
+lie from the float32 ones (cosine). Sides alternate and the median of several short runs is
+compared, because this machine's speed drifts by ±20% between runs.
 """
 
 import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from bench.common import Row
 from realm.app.corpus import wiki_summaries
-from realm.retriever.embedder import DEFAULT_MODEL, load_encoder
+from realm.retriever.embedder import EncoderSpec, load_encoder, torch_encoder
 
 ROUNDS = 6
+QUERY_ROUNDS = 3
 
 
 def run(quick: bool) -> list[Row]:
-    texts = [d.text for d in wiki_summaries(24 if quick else 256)]
-    encoder = load_encoder(DEFAULT_MODEL)
+    documents = wiki_summaries(24 if quick else 256)
+    texts = [d.text for d in documents]
+    queries = [d.title for d in documents]
+    encoder = torch_encoder()
     raw = encoder.model  # the same weights and threads: only the call around it differs
+    int8 = load_encoder(EncoderSpec(backend="onnx"))
 
     def raw_encode(batch: list[str]) -> object:
         return raw.encode(
             batch, batch_size=encoder.batch_size, normalize_embeddings=True, show_progress_bar=False
         )
 
-    encoder.encode(texts[:8])  # warm-up on both sides, excluded
-    raw_encode(texts[:8])
-    sides: dict[str, Callable[[], object]] = {
-        "realm": lambda: encoder.encode(texts),
-        "raw": lambda: raw_encode(texts),
-    }
-    times: dict[str, list[float]] = {"realm": [], "raw": []}
-    # Rounds alternate which side goes first (realm-raw, raw-realm, ...): runs here spread by
-    # ±20%, and a fixed order read 0.95x for two identical calls.
-    for round_number in range(ROUNDS):
-        order = ["realm", "raw"] if round_number % 2 == 0 else ["raw", "realm"]
-        for side in order:
-            started = time.perf_counter()
-            sides[side]()
-            times[side].append(time.perf_counter() - started)
-    realm_seconds, raw_seconds = statistics.median(times["realm"]), statistics.median(times["raw"])
+    for warm_up in (encoder.encode, raw_encode, int8.encode):  # first calls, excluded
+        warm_up(texts[:8])
+    times = _alternating(
+        {
+            "realm": lambda: encoder.encode(texts),
+            "raw": lambda: raw_encode(texts),
+            "onnx": lambda: int8.encode(texts),
+        },
+        ROUNDS,
+    )
+    cosines = np.sum(int8.encode(texts) * encoder.encode(texts), axis=1)
+    query_ms: dict[str, list[float]] = {"onnx": [], "torch": []}
+    for round_number in range(QUERY_ROUNDS):
+        for side in sorted(query_ms, reverse=round_number % 2 == 1):
+            query_ms[side].append(_median_ms((int8 if side == "onnx" else encoder).encode, queries))
+    seconds = {side: statistics.median(runs) for side, runs in times.items()}
     return [
         Row(
             f"passage encoding, {len(texts):,} passages",
-            len(texts) / realm_seconds,
+            len(texts) / seconds["realm"],
             "raw SentenceTransformer.encode",
-            len(texts) / raw_seconds,
+            len(texts) / seconds["raw"],
             "passages/s",
             0.95,
             note=f"median of {ROUNDS} runs per side, the order alternating",
-        )
+        ),
+        Row(
+            f"passage encoding, {len(texts):,} passages, int8 ONNX",
+            len(texts) / seconds["onnx"],
+            "float32 torch (the encoder before)",
+            len(texts) / seconds["realm"],
+            "passages/s",
+            2.5,
+            note=f"cosine to the float32 vectors: mean {cosines.mean():.4f}, "
+            f"min {cosines.min():.4f}",
+        ),
+        Row(
+            f"query encoding latency p50, {len(queries):,} titles, int8 ONNX",
+            statistics.median(query_ms["onnx"]),
+            "float32 torch",
+            statistics.median(query_ms["torch"]),
+            "ms",
+            0.5,
+            higher_is_better=False,
+            note="one query per call, as a search encodes it",
+        ),
     ]
+
+
+def _alternating(sides: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each side's call, once per round, the order rotating between rounds (a fixed
+    order read 0.95x for two identical calls here)."""
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
+    names = list(sides)
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for side in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            sides[side]()
+            seconds[side].append(time.perf_counter() - started)
+    return seconds
+
+
+def _median_ms(encode: Callable[[list[str]], object], queries: list[str]) -> float:
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        encode([query])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000

@@ -93,7 +93,7 @@ def wait_every_process_serving(target: str, timeout: float = 300.0) -> None:
 def write_collection(data_dir: Path, documents: list[Document]) -> Encoder:
     """``documents`` as collection "bench" of a retriever's ``data_dir``, compacted into one
     generation as after ``realm ingest``; returns the encoder it was built with."""
-    encoder = load_encoder(CollectionSettings().embedding_model)
+    encoder = load_encoder(CollectionSettings().encoder)
     collection = Collection.create(
         "bench", data_dir / "collections" / "bench", CollectionSettings(), lambda _: encoder
     )

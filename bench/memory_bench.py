@@ -19,6 +19,7 @@ import numpy as np
 
 from bench.bm25_bench import zipfian
 from bench.common import Row
+from realm.retriever.embedder import EncoderSpec
 from realm.retriever.topk import FloatArray
 
 DIMENSION = 384
@@ -31,6 +32,7 @@ class HashingEncoder:
 
     model_id = "hashing"
     dimension = DIMENSION
+    fingerprint = "hashing"
 
     def encode(self, texts: list[str]) -> FloatArray:
         vectors = np.empty((len(texts), DIMENSION), dtype=np.float32)
@@ -41,7 +43,7 @@ class HashingEncoder:
         return vectors
 
 
-def _load_encoder(model_id: str) -> HashingEncoder:
+def _load_encoder(_: EncoderSpec) -> HashingEncoder:
     return HashingEncoder()
 
 

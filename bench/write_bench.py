@@ -5,7 +5,8 @@ The peer is what users of Annoy and bm25s do for a new document, since neither c
 built index: rebuild both over the whole corpus. ReaLM appends to its write-ahead log (fsynced),
 its SQLite store and the in-memory tail, and is searchable on acknowledgement. Search over
 generation + tail is compared with the same documents folded into one generation. Vectors come
-from a hashing encoder ("without embedding") except in the row that measures the model's share.
+from a hashing encoder ("without embedding") except in the rows that measure the model's share
+and the one that weighs the two encoder backends through a real server's Upsert.
 """
 
 import statistics
@@ -18,14 +19,18 @@ from pathlib import Path
 from bench.bm25_bench import zipfian
 from bench.common import Row, median_seconds
 from bench.memory_bench import DIMENSION, TREES, HashingEncoder
+from realm.app.corpus import wiki_summaries
+from realm.app.supervisor import ServiceProcess
+from realm.client import Document, RetrieverClient
 from realm.retriever.analyzer import Analyzer
 from realm.retriever.collection import Collection
-from realm.retriever.embedder import load_encoder
+from realm.retriever.embedder import BACKENDS, Backend, load_encoder
 from realm.retriever.search import SearchQuery
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.store import StoredDocument
 
 BATCH = 64
+INGEST_BATCH = 256  # documents per Upsert stream, as realm ingest sends them
 # Sub-millisecond BM25 latencies need more samples than hybrid ones (~15 ms each).
 QUERIES = {"bm25": 400, "hybrid": 50}
 
@@ -153,20 +158,23 @@ def run(quick: bool) -> list[Row]:
                     )
                 )
         collection.close()
-        rows.append(_with_embedding(Path(tmp), texts[: BATCH * (3 if quick else 17)]))
+        for backend in BACKENDS:
+            rows.append(_with_embedding(Path(tmp), texts[: BATCH * (3 if quick else 17)], backend))
+        summaries = wiki_summaries(INGEST_BATCH * (3 if quick else 9))
+        rows.append(_through_upsert(Path(tmp), summaries))
     return rows
 
 
-def _with_embedding(folder: Path, texts: list[str]) -> Row:
+def _with_embedding(folder: Path, texts: list[str], backend: Backend) -> Row:
     """The model's share: ReaLM's upsert against encoding the same passages alone.
 
     The two sides alternate batch by batch, and which goes first alternates, after one warm-up
     batch each, so a drift in the machine's speed (or the model's first, slower calls) falls on
-    both alike."""
-    encoder = load_encoder(CollectionSettings().embedding_model)
-    collection = Collection.create(
-        "embedded", folder / "embedded", CollectionSettings(), lambda _: encoder, 10**9
-    )
+    both alike. Chunking and analysis overlap encoding (Collection.prepare), so the ratio is the
+    share of the write path that is not hidden behind the model."""
+    settings = CollectionSettings(embedding_backend=backend)
+    encoder = load_encoder(settings.encoder)
+    collection = Collection.create(backend, folder / backend, settings, lambda _: encoder, 10**9)
     warmup, measured = texts[:BATCH], texts[BATCH:]
     encoder.encode(warmup)
     collection.upsert(_documents(warmup, -BATCH))
@@ -185,11 +193,50 @@ def _with_embedding(folder: Path, texts: list[str]) -> Row:
     collection.close()
     realm, raw = len(measured) / seconds["upsert"], len(measured) / seconds["encode"]
     return Row(
-        f"upsert with embedding ({encoder.model_id}), {BATCH}-doc batches",
+        f"upsert with embedding ({backend}), {BATCH}-doc batches",
         realm,
         "encoding the same passages alone",
         raw,
         "docs/s",
         0.9,
         note="the model sets the pace; the log, store and tail add the rest",
+    )
+
+
+def _through_upsert(folder: Path, documents: list[Document]) -> Row:
+    """Passages per second through a real server's Upsert, as ``realm ingest`` sends them (256
+    documents per stream), into one collection per encoder backend: the int8 ONNX default
+    against the float32 torch path every collection used before. Streams alternate between the
+    two, and which goes first alternates, after a warm-up stream each."""
+    server = ServiceProcess(
+        "retriever", folder / "retriever.log", "--data-dir", str(folder / "upsert")
+    )
+    server.start()
+    try:
+        server.wait_serving()
+        with RetrieverClient(server.target, timeout=3600) as client:
+            backends: tuple[Backend, ...] = ("onnx", "torch")
+            for backend in backends:
+                client.create_collection(backend, embedding_backend=backend)
+                client.upsert(backend, documents[:INGEST_BATCH])
+            seconds = dict.fromkeys(backends, 0.0)
+            passages = dict.fromkeys(backends, 0)
+            measured = documents[INGEST_BATCH:]
+            for number, offset in enumerate(range(0, len(measured), INGEST_BATCH)):
+                batch = measured[offset : offset + INGEST_BATCH]
+                for backend in sorted(backends, reverse=number % 2 == 1):
+                    started = time.perf_counter()
+                    summary = client.upsert(backend, batch, batch_size=INGEST_BATCH)
+                    seconds[backend] += time.perf_counter() - started
+                    passages[backend] += summary.passages
+    finally:
+        server.stop()
+    return Row(
+        f"upsert through gRPC, {len(measured):,} Wikipedia summaries, int8 ONNX encoder",
+        passages["onnx"] / seconds["onnx"],
+        "float32 torch encoder",
+        passages["torch"] / seconds["torch"],
+        "passages/s",
+        2.5,
+        note=f"{INGEST_BATCH}-document streams as realm ingest sends them; the sides alternate",
     )

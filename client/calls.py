@@ -91,11 +91,20 @@ def _choice(kind: str, value: str, table: Mapping[str, Any]) -> Any:
 
 
 def create_collection_request(
-    name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
+    name: str,
+    *,
+    language: str = "",
+    embedding_model: str = "",
+    chunk_words: int = 0,
+    embedding_backend: str = "",
 ) -> retriever_pb2.CreateCollectionRequest:
-    """Unset (empty, 0) settings take the server's defaults."""
+    """Unset (empty, 0) settings take the server's defaults; ``embedding_backend`` is "onnx"
+    or "torch"."""
     config = retriever_pb2.CollectionConfig(
-        language=language, embedding_model=embedding_model, chunk_words=chunk_words
+        language=language,
+        embedding_model=embedding_model,
+        chunk_words=chunk_words,
+        embedding_backend=embedding_backend,
     )
     return retriever_pb2.CreateCollectionRequest(name=name, config=config)
 
@@ -167,6 +176,7 @@ def collection_info(info: retriever_pb2.CollectionInfo) -> CollectionInfo:
         passages=int(info.passages),
         language=info.config.language,
         embedding_model=info.config.embedding_model,
+        embedding_backend=info.config.embedding_backend,
     )
 
 

@@ -81,10 +81,20 @@ class RealmClient:
         return self._generator
 
     def create_collection(
-        self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
+        self,
+        name: str,
+        *,
+        language: str = "",
+        embedding_model: str = "",
+        chunk_words: int = 0,
+        embedding_backend: str = "",
     ) -> CollectionInfo:
         return self.retriever.create_collection(
-            name, language=language, embedding_model=embedding_model, chunk_words=chunk_words
+            name,
+            language=language,
+            embedding_model=embedding_model,
+            chunk_words=chunk_words,
+            embedding_backend=embedding_backend,
         )
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -191,10 +201,20 @@ class AsyncRealmClient:
         return self._generator
 
     async def create_collection(
-        self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
+        self,
+        name: str,
+        *,
+        language: str = "",
+        embedding_model: str = "",
+        chunk_words: int = 0,
+        embedding_backend: str = "",
     ) -> CollectionInfo:
         return await self.retriever.create_collection(
-            name, language=language, embedding_model=embedding_model, chunk_words=chunk_words
+            name,
+            language=language,
+            embedding_model=embedding_model,
+            chunk_words=chunk_words,
+            embedding_backend=embedding_backend,
         )
 
     async def list_collections(self) -> list[CollectionInfo]:

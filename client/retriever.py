@@ -52,7 +52,13 @@ class RetrieverClient(SyncClient):
         self.session = Session(consistency)
 
     def create_collection(
-        self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
+        self,
+        name: str,
+        *,
+        language: str = "",
+        embedding_model: str = "",
+        chunk_words: int = 0,
+        embedding_backend: str = "",
     ) -> CollectionInfo:
         """Unset settings take the server's defaults; they are fixed once the collection exists."""
         self.session.forget(name)
@@ -62,6 +68,7 @@ class RetrieverClient(SyncClient):
             language=language,
             embedding_model=embedding_model,
             chunk_words=chunk_words,
+            embedding_backend=embedding_backend,
         )
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -174,7 +181,13 @@ class AsyncRetrieverClient(AsyncClient):
         self.session = Session(consistency)
 
     async def create_collection(
-        self, name: str, *, language: str = "", embedding_model: str = "", chunk_words: int = 0
+        self,
+        name: str,
+        *,
+        language: str = "",
+        embedding_model: str = "",
+        chunk_words: int = 0,
+        embedding_backend: str = "",
     ) -> CollectionInfo:
         self.session.forget(name)
         return await self._calls.unary(
@@ -183,6 +196,7 @@ class AsyncRetrieverClient(AsyncClient):
             language=language,
             embedding_model=embedding_model,
             chunk_words=chunk_words,
+            embedding_backend=embedding_backend,
         )
 
     async def list_collections(self) -> list[CollectionInfo]:

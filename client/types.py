@@ -79,6 +79,8 @@ class CollectionInfo:
     passages: int
     language: str
     embedding_model: str
+    # "onnx" or "torch": what makes the collection's vectors (and its queries' vectors).
+    embedding_backend: str
 
 
 @dataclass(frozen=True, slots=True)

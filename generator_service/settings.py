@@ -3,29 +3,19 @@
 ``GeneratorConfig`` is the source of ``realm serve generator``'s flags and environment variables.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from realm.channels import ConnectionOptions, check_token_transport
 from realm.ports import GENERATOR_PORT
 from realm.server import ServerOptions
-from realm.settings import group, setting
+from realm.settings import default_cache_dir, group, setting
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Tokens guessed from the prompt and checked per greedy row and decode step (0: off); see
 # generator_service/prompt_lookup.py and the generation notes in docs/benchmarks.md.
 DEFAULT_DRAFT_TOKENS = 4
 MAX_DRAFT_TOKENS = 16
-
-
-def default_cache_dir() -> Path:
-    """``$REALM_CACHE_DIR``, else ``$XDG_CACHE_HOME/realm``, else ``~/.cache/realm``."""
-    explicit = os.environ.get("REALM_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "realm"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,11 @@ by code (which a test checks never happens to a settings class).
 """
 
 import dataclasses
+import os
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 ENV_PREFIX = "REALM_"
@@ -33,6 +35,15 @@ class Setting:
     secret: bool = False
     # How the docs state a default that is computed where the server runs (a home directory).
     default_doc: str | None = None
+
+
+def default_cache_dir() -> Path:
+    """``$REALM_CACHE_DIR``, else ``$XDG_CACHE_HOME/realm``, else ``~/.cache/realm``."""
+    explicit = os.environ.get("REALM_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "realm"
 
 
 def setting(

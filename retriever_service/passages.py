@@ -20,6 +20,16 @@ class Analysed:
     texts: list[str]
     term_counts: list[Counter[str]]
 
+    @classmethod
+    def joined(cls, parts: Sequence["Analysed"]) -> "Analysed":
+        """The parts as one write, in order."""
+        return cls(
+            [document for part in parts for document in part.documents],
+            [spans for part in parts for spans in part.spans],
+            [text for part in parts for text in part.texts],
+            [counts for part in parts for counts in part.term_counts],
+        )
+
     @property
     def metadata(self) -> list[dict[str, str]]:
         """Each passage's document metadata (what search filters match)."""

@@ -5,6 +5,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from realm.errors import (
@@ -17,7 +18,7 @@ from realm.errors import (
 )
 from realm.files import fsync_dir, make_durable_dir
 from realm.retriever.collection import Collection, EncoderLoader
-from realm.retriever.embedder import DEFAULT_MODEL, Encoder
+from realm.retriever.embedder import DEFAULT_MODEL, Backend, Encoder, EncoderSpec
 from realm.retriever.manifest import SETTINGS
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 
@@ -34,6 +35,7 @@ class Registry:
         max_collections: int,
         compact_threshold: int = DEFAULT_COMPACT_THRESHOLD,
         embedding_models: Iterable[str] = (DEFAULT_MODEL,),
+        default_backend: Backend = "torch",
     ) -> None:
         self.root = data_dir / "collections"
         make_durable_dir(self.root)
@@ -41,6 +43,8 @@ class Registry:
         # A client names a model, the server decides what may load: a name from a client would
         # otherwise make the server read any path it can see or wait on a model hub.
         self.embedding_models = tuple(dict.fromkeys([DEFAULT_MODEL, *embedding_models]))
+        # What a new collection that names no backend is made with.
+        self.default_backend = default_backend
         self._max_collections = max_collections
         self._compact_threshold = compact_threshold
         self._collections: dict[str, Collection] = {}
@@ -73,7 +77,7 @@ class Registry:
     def create(self, name: str, settings: CollectionSettings) -> Collection:
         with self._lock:
             self._check_room(name)
-        encoder = self.encoder_for(settings.embedding_model)  # outside the lock: may be slow
+        encoder = self.encoder_for(settings.encoder)  # outside the lock: may be slow
         with self._lock:
             self._check_room(name)
             collection = Collection.create(
@@ -106,8 +110,15 @@ class Registry:
             self._collections[name] = collection
             return collection
 
-    def encoder_for(self, model: str) -> Encoder:
-        """The encoder of ``model`` if this server offers it (INVALID_ARGUMENT if not)."""
+    def stamped(self, settings: CollectionSettings) -> CollectionSettings:
+        """``settings`` with the fingerprint of the encoder this server would make its vectors
+        with, for a catalog that other replicas create the collection from."""
+        encoder = self.encoder_for(settings.encoder)
+        return replace(settings, encoder_fingerprint=encoder.fingerprint)
+
+    def encoder_for(self, spec: EncoderSpec) -> Encoder:
+        """The encoder of ``spec`` if this server offers its model (INVALID_ARGUMENT if not)."""
+        model = spec.model
         if model not in self.embedding_models:
             raise InvalidArgument(
                 f"config.embedding_model={shown(model)} is not offered by this server; use one "
@@ -115,11 +126,12 @@ class Registry:
                 "--embedding-models)"
             )
         try:
-            return self._load_encoder(model)
+            return self._load_encoder(spec)
         except Exception as error:  # any loader failure: the model is unusable here
             raise FailedPrecondition(
-                f"embedding model {model!r} could not be loaded ({type(error).__name__}); "
-                "the operator must install it or remove it from --embedding-models"
+                f"embedding model {model!r} could not be loaded on {spec.backend} "
+                f"({type(error).__name__}); the operator must install it or remove it "
+                "from --embedding-models (or choose another config.embedding_backend)"
             ) from error
 
     def _check_room(self, name: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from realm.errors import StorageError
 from realm.retriever.analyzer import Analyzer
-from realm.retriever.collection import EncoderLoader
+from realm.retriever.collection import EncoderLoader, collection_encoder
 from realm.retriever.generation import load_generation
 from realm.retriever.live import View
 from realm.retriever.manifest import STORE, entry_of, read_entries, read_settings
@@ -32,7 +32,7 @@ class Replica:
     def __init__(self, directory: Path, load_encoder: EncoderLoader) -> None:
         self.name, self.settings = read_settings(directory)
         self.directory = directory
-        self.encoder = load_encoder(self.settings.embedding_model)
+        self.encoder = collection_encoder(self.name, self.settings, load_encoder)
         self.published = PublishedState.for_reader(directory)
         self.store = DocumentStore(directory / STORE)
         self.searcher = Searcher(

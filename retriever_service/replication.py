@@ -332,8 +332,9 @@ class Replication:
 
     # ------------------------------------------------------------------ writes
     async def create_collection(self, name: str, settings: CollectionSettings) -> Collection:
-        # Refused here, before the catalog takes settings no replica could serve.
-        await asyncio.to_thread(self.registry.encoder_for, settings.embedding_model)
+        # Refused here, before the catalog takes settings no replica could serve; the
+        # fingerprint makes a replica whose encoder differs refuse the collection.
+        settings = await asyncio.to_thread(self.registry.stamped, settings)
         entry = await self.log.create_collection(name, settings)
         await self._until(
             lambda: name in self.feeds and self.feeds[name].entry.stream == entry.stream,

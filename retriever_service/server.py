@@ -6,13 +6,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from grpc import aio
 from threadpoolctl import threadpool_limits
 
 from realm.files import lock_directory
-from realm.retriever.embedder import load_encoder
+from realm.retriever.embedder import EncoderSpec, load_encoder, resolve_backend
 from realm.retriever.metrics import IndexCollector
 from realm.retriever.registry import Registry
 from realm.retriever.replication import Replication, replica_id
@@ -54,12 +55,15 @@ async def serve(config: RetrieverConfig) -> None:
 async def _serve_locked(
     config: RetrieverConfig, with_workers: bool, metrics_dir: Path | None
 ) -> None:
+    loader = partial(load_encoder, cache_dir=config.cache_dir)
+    backend = resolve_backend(config.embedding_backend)
     registry = Registry(
         config.data_dir,
-        load_encoder,
+        loader,
         config.limits.max_collections,
         config.compact_threshold,
         config.embedding_models,
+        backend,
     )
     limits = config.served_limits
     cluster = config.cluster
@@ -67,8 +71,9 @@ async def _serve_locked(
     replication = Replication(registry, cluster, replica) if cluster.enabled else None
     servicer = RetrieverServicer(registry, limits, replication, cluster.read_wait_s, replica)
     options = config.server
+    preload = EncoderSpec(config.preload_model, backend) if config.preload_model else None
     pool = WorkerPool(
-        config.workers - 1, config.data_dir, limits, config.preload_model, metrics_dir
+        config.workers - 1, config.data_dir, limits, preload, config.cache_dir, metrics_dir
     )
 
     def register(server: aio.Server) -> None:
@@ -77,7 +82,7 @@ async def _serve_locked(
     async def load(running: RunningServer) -> None:
         for model in dict.fromkeys([config.preload_model, *registry.embedding_models]):
             if model:
-                await asyncio.to_thread(load_encoder, model)
+                await asyncio.to_thread(loader, EncoderSpec(model, backend))
         await asyncio.to_thread(registry.load_all)
         _LOGGER.info("loaded %d collections from %s", len(registry.list()), config.data_dir)
         if replication is not None:

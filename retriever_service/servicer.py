@@ -37,6 +37,7 @@ def settings_to_proto(settings: CollectionSettings) -> retriever_pb2.CollectionC
     return retriever_pb2.CollectionConfig(
         language=settings.language,
         embedding_model=settings.embedding_model,
+        embedding_backend=settings.embedding_backend,
         chunk_words=settings.chunker.words,
         chunk_overlap=settings.chunker.overlap,
         k1=settings.bm25.k1,
@@ -164,7 +165,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.CreateCollectionRequest, context: Context
     ) -> retriever_pb2.CreateCollectionResponse:
         name = validation.collection_name(request.name, "name")
-        settings = validation.collection_settings(request.config)
+        settings = validation.collection_settings(request.config, self.registry.default_backend)
         collection = await self.writes.create_collection(name, settings)
         return retriever_pb2.CreateCollectionResponse(collection=self._info(collection))
 

@@ -9,9 +9,9 @@ from realm.retriever.analyzer import LANGUAGES, Language
 from realm.retriever.bm25 import BM25Params
 from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.dense import AnnoyParams
-from realm.retriever.embedder import DEFAULT_MODEL
+from realm.retriever.embedder import BACKENDS, DEFAULT_MODEL, Backend, BackendChoice, EncoderSpec
 from realm.server import ServerOptions
-from realm.settings import group, setting
+from realm.settings import default_cache_dir, group, setting
 
 # Tail passages plus tombstones that start a background generation build.
 DEFAULT_COMPACT_THRESHOLD = 20_000
@@ -25,6 +25,11 @@ class CollectionSettings:
 
     language: Language = "en"
     embedding_model: str = DEFAULT_MODEL
+    # Collections made before backends existed were made with torch.
+    embedding_backend: Backend = "torch"
+    # The fingerprint of the encoder that made the vectors (Encoder.fingerprint), set when the
+    # collection is created; empty for collections older than it.
+    encoder_fingerprint: str = ""
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
     bm25: BM25Params = field(default_factory=BM25Params)
     annoy: AnnoyParams = field(default_factory=AnnoyParams)
@@ -34,6 +39,15 @@ class CollectionSettings:
             raise ValueError(f"language={self.language!r} is not supported; use one of {LANGUAGES}")
         if not self.embedding_model.strip():
             raise ValueError("embedding_model is empty; give a model name or path")
+        if self.embedding_backend not in BACKENDS:
+            raise ValueError(
+                f"embedding_backend={self.embedding_backend!r} is not supported; use one of "
+                f"{BACKENDS}"
+            )
+
+    @property
+    def encoder(self) -> EncoderSpec:
+        return EncoderSpec(self.embedding_model, self.embedding_backend)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,6 +57,8 @@ class CollectionSettings:
         return cls(
             language=payload["language"],
             embedding_model=payload["embedding_model"],
+            embedding_backend=payload.get("embedding_backend", "torch"),
+            encoder_fingerprint=payload.get("encoder_fingerprint", ""),
             chunker=ChunkerConfig(**payload["chunker"]),
             bm25=BM25Params(**payload["bm25"]),
             annoy=AnnoyParams(**payload["annoy"]),
@@ -196,12 +212,27 @@ class RetrieverConfig:
         help="Sentence-transformers names or directories that clients may choose for a "
         "collection (comma-separated; the packaged default always may).",
     )
+    embedding_backend: BackendChoice = setting(
+        "auto",
+        help="Backend of new collections that name none: onnx (int8, CPU), torch, or auto "
+        "(torch with a CUDA device, else onnx).",
+    )
+    # ONNX exports of embedding models are kept between runs, keyed by the weights' sha256.
+    cache_dir: Path = setting(
+        default_factory=default_cache_dir,
+        default_doc="`$XDG_CACHE_HOME/realm`, else `~/.cache/realm`",
+        help="Where exported models are kept.",
+    )
 
     def __post_init__(self) -> None:
         if self.compact_threshold < 1:
             raise ValueError(
                 f"compact_threshold={self.compact_threshold} must be >= 1 (tail passages plus "
                 "tombstones that start a generation build)"
+            )
+        if self.embedding_backend not in ("auto", *BACKENDS):
+            raise ValueError(
+                f"embedding_backend={self.embedding_backend!r} is not auto, torch or onnx"
             )
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ValueError(

@@ -13,6 +13,7 @@ from realm.retriever.analyzer import LANGUAGES, Language
 from realm.retriever.bm25 import BM25Params
 from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.dense import AnnoyParams
+from realm.retriever.embedder import BACKENDS, Backend
 from realm.retriever.fusion import FusionMethod
 from realm.retriever.search import SearchMode, SearchQuery
 from realm.retriever.settings import CollectionSettings, Limits
@@ -187,9 +188,16 @@ def _language(value: str) -> Language:
     return cast(Language, value)
 
 
-def collection_settings(config: retriever_pb2.CollectionConfig) -> CollectionSettings:
+def collection_settings(
+    config: retriever_pb2.CollectionConfig, default_backend: Backend
+) -> CollectionSettings:
     """Fills unset fields with defaults; nonsense values become INVALID_ARGUMENT."""
     defaults = CollectionSettings()
+    backend = config.embedding_backend or default_backend
+    if backend not in BACKENDS:
+        raise InvalidArgument(
+            f"config.embedding_backend={shown(backend)} is unknown; use one of {BACKENDS}"
+        )
     try:
         chunker = ChunkerConfig(
             words=config.chunk_words or defaults.chunker.words,
@@ -200,6 +208,7 @@ def collection_settings(config: retriever_pb2.CollectionConfig) -> CollectionSet
         return CollectionSettings(
             language=_language(config.language or defaults.language),
             embedding_model=config.embedding_model or defaults.embedding_model,
+            embedding_backend=backend,
             chunker=chunker,
             bm25=BM25Params(
                 k1=config.k1 if config.HasField("k1") else defaults.bm25.k1,

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import time
+from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from grpc import aio
 from threadpoolctl import threadpool_limits
 
 from realm import logs, metrics
-from realm.retriever.embedder import load_encoder
+from realm.retriever.collection import EncoderLoader
+from realm.retriever.embedder import EncoderSpec, load_encoder
 from realm.retriever.replica import Replicas
 from realm.retriever.replica_servicer import ReplicaServicer
 from realm.retriever.servicer import SERVICE_NAME, TELEMETRY_NAME
@@ -42,7 +44,8 @@ def run_worker(
     data_dir: Path,
     options: ServerOptions,
     limits: Limits,
-    preload_model: str,
+    preload: EncoderSpec | None,
+    cache_dir: Path,
     writer_address: str,
     log_level: int,
     metrics_dir: Path | None,
@@ -52,17 +55,23 @@ def run_worker(
     logs.configure(logging.getLevelName(log_level))
     endpoint = None if metrics_dir is None else metrics.WorkerEndpoint(metrics_dir)
     try:
-        asyncio.run(_serve(data_dir, options, limits, preload_model, writer_address))
+        loader = partial(load_encoder, cache_dir=cache_dir)
+        asyncio.run(_serve(data_dir, options, limits, loader, preload, writer_address))
     finally:
         if endpoint is not None:
             endpoint.close()
 
 
 async def _serve(
-    data_dir: Path, options: ServerOptions, limits: Limits, preload_model: str, writer: str
+    data_dir: Path,
+    options: ServerOptions,
+    limits: Limits,
+    loader: EncoderLoader,
+    preload: EncoderSpec | None,
+    writer: str,
 ) -> None:
     threadpool_limits(1, user_api="blas")  # as the writer does; see server.serve
-    replicas = Replicas(data_dir, load_encoder)
+    replicas = Replicas(data_dir, loader)
     size = options.max_message_bytes
     channel = aio.insecure_channel(
         writer,
@@ -77,8 +86,8 @@ async def _serve(
 
     async def load(_: RunningServer) -> None:
         background.append(asyncio.create_task(_stop_when_orphaned(parent)))
-        if preload_model:
-            await asyncio.to_thread(load_encoder, preload_model)
+        if preload is not None:
+            await asyncio.to_thread(loader, preload)
         await asyncio.to_thread(replicas.refresh)
         background.append(asyncio.create_task(_keep_refreshing(replicas)))
         _LOGGER.info("worker %d serving searches from %s", os.getpid(), data_dir)
@@ -127,7 +136,8 @@ class WorkerPool:
         count: int,
         data_dir: Path,
         limits: Limits,
-        preload_model: str,
+        preload: EncoderSpec | None,
+        cache_dir: Path,
         metrics_dir: Path | None = None,
     ) -> None:
         """``metrics_dir``: where the workers announce their metrics endpoints (None: no
@@ -136,7 +146,8 @@ class WorkerPool:
         self._metrics_dir = metrics_dir
         self._data_dir = data_dir
         self._limits = limits
-        self._preload_model = preload_model
+        self._preload = preload
+        self._cache_dir = cache_dir
         self._options = ServerOptions()
         self._context = multiprocessing.get_context("spawn")  # no forked grpc or torch state
         self._processes: list[BaseProcess] = []
@@ -160,7 +171,8 @@ class WorkerPool:
                 self._data_dir,
                 self._options,
                 self._limits,
-                self._preload_model,
+                self._preload,
+                self._cache_dir,
                 self._writer_address,
                 logging.getLogger().level,
                 self._metrics_dir,

@@ -13,7 +13,7 @@ from transformers import LlamaConfig
 from realm.client import Document, GeneratorClient, RetrieverClient
 from realm.generator.models import LoadedModel, load_model
 from realm.generator.settings import ModelSettings
-from realm.retriever.embedder import DEFAULT_MODEL, SentenceTransformerEncoder, load_encoder
+from realm.retriever.embedder import SentenceTransformerEncoder, torch_encoder
 from tests.servers import GeneratorProcess, RetrieverProcess
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -51,7 +51,7 @@ def tiny_llama_config(
 @pytest.fixture(scope="session")
 def encoder() -> SentenceTransformerEncoder:
     """The packaged default model, loaded once for every in-process test."""
-    return load_encoder(DEFAULT_MODEL)
+    return torch_encoder()
 
 
 @pytest.fixture(scope="session")

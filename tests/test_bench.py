@@ -35,8 +35,11 @@ def test_a_quick_benchmark_writes_its_report_and_json(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    [row] = json.loads(results.read_text()).values()
-    assert row["peer"] == "raw SentenceTransformer.encode"
+    rows = {row["peer"]: row for row in json.loads(results.read_text()).values()}
+    assert set(rows) == {"raw SentenceTransformer.encode", "float32 torch (the encoder before)",
+                         "float32 torch"}  # fmt: skip
+    assert rows["float32 torch"]["unit"] == "ms"  # query latency: int8 ONNX against torch
+    row = rows["raw SentenceTransformer.encode"]
     assert row["unit"] == "passages/s"
     assert row["realm"] > 0
     assert row["ratio"] == pytest.approx(row["realm"] / row["peer_value"])

@@ -24,6 +24,7 @@ class CountingEncoder:
         self.inner = inner
         self.model_id = inner.model_id
         self.dimension = inner.dimension
+        self.fingerprint = inner.fingerprint
         self.encoded = 0
         self.fail = fail
 

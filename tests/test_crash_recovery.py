@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from realm.client import Document, NotFound, RealmClientError, RetrieverClient
 from realm.retriever.collection import Collection
-from realm.retriever.embedder import SentenceTransformerEncoder
+from realm.retriever.embedder import load_encoder
 from realm.retriever.search import SearchQuery
 from tests.conftest import fill_disk, flip_byte
 from tests.servers import RetrieverProcess, health_status
@@ -140,12 +140,10 @@ def _check_through_the_server(client: RetrieverClient, ledger: Ledger, rng: rand
         assert client.search(COLLECTION, marker, k=5, mode="bm25") == []
 
 
-def _check_every_index_row(
-    data_dir: Path, ledger: Ledger, encoder: SentenceTransformerEncoder
-) -> None:
-    """Opens the collection in-process: each acknowledged passage is in BM25, dense and the
-    store exactly once, and nothing else is."""
-    collection = Collection.open(data_dir / "collections" / COLLECTION, lambda _: encoder)
+def _check_every_index_row(data_dir: Path, ledger: Ledger) -> None:
+    """Opens the collection in-process, with the encoder it records: each acknowledged passage
+    is in BM25, dense and the store exactly once, and nothing else is."""
+    collection = Collection.open(data_dir / "collections" / COLLECTION, load_encoder)
     try:
         view = collection.snapshot()
         rows = np.concatenate(
@@ -162,7 +160,7 @@ def _check_every_index_row(
         scores = view.bm25_scores(["record"], collection.settings.bm25)
         assert np.count_nonzero(scores[rows]) == len(rows)
         assert np.count_nonzero(scores) == len(rows)  # no dead row scores
-        assert view.vectors(rows).shape == (len(rows), encoder.dimension)
+        assert view.vectors(rows).shape == (len(rows), collection.dimension)
         probe = rows[: min(20, len(rows))]
         for row in probe:
             pid = int(view.pids(np.asarray([row]))[0])
@@ -173,9 +171,7 @@ def _check_every_index_row(
 
 
 @pytest.mark.parametrize("seed", [11, 22, 33])
-def test_sigkill_at_random_moments_loses_no_acknowledged_write(
-    tmp_path: Path, encoder: SentenceTransformerEncoder, seed: int
-) -> None:
+def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     data_dir = tmp_path / "data"
     ledger = Ledger()
@@ -207,12 +203,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(
         client.upsert(COLLECTION, [Document("after", "Record written after two crashes")])
         assert client.search(COLLECTION, "crashes", k=1, mode="bm25")[0].doc_id == "after"
         ledger.live["after"] = 0
-    _check_every_index_row(data_dir, ledger, encoder)
+    _check_every_index_row(data_dir, ledger)
 
 
-def test_sigkill_in_the_middle_of_a_generation_build_keeps_every_write(
-    tmp_path: Path, encoder: SentenceTransformerEncoder
-) -> None:
+def test_sigkill_in_the_middle_of_a_generation_build_keeps_every_write(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     ledger = Ledger()
     server = RetrieverProcess(data_dir, "--compact-threshold", "1000000")
@@ -249,7 +243,7 @@ def test_sigkill_in_the_middle_of_a_generation_build_keeps_every_write(
         _check_through_the_server(client, ledger, random.Random(5))
         assert client.compact(COLLECTION) == 1  # the interrupted build's leftovers are replaced
         _check_through_the_server(client, ledger, random.Random(6))
-    _check_every_index_row(data_dir, ledger, encoder)
+    _check_every_index_row(data_dir, ledger)
 
 
 def _compact_expecting_death(client: RetrieverClient) -> None:

@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 import pytest
 
 from realm.errors import NotFound
-from realm.retriever.embedder import SentenceTransformerEncoder
+from realm.retriever.embedder import EncoderSpec, SentenceTransformerEncoder
 from realm.retriever.registry import Registry
 from realm.retriever.search import SearchQuery
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
@@ -205,7 +205,7 @@ def _check(recovered: Registry, done: dict[str, str] | None, maybe: dict[str, st
 def test_recovery_from_every_state_a_power_cut_can_leave(
     recorded: DiskRecord, encoder: SentenceTransformerEncoder, tmp_path: Path
 ) -> None:
-    def load(_: str) -> SentenceTransformerEncoder:
+    def load(_: EncoderSpec) -> SentenceTransformerEncoder:
         return encoder
 
     registry = Registry(recorded.root, load, 4, 10**9)
@@ -227,7 +227,7 @@ def test_recovery_from_every_state_a_power_cut_can_leave(
 
 def _recover_and_check(
     state: Path,
-    load: Callable[[str], SentenceTransformerEncoder],
+    load: Callable[[EncoderSpec], SentenceTransformerEncoder],
     done: dict[str, str] | None,
     maybe: dict[str, str] | None,
 ) -> str:

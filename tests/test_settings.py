@@ -2,6 +2,7 @@
 as a flag and as an environment variable, with the class's own default."""
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,20 @@ def _at(settings: Any, path: tuple[str, ...]) -> Any:
 def _other_value(knob: Knob) -> tuple[str, Any] | None:
     """A value unlike the default, as typed and as the settings hold it."""
     default = knob.default
+    value: Any = None  # paths to PEM files and secrets: test_tls starts servers with those
     if knob.annotation is bool:
         return ("false" if default else "true"), not default
     if knob.annotation in (int, int | None):  # an optional port is off (None) by default
         value = (9463 if default is None else default) + 1
-        return str(value), value
-    if knob.annotation is float:
-        return str(default * 2), default * 2
-    if knob.annotation is str and not knob.required:
-        return "x-" + default, "x-" + default
-    if knob.annotation == tuple[str, ...]:
+    elif knob.annotation is float:
+        value = default * 2
+    elif knob.annotation is str and not knob.required:
+        value = "x-" + default
+    elif knob.annotation == tuple[str, ...]:
         return "a, b", ("a", "b")
-    return None  # paths to PEM files and secrets: test_tls starts servers with those
+    elif typing.get_origin(knob.annotation) is typing.Literal:
+        value = next(choice for choice in typing.get_args(knob.annotation) if choice != default)
+    return None if value is None else (str(value), value)
 
 
 @pytest.mark.parametrize("service", SERVICES)

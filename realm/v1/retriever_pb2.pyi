@@ -71,6 +71,7 @@ class CollectionConfig(_message.Message):
     K1_FIELD_NUMBER: _builtins.int
     B_FIELD_NUMBER: _builtins.int
     ANNOY_TREES_FIELD_NUMBER: _builtins.int
+    EMBEDDING_BACKEND_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """Analyzer language: "en" (default), "zh" or "none"."""
     embedding_model: _builtins.str
@@ -85,6 +86,11 @@ class CollectionConfig(_message.Message):
     """BM25 length normalisation in [0, 1]; default 0.75."""
     annoy_trees: _builtins.int
     """Annoy trees built per generation; 0 means the default."""
+    embedding_backend: _builtins.str
+    """What runs the embedding model: "onnx" (int8 export, CPU) or "torch"; empty means the
+    server's --embedding-backend. Fixed for the collection's life: its vectors and queries
+    must come from the same encoder.
+    """
     def __init__(
         self,
         *,
@@ -95,10 +101,11 @@ class CollectionConfig(_message.Message):
         k1: _builtins.float | None = ...,
         b: _builtins.float | None = ...,
         annoy_trees: _builtins.int = ...,
+        embedding_backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_b", b"_b", "_chunk_overlap", b"_chunk_overlap", "_k1", b"_k1", "b", b"b", "chunk_overlap", b"chunk_overlap", "k1", b"k1"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_b", b"_b", "_chunk_overlap", b"_chunk_overlap", "_k1", b"_k1", "annoy_trees", b"annoy_trees", "b", b"b", "chunk_overlap", b"chunk_overlap", "chunk_words", b"chunk_words", "embedding_model", b"embedding_model", "k1", b"k1", "language", b"language"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_b", b"_b", "_chunk_overlap", b"_chunk_overlap", "_k1", b"_k1", "annoy_trees", b"annoy_trees", "b", b"b", "chunk_overlap", b"chunk_overlap", "chunk_words", b"chunk_words", "embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model", "k1", b"k1", "language", b"language"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__b: _TypeAlias = _typing.Literal["b"]  # noqa: Y015
     _WhichOneofArgType__b: _TypeAlias = _typing.Literal["_b", b"_b"]  # noqa: Y015

@@ -15,6 +15,7 @@ from realm.app.cli.output import (
     progress_bar,
 )
 from realm.app.cli.shared import (
+    BackendOpt,
     CollectionOpt,
     JsonOpt,
     ModeOpt,
@@ -65,6 +66,7 @@ def ingest(
             "threshold starts a build."
         ),
     ] = True,
+    embedding_backend: BackendOpt = None,
 ) -> None:
     """Index documents, creating the collection if needed; exits 1 if any document was refused."""
     documents: list[Document] = []
@@ -78,7 +80,7 @@ def ingest(
     except ValueError as error:
         fail(str(error), code=2)
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
-        ensure_collection(client, collection)
+        ensure_collection(client, collection, embedding_backend or "")
         try:
             summary = upload(client, collection, documents[skip:], batch_size)
         except IngestInterrupted as error:
@@ -94,12 +96,21 @@ def ingest(
         fail(f"{len(refused)} document(s) refused; fix them and ingest again")
 
 
-def ensure_collection(client: RetrieverClient, name: str) -> bool:
-    """Creates ``name`` with default settings when missing; returns True if it was created."""
-    if any(c.name == name for c in client.list_collections()):
-        return False
-    client.create_collection(name)
-    return True
+def ensure_collection(client: RetrieverClient, name: str, embedding_backend: str = "") -> bool:
+    """Creates ``name`` when missing (default settings but the backend); returns True if it
+    was created. An existing collection on another backend than the one asked for exits 2:
+    its vectors and the new ones would not be comparable."""
+    existing = next((c for c in client.list_collections() if c.name == name), None)
+    if existing is None:
+        client.create_collection(name, embedding_backend=embedding_backend)
+        return True
+    if embedding_backend and existing.embedding_backend != embedding_backend:
+        fail(
+            f"collection {name!r} is encoded with {existing.embedding_backend}, not "
+            f"{embedding_backend}: leave out --embedding-backend, or ingest into a new collection",
+            code=2,
+        )
+    return False
 
 
 def upload(
@@ -116,9 +127,11 @@ def upload(
         )
 
 
-def index_missing(client: RetrieverClient, collection: str, documents: list[Document]) -> None:
+def index_missing(
+    client: RetrieverClient, collection: str, documents: list[Document], embedding_backend: str = ""
+) -> None:
     """Indexes what the persisted collection lacks, so a second run starts in seconds."""
-    ensure_collection(client, collection)
+    ensure_collection(client, collection, embedding_backend)
     indexed = client.stats(collection)[0].documents
     missing = documents
     if indexed:

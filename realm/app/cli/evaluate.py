@@ -11,6 +11,7 @@ from realm.app.cli.data import index_missing
 from realm.app.cli.output import console, fail, figures_table, groups_table, progress_bar
 from realm.app.cli.shared import (
     TASKS,
+    BackendOpt,
     CollectionOpt,
     GeneratorTarget,
     GroundingOpt,
@@ -37,6 +38,7 @@ def eval_retrieval(
     mode: ModeOpt = "hybrid",
     json_out: JsonOut = None,
     target: Target = RETRIEVER_TARGET,
+    embedding_backend: BackendOpt = None,
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 on qrels/test.tsv; indexes what the collection lacks
     first (so an interrupted run resumes where it stopped)."""
@@ -45,7 +47,7 @@ def eval_retrieval(
     chosen = search_mode(mode)
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
         documents = [d for d in read_documents(beir / "corpus.jsonl") if isinstance(d, Document)]
-        index_missing(client, collection, documents)
+        index_missing(client, collection, documents, embedding_backend or "")
         metrics = evaluate_retrieval(client, collection, beir, chosen)
     title = f"{beir.name} / {collection} / {mode}"
     console.print(figures_table(title, metrics, ("ndcg@10", "recall@100", "mrr@10"), "queries"))

@@ -5,7 +5,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -23,6 +23,13 @@ GeneratorTarget = Annotated[
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="bm25, dense or hybrid.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+BackendOpt = Annotated[
+    Literal["onnx", "torch"] | None,
+    typer.Option(
+        help="What makes a new collection's vectors: onnx (int8, CPU) or torch; default: the "
+        "server's --embedding-backend. An existing collection keeps its own."
+    ),
+]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve; 0 = server default.")]
 _MODES: dict[str, Mode] = {"bm25": "bm25", "dense": "dense", "hybrid": "hybrid"}
 TASKS: dict[str, Task] = {"answer": "answer", "summarize": "summarize", "extract": "extract"}
