@@ -38,7 +38,7 @@ _PACKAGED: dict[str, str] = {
 Backend = Literal["torch", "onnx"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx")
 # What a server makes new collections with unless told: chosen by measurement (docs/quality.md
-# and docs/benchmarks.md, "encode"): on a CPU the int8 export is 2-3x faster at the same nDCG.
+# and docs/benchmarks.md, "encode"): on a CPU the int8 export is 3x faster within 0.005 nDCG.
 # "auto" takes torch when a CUDA device is present, where the int8 CPU kernels do not help.
 BackendChoice = Literal["auto", "torch", "onnx"]
 
