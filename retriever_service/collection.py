@@ -300,7 +300,8 @@ class Collection:
     # ----------------------------------------------------------------- writes
     def prepare(self, documents: Sequence[StoredDocument]) -> Prepared:
         """Chunks, analyses and encodes an upsert's documents (no lock held: the slow part)."""
-        latest = list({d.doc_id: d for d in documents}.values())  # an id sent twice: the last
+        # An id sent twice: the last one wins.
+        latest = list({d.doc_id: d for d in documents}.values())
         with tracing.span("prepare", documents=len(latest)):
             # Slices are analysed here while the one before is encoded on another thread (the
             # encoders release the GIL). On 2 CPU cores this measured no gain (the encoder
