@@ -42,6 +42,9 @@ class HashingEncoder:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors
 
+    def encode_queries(self, texts: list[str]) -> FloatArray:
+        return self.encode(texts)
+
 
 def _load_encoder(_: EncoderSpec) -> HashingEncoder:
     return HashingEncoder()

@@ -4,6 +4,7 @@ Each article's one-line description ("Painting by Leonardo da Vinci") is a query
 relevant document is that article; descriptions shared by several articles are left out. It is a
 second corpus, unlike Cranfield, on which to check that hybrid search does not fall below either
 side: ``python -m bench.wiki_beir OUT --every 5`` then ``realm eval retrieval --beir OUT ...``.
+``--language fr`` or ``es`` makes the same set from the French or Spanish summaries.
 """
 
 import argparse
@@ -14,8 +15,8 @@ from pathlib import Path
 from realm.app.corpus import wiki_summaries
 
 
-def write(out: Path, every: int) -> tuple[int, int]:
-    documents = wiki_summaries(0)[::every]
+def write(out: Path, every: int, language: str = "en") -> tuple[int, int]:
+    documents = wiki_summaries(0, language=language)[::every]
     shared = Counter(d.metadata.get("description", "") for d in documents)
     queries = {
         d.id: d.metadata["description"]
@@ -43,8 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.wiki_beir", description=__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--every", type=int, default=5, help="keep every N-th article (default 5)")
+    parser.add_argument("--language", choices=("en", "fr", "es"), default="en")
     args = parser.parse_args()
-    documents, queries = write(args.out, args.every)
+    documents, queries = write(args.out, args.every, args.language)
     print(f"{args.out}: {documents} documents, {queries} queries")  # the command's only output
 
 

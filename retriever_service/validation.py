@@ -9,6 +9,7 @@ from typing import cast
 
 from realm.errors import InvalidArgument, shown
 from realm.names import collection_name
+from realm.retriever import languages
 from realm.retriever.analyzer import LANGUAGES, Language
 from realm.retriever.bm25 import BM25Params
 from realm.retriever.chunker import ChunkerConfig
@@ -193,7 +194,12 @@ def collection_settings(
 ) -> CollectionSettings:
     """Fills unset fields with defaults; nonsense values become INVALID_ARGUMENT."""
     defaults = CollectionSettings()
-    backend = config.embedding_backend or default_backend
+    try:
+        language = _language(config.language or defaults.language)
+    except ValueError as error:
+        raise InvalidArgument(f"config.{error}") from error
+    model = config.embedding_model or languages.default_model(language)
+    backend = config.embedding_backend or languages.default_backend(model, default_backend)
     if backend not in BACKENDS:
         raise InvalidArgument(
             f"config.embedding_backend={shown(backend)} is unknown; use one of {BACKENDS}"
@@ -206,8 +212,8 @@ def collection_settings(
             else min(defaults.chunker.overlap, (config.chunk_words or defaults.chunker.words) // 4),
         )
         return CollectionSettings(
-            language=_language(config.language or defaults.language),
-            embedding_model=config.embedding_model or defaults.embedding_model,
+            language=language,
+            embedding_model=model,
             embedding_backend=backend,
             chunker=chunker,
             bm25=BM25Params(

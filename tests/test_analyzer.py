@@ -51,6 +51,19 @@ def test_punctuation_only_gives_no_tokens() -> None:
     assert Analyzer("en").tokens(" ... !!! 。，") == []
 
 
+def test_french_and_spanish_inflections_meet_at_one_stem() -> None:
+    french = Analyzer("fr")
+    assert french.tokens("actrices américaines") == french.tokens("actrice américaine")
+    spanish = Analyzer("es")
+    assert spanish.tokens("jugadores estadounidenses") == spanish.tokens("jugador estadounidense")
+
+
+def test_french_keeps_accented_words_and_content_words() -> None:
+    # The English stemmer stems ASCII only; French stems "États" too, and keeps "nom", which a
+    # stopword list would drop.
+    assert Analyzer("fr").tokens("Les États et leur nom") == ["le", "état", "et", "leur", "nom"]
+
+
 def test_unknown_language_is_refused() -> None:
-    with pytest.raises(ValueError, match="language='fr'"):
-        Analyzer("fr")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="language='de'"):
+        Analyzer("de")  # type: ignore[arg-type]

