@@ -35,6 +35,7 @@ class CountingEncoder:
         return self.inner.encode(texts)
 
     def encode_queries(self, texts: list[str]) -> FloatArray:
+        self.encoded += len(texts)
         return self.inner.encode_queries(texts)
 
 
@@ -42,7 +43,7 @@ def _documents() -> list[StoredDocument]:
     return [StoredDocument(d.id, d.text, d.title, dict(d.metadata)) for d in fixture_documents()]
 
 
-def _open(directory: Path, encoder: Encoder, language: str = "zh") -> Collection:
+def _open(directory: Path, encoder: Encoder, language: str = "en") -> Collection:
     settings = CollectionSettings(language=language)  # type: ignore[arg-type]
     if (directory / "collection.json").exists():
         return Collection.open(directory, lambda _: encoder)

@@ -277,11 +277,11 @@ def test_bad_input_gets_a_clear_status_and_loses_nothing(
         (
             lambda: stub.CreateCollection(
                 retriever_pb2.CreateCollectionRequest(
-                    name="x", config=retriever_pb2.CollectionConfig(language="fr")
+                    name="x", config=retriever_pb2.CollectionConfig(language="de")
                 )
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "language='fr'",
+            "language='de'",
         ),
         (
             lambda: stub.CreateCollection(
