@@ -58,10 +58,11 @@ class SampleSearch:
 
 
 SAMPLE_SEARCHES: dict[str, tuple[SampleSearch, ...]] = {
+    # Each finds its article first among all the language's summaries (checked at full size).
     "fr": (
         SampleSearch("Qui a peint la Joconde ?", "La Joconde"),
-        SampleSearch("la molécule qui porte l'information génétique", "Acide désoxyribonucléique"),
-        SampleSearch("tremblement de terre", "Séisme"),
+        SampleSearch("Qui a écrit Roméo et Juliette ?", "Roméo et Juliette"),
+        SampleSearch("la capitale de l'Italie", "Rome"),
         SampleSearch(
             "la tour de fer construite à Paris pour l'Exposition universelle", "Tour Eiffel"
         ),
