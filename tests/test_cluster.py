@@ -300,6 +300,9 @@ def test_losing_the_nats_quorum_fails_writes_fast_and_reads_go_on(cluster: Clust
         cluster.nats.servers[1].start()
         cluster.nats.wait_ready()
         _write_when_available(client, name, _documents(20, 10))
+        # A replica whose NATS connection came back late may still be applying the log; the
+        # resend below waits only 5 s for its own write to be applied there.
+        cluster.settled(name)
         # The unacknowledged write may have been stored after all (only its acknowledgement
         # was missing); sent again with its request id, it is applied exactly once.
         with grpc.insecure_channel(cluster.targets[1]) as channel:
