@@ -27,6 +27,7 @@ from realm.retriever.embedder import (
 )
 from realm.retriever.manifest import SETTINGS
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
+from realm.retriever.trained_models import trained_model, trained_versions
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Registry:
         embedding_models: Iterable[str] = (DEFAULT_MODEL,),
         default_backend: Backend = "torch",
     ) -> None:
+        self.data_dir = data_dir
         self.root = data_dir / "collections"
         make_durable_dir(self.root)
         self._load_encoder = load_encoder
@@ -125,13 +127,16 @@ class Registry:
         return replace(settings, encoder_fingerprint=encoder.fingerprint)
 
     def encoder_for(self, spec: EncoderSpec) -> Encoder:
-        """The encoder of ``spec`` if this server offers its model (INVALID_ARGUMENT if not)."""
+        """The encoder of ``spec`` if this server offers its model (INVALID_ARGUMENT if not):
+        one the operator named, a packaged default or a version trained in this data
+        directory."""
         model = spec.model
-        if model not in self.embedding_models:
+        if model not in self.embedding_models and trained_model(self.data_dir, model) is None:
+            offered = [*self.embedding_models, *trained_versions(self.data_dir)]
             raise InvalidArgument(
                 f"config.embedding_model={shown(model)} is not offered by this server; use one "
-                f"of {list(self.embedding_models)} (the operator adds models with "
-                "--embedding-models)"
+                f"of {offered} (the operator adds models with --embedding-models, or trains "
+                "versions with realm train retriever)"
             )
         try:
             return self._load_encoder(spec)

@@ -25,6 +25,7 @@ from realm.retriever.servicer import (
     RetrieverServicer,
 )
 from realm.retriever.settings import RetrieverConfig
+from realm.retriever.trained_models import resolving
 from realm.retriever.workers import WorkerPool
 from realm.server import RunningServer, refuse_port_in_use, serve_until_signal
 from realm.v1 import retriever_pb2_grpc
@@ -56,7 +57,7 @@ async def serve(config: RetrieverConfig) -> None:
 async def _serve_locked(
     config: RetrieverConfig, with_workers: bool, metrics_dir: Path | None
 ) -> None:
-    loader = partial(load_encoder, cache_dir=config.cache_dir)
+    loader = resolving(config.data_dir, partial(load_encoder, cache_dir=config.cache_dir))
     backend = resolve_backend(config.embedding_backend)
     registry = Registry(
         config.data_dir,

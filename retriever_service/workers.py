@@ -29,6 +29,7 @@ from realm.retriever.replica import Replicas
 from realm.retriever.replica_servicer import ReplicaServicer
 from realm.retriever.servicer import SERVICE_NAME, TELEMETRY_NAME
 from realm.retriever.settings import Limits
+from realm.retriever.trained_models import resolving
 from realm.server import RunningServer, ServerOptions, serve_until_signal
 from realm.v1 import retriever_pb2_grpc
 
@@ -55,7 +56,7 @@ def run_worker(
     logs.configure(logging.getLevelName(log_level))
     endpoint = None if metrics_dir is None else metrics.WorkerEndpoint(metrics_dir)
     try:
-        loader = partial(load_encoder, cache_dir=cache_dir)
+        loader = resolving(data_dir, partial(load_encoder, cache_dir=cache_dir))
         asyncio.run(_serve(data_dir, options, limits, loader, preload, writer_address))
     finally:
         if endpoint is not None:
