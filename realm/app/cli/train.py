@@ -1,0 +1,153 @@
+"""``realm train retriever``: adapt a collection's embedding model to its documents."""
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from realm.app.cli.output import console, fail, progress_bar
+from realm.app.cli.shared import CollectionOpt
+from realm.app.training.corpus import CollectionPassages, TrainingInputError
+from realm.app.training.examples import Triplet
+from realm.app.training.retriever import TrainingOptions, VersionBuilder, base_model
+from realm.generator.settings import DEFAULT_MODEL as DEFAULT_GENERATOR
+from realm.settings import default_cache_dir
+
+train_app = typer.Typer(help="Fine-tune models on a collection.", no_args_is_help=True)
+# Measured on Cranfield on 2 CPU cores (docs/training.md).
+_DEFAULTS = TrainingOptions()
+
+
+@train_app.command("retriever")
+def train_retriever(
+    collection: CollectionOpt,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="REALM_DATA_DIR",
+            file_okay=False,
+            help="The retriever's data directory: the collection is read from it and the "
+            "trained version is saved in it (models/<collection>-vN).",
+        ),
+    ],
+    queries: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Labelled: BEIR queries.jsonl."),
+    ] = None,
+    qrels: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Labelled: BEIR qrels .tsv."),
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic",
+            help="No labels: the generator model writes a query per sampled passage; those "
+            "whose passage BM25 finds again are trained on.",
+        ),
+    ] = False,
+    synthetic_passages: Annotated[
+        int, typer.Option(min=1, help="Passages sampled for --synthetic.")
+    ] = 1000,
+    generator_model: Annotated[
+        str, typer.Option(help="Writes the synthetic queries (name, path or .gguf).")
+    ] = DEFAULT_GENERATOR,
+    epochs: Annotated[float, typer.Option(help="Passes over the examples.")] = _DEFAULTS.epochs,
+    batch_size: Annotated[
+        int, typer.Option(help="Examples per step (in-batch negatives).")
+    ] = _DEFAULTS.batch_size,
+    learning_rate: Annotated[
+        float, typer.Option(help="Peak learning rate.")
+    ] = _DEFAULTS.learning_rate,
+    max_seq_length: Annotated[
+        int, typer.Option(help="Tokens per passage while training.")
+    ] = _DEFAULTS.max_seq_length,
+    seed: Annotated[int, typer.Option(help="Same seed, same examples and same model.")] = 0,
+    checkpoint_steps: Annotated[
+        int, typer.Option(min=1, help="Steps between checkpoints (what --resume continues from).")
+    ] = _DEFAULTS.checkpoint_steps,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue this collection's interrupted training."),
+    ] = False,
+) -> None:
+    """Fine-tune the collection's embedding model, with labelled queries (--queries and
+    --qrels) or synthetic ones (--synthetic), into a new version served by name:
+    ``realm ingest --embedding-model <version>`` makes a collection with it."""
+    labels = (queries is not None) + (qrels is not None)
+    if labels != (0 if synthetic else 2):
+        fail("give either --queries and --qrels (labelled) or --synthetic (no labels)", code=2)
+    try:
+        options = TrainingOptions(
+            epochs, batch_size, learning_rate, max_seq_length, seed, checkpoint_steps
+        )
+        passages = CollectionPassages.read(data_dir, collection)
+        base = base_model(data_dir, passages.settings)
+        builder = VersionBuilder(data_dir, collection, resume)
+
+        def make() -> tuple[list[Triplet], dict[str, Any]]:
+            if queries is None or qrels is None:
+                return _synthetic(passages, generator_model, synthetic_passages, seed)
+            return _labelled(passages, queries, qrels, seed)
+
+        triplets, about = builder.examples(make)
+    except TrainingInputError as error:
+        fail(str(error), code=2)
+    console.print(
+        f"training {builder.name} from {passages.settings.embedding_model} on "
+        f"{len(triplets)} examples"
+    )
+    outcome = builder.train(base, triplets, options)
+    version = builder.publish(
+        {
+            "collection": collection,
+            "base_model": passages.settings.embedding_model,
+            "examples": {"count": len(triplets), **about},
+            "options": asdict(options),
+            "training": outcome,
+        }
+    )
+    console.print(
+        f"[bold]{version.name}[/] saved in {version.directory} "
+        f"({outcome['steps']} steps, loss {outcome['train_loss']}, {outcome['seconds']} s)\n"
+        f"use it: realm ingest --collection NEW --embedding-model {version.name} ..."
+    )
+
+
+def _labelled(
+    passages: CollectionPassages, queries: Path, qrels: Path, seed: int
+) -> tuple[list[Triplet], dict[str, Any]]:
+    from realm.app.beir import read_qrels, read_queries
+    from realm.app.training.examples import labelled_examples
+
+    try:
+        labelled = labelled_examples(passages, read_queries(queries), read_qrels(qrels), seed)
+    except (ValueError, KeyError) as error:
+        raise TrainingInputError(f"--queries/--qrels could not be read: {error}") from error
+    return labelled.triplets, {
+        "method": "labelled",
+        "queries_file": str(queries),
+        "qrels_file": str(qrels),
+        "queries": labelled.queries,
+        "missing_documents": labelled.missing_documents,
+    }
+
+
+def _synthetic(
+    passages: CollectionPassages, generator_model: str, limit: int, seed: int
+) -> tuple[list[Triplet], dict[str, Any]]:
+    from realm.app.training.query_writer import QueryWriter
+    from realm.app.training.synthetic import ROUND_TRIP_K, synthetic_examples
+
+    writer = QueryWriter.load(generator_model, default_cache_dir())
+    with progress_bar("writing queries") as progress:
+        bar = progress.add_task("writing queries", total=min(limit, len(passages.texts)))
+        made = synthetic_examples(passages, writer, limit, seed, lambda n: progress.advance(bar, n))
+    return made.triplets, {
+        "method": "synthetic",
+        "generator_model": generator_model,
+        "passages_sampled": len(made.written),
+        "queries_kept": made.kept,
+        "round_trip_k": ROUND_TRIP_K,
+    }
