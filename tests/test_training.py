@@ -76,10 +76,11 @@ def labelled(
     return "animals", labels
 
 
-def _train(
+def _train_args(
     retriever: RetrieverProcess, collection: str, labels: Path, *extra: str
-) -> subprocess.CompletedProcess[str]:
-    return realm(
+) -> list[str]:
+    """``realm train retriever`` on the labelled files, quick, with ``extra`` options."""
+    return [
         "train",
         "retriever",
         "--collection",
@@ -92,8 +93,13 @@ def _train(
         str(labels / "qrels.tsv"),
         *_QUICK,
         *extra,
-        timeout=600,
-    )
+    ]
+
+
+def _train(
+    retriever: RetrieverProcess, collection: str, labels: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return realm(*_train_args(retriever, collection, labels, *extra), timeout=600)
 
 
 def test_labelled_training_makes_a_version_that_the_server_offers(
@@ -144,27 +150,15 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(
 ) -> None:
     collection, labels = labelled
     root = models_root(retriever.data_dir)
+    twice = ("--epochs", "2")
     command = [
         sys.executable,
         "-m",
         "realm.app.cli.main",
-        "train",
-        "retriever",
-        "--collection",
-        collection,
-        "--data-dir",
-        str(retriever.data_dir),
-        "--queries",
-        str(labels / "queries.jsonl"),
-        "--qrels",
-        str(labels / "qrels.tsv"),
-        *_QUICK,
-        "--epochs",
-        "2",
-        "--checkpoint-steps",
-        "1",
+        *_train_args(retriever, collection, labels, *twice, "--checkpoint-steps", "1"),
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    quiet = subprocess.DEVNULL  # a full pipe would stall the trainer
+    process = subprocess.Popen(command, cwd=REPO, stdout=quiet, stderr=quiet)
     deadline = time.monotonic() + 300
     staged: list[Path] = []
     while time.monotonic() < deadline and not staged and process.poll() is None:
@@ -176,23 +170,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(
     name = staged[0].parents[2].name.removeprefix(".training-")
     assert name not in trained_versions(retriever.data_dir)  # not published half-made
 
-    resumed = realm(
-        "train",
-        "retriever",
-        "--collection",
-        collection,
-        "--data-dir",
-        str(retriever.data_dir),
-        "--queries",
-        str(labels / "queries.jsonl"),
-        "--qrels",
-        str(labels / "qrels.tsv"),
-        *_QUICK,
-        "--epochs",
-        "2",
-        "--resume",
-        timeout=600,
-    )
+    resumed = _train(retriever, collection, labels, *twice, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((root / name / RECORD).read_text(encoding="utf-8"))
     assert record["training"]["resumed_from_checkpoint"] is True
@@ -219,6 +197,8 @@ def test_bad_training_input_exits_2_naming_it(
     too_few = _train(retriever, collection, few)
     assert too_few.returncode == 2
     assert "only 5 (query, relevant passage) pairs" in too_few.stderr
+    # Nothing is left behind to be resumed or to take a version number.
+    assert not list(models_root(retriever.data_dir).glob(".training-*"))
 
     nothing = _train(retriever, collection, labels, "--resume")
     assert nothing.returncode == 2

@@ -10,7 +10,13 @@ from realm.app.cli.output import console, fail, progress_bar
 from realm.app.cli.shared import CollectionOpt
 from realm.app.training.corpus import CollectionPassages, TrainingInputError
 from realm.app.training.examples import Triplet
-from realm.app.training.retriever import TrainingOptions, VersionBuilder, base_model
+from realm.app.training.retriever import (
+    TrainingOptions,
+    VersionBuilder,
+    base_model,
+    load_trainable,
+    require_training_packages,
+)
 from realm.generator.settings import DEFAULT_MODEL as DEFAULT_GENERATOR
 from realm.settings import default_cache_dir
 
@@ -49,7 +55,7 @@ def train_retriever(
     ] = False,
     synthetic_passages: Annotated[
         int, typer.Option(min=1, help="Passages sampled for --synthetic.")
-    ] = 1000,
+    ] = 400,
     generator_model: Annotated[
         str, typer.Option(help="Writes the synthetic queries (name, path or .gguf).")
     ] = DEFAULT_GENERATOR,
@@ -82,23 +88,28 @@ def train_retriever(
         options = TrainingOptions(
             epochs, batch_size, learning_rate, max_seq_length, seed, checkpoint_steps
         )
+        require_training_packages()
         passages = CollectionPassages.read(data_dir, collection)
-        base = base_model(data_dir, passages.settings)
+        model = load_trainable(base_model(data_dir, passages.settings))
         builder = VersionBuilder(data_dir, collection, resume)
+    except TrainingInputError as error:
+        fail(str(error), code=2)
 
-        def make() -> tuple[list[Triplet], dict[str, Any]]:
-            if queries is None or qrels is None:
-                return _synthetic(passages, generator_model, synthetic_passages, seed)
-            return _labelled(passages, queries, qrels, seed)
+    def make() -> tuple[list[Triplet], dict[str, Any]]:
+        if queries is None or qrels is None:
+            return _synthetic(passages, generator_model, synthetic_passages, seed)
+        return _labelled(passages, queries, qrels, seed)
 
+    try:
         triplets, about = builder.examples(make)
     except TrainingInputError as error:
+        builder.discard()
         fail(str(error), code=2)
     console.print(
         f"training {builder.name} from {passages.settings.embedding_model} on "
         f"{len(triplets)} examples"
     )
-    outcome = builder.train(base, triplets, options)
+    outcome = builder.train(model, triplets, options)
     version = builder.publish(
         {
             "collection": collection,
@@ -122,9 +133,10 @@ def _labelled(
     from realm.app.training.examples import labelled_examples
 
     try:
-        labelled = labelled_examples(passages, read_queries(queries), read_qrels(qrels), seed)
+        labels = read_queries(queries), read_qrels(qrels)
     except (ValueError, KeyError) as error:
         raise TrainingInputError(f"--queries/--qrels could not be read: {error}") from error
+    labelled = labelled_examples(passages, *labels, seed)
     return labelled.triplets, {
         "method": "labelled",
         "queries_file": str(queries),

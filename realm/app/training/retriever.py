@@ -7,6 +7,7 @@ checkpoints, so an interrupted run resumes from its last checkpoint with the sam
 is renamed into place once its record is written: a version either is complete or is not seen.
 """
 
+import importlib.util
 import json
 import shutil
 import time
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from realm.app.training.corpus import TrainingInputError
 from realm.app.training.examples import Triplet
@@ -22,6 +23,9 @@ from realm.files import fsync_dir, make_durable_dir
 from realm.retriever.embedder import load_sentence_transformer
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.trained_models import RECORD, models_root, next_version, trained_model
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 EXAMPLES = "examples.jsonl"
 _CHECKPOINTS = "checkpoints"
@@ -35,7 +39,7 @@ ExamplesMaker = Callable[[], tuple[list[Triplet], dict[str, Any]]]
 class TrainingOptions:
     """Defaults measured on Cranfield on 2 CPU cores (docs/training.md): within 15 minutes."""
 
-    epochs: float = 2.0
+    epochs: float = 3.0
     batch_size: int = 32
     learning_rate: float = 1e-4
     # Passages are cut to this many tokens while training (the cost is about linear in it); the
@@ -77,6 +81,26 @@ def base_model(data_dir: Path, settings: CollectionSettings) -> str:
         )
     version = trained_model(data_dir, settings.embedding_model)
     return str(version) if version is not None else settings.embedding_model
+
+
+def require_training_packages() -> None:
+    """The trainer reads its examples from a datasets.Dataset (the ``train`` extra)."""
+    if importlib.util.find_spec("datasets") is None:
+        raise TrainingInputError(
+            "training needs the 'datasets' package: pip install 'realm-rag[train]'"
+        )
+
+
+def load_trainable(model: str) -> "SentenceTransformer":
+    """The base model, loaded before any example is made so that a model that cannot be
+    trained fails at once, naming it."""
+    try:
+        return load_sentence_transformer(model)
+    except Exception as error:  # any loader failure: nothing to train
+        raise TrainingInputError(
+            f"the collection's model {model!r} could not be loaded as a sentence-transformers "
+            f"model ({type(error).__name__}: {error}); only such models can be trained"
+        ) from error
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -128,7 +152,14 @@ class VersionBuilder:
         partial.rename(path)
         return triplets, about
 
-    def train(self, base: str, triplets: list[Triplet], options: TrainingOptions) -> dict[str, Any]:
+    def discard(self) -> None:
+        """Removes a version that failed before training (a resumed one keeps its files)."""
+        if not self.resumed:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def train(
+        self, model: "SentenceTransformer", triplets: list[Triplet], options: TrainingOptions
+    ) -> dict[str, Any]:
         """Runs (or resumes) the training and saves the model into the staging directory."""
         from datasets import Dataset
         from sentence_transformers import (
@@ -140,7 +171,6 @@ class VersionBuilder:
         )
         from sentence_transformers.training_args import BatchSamplers
 
-        model = load_sentence_transformer(base)
         encoding_limit = model.max_seq_length or options.max_seq_length
         model.max_seq_length = min(options.max_seq_length, encoding_limit)
         columns = {
