@@ -131,7 +131,15 @@ class Replication:
             else:
                 current.pop(update.key, None)
         for collection in self.registry.list():
-            if collection.name not in current:
+            if collection.name in current:
+                continue
+            # nats-py's watcher can end its first pass early (nats-io/nats.py#995: a stale
+            # pending count), so a local collection it did not list is read from the catalog
+            # before it is dropped: dropping a live one would make it restore from a snapshot
+            # while it serves.
+            try:
+                current[collection.name], _ = await self.log.entry(collection.name)
+            except NotFound:
                 _LOGGER.info("collection %s was deleted from the cluster: dropped", collection.name)
                 await asyncio.to_thread(self.registry.delete, collection.name)
         for entry in current.values():
