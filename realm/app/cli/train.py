@@ -159,7 +159,7 @@ def _synthetic(
     return made.triplets, {
         "method": "synthetic",
         "generator_model": generator_model,
-        "passages_sampled": len(made.written),
+        "passages_sampled": made.sampled,
         "queries_kept": made.kept,
         "round_trip_k": ROUND_TRIP_K,
     }

@@ -20,16 +20,10 @@ MIN_QUERY_WORDS = 3
 
 
 @dataclass(frozen=True, slots=True)
-class SyntheticQuery:
-    row: int
-    query: str
-    kept: bool
-
-
-@dataclass(frozen=True, slots=True)
 class SyntheticExamples:
     triplets: list[Triplet]
-    written: list[SyntheticQuery]
+    # Passages a query was written for (kept or not).
+    sampled: int
 
     @property
     def kept(self) -> int:
@@ -56,12 +50,10 @@ def synthetic_examples(
     queries = writer.write([passages.texts[row] for row in rows], advance)
     rng = np.random.default_rng(seed)
     triplets: list[Triplet] = []
-    written: list[SyntheticQuery] = []
     for row, query in zip(rows, queries, strict=True):
         kept = len(query.split()) >= MIN_QUERY_WORDS and row in passages.bm25_top(
             query, ROUND_TRIP_K
         )
-        written.append(SyntheticQuery(row, query, kept))
         if kept:
             source = {passages.doc_ids[row]}
             negative = hard_negative(passages, query, source, rng)
@@ -72,4 +64,4 @@ def synthetic_examples(
             f"(at least {MIN_EXAMPLES} are needed); sample more passages with "
             "--synthetic-passages, or train with labelled --queries and --qrels"
         )
-    return SyntheticExamples(triplets, written)
+    return SyntheticExamples(triplets, len(rows))
