@@ -17,6 +17,7 @@ from realm.client.types import (
     Document,
     ExtractedField,
     GeneratorInfo,
+    ReindexStatus,
     SearchHit,
     SearchOptions,
     Source,
@@ -195,6 +196,21 @@ def collection_stats(stats: retriever_pb2.CollectionStats) -> CollectionStats:
         log_sequence=int(stats.log_sequence),
         lag=int(stats.lag),
         state_digest=stats.state_digest,
+        embedding_model=stats.embedding_model,
+        embedding_backend=stats.embedding_backend,
+        encoder_fingerprint=stats.encoder_fingerprint,
+        reindex=reindex_status(stats.reindex) if stats.HasField("reindex") else None,
+    )
+
+
+def reindex_status(status: retriever_pb2.ReindexStatus) -> ReindexStatus:
+    return ReindexStatus(
+        embedding_model=status.embedding_model,
+        embedding_backend=status.embedding_backend,
+        passages_done=int(status.passages_done),
+        passages_total=int(status.passages_total),
+        running=status.running,
+        error=status.error,
     )
 
 
@@ -249,6 +265,16 @@ def _compact_request(collection: str) -> retriever_pb2.CompactRequest:
     return retriever_pb2.CompactRequest(collection=collection)
 
 
+def _reindex_request(
+    collection: str, embedding_model: str, embedding_backend: str = ""
+) -> retriever_pb2.ReindexRequest:
+    return retriever_pb2.ReindexRequest(
+        collection=collection,
+        embedding_model=embedding_model,
+        embedding_backend=embedding_backend,
+    )
+
+
 def _document(response: retriever_pb2.GetDocumentResponse) -> Document:
     d = response.document
     return Document(d.id, d.text, d.title, dict(d.metadata))
@@ -272,6 +298,8 @@ BATCH_SEARCH = Rpc(
 STATS = Rpc("Stats", "call", _stats_request, lambda r: [collection_stats(c) for c in r.collections])
 # A build takes as long as the collection is large.
 COMPACT = Rpc("Compact", "unbounded", _compact_request, lambda r: int(r.generation))
+# Returns once the reindex has started (loading its model may take a while); Stats follows it.
+REINDEX = Rpc("Reindex", "unbounded", _reindex_request, lambda r: reindex_status(r.status))
 
 
 # --- generator ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from realm.client.types import (
     AskOptions,
     CollectionInfo,
     Document,
+    ReindexStatus,
     SearchHit,
     SearchOptions,
     UpsertSummary,
@@ -138,6 +139,12 @@ class RealmClient:
         """Folds recent writes into a new index generation (after a bulk load, say)."""
         return self.retriever.compact(collection)
 
+    def reindex(
+        self, collection: str, embedding_model: str, embedding_backend: str = ""
+    ) -> ReindexStatus:
+        """Starts re-encoding a collection with another model (``RetrieverClient.reindex``)."""
+        return self.retriever.reindex(collection, embedding_model, embedding_backend)
+
     def search(
         self, collection: str, query: str, **options: Unpack[SearchOptions]
     ) -> list[SearchHit]:
@@ -255,6 +262,11 @@ class AsyncRealmClient:
 
     async def compact(self, collection: str) -> int:
         return await self.retriever.compact(collection)
+
+    async def reindex(
+        self, collection: str, embedding_model: str, embedding_backend: str = ""
+    ) -> ReindexStatus:
+        return await self.retriever.reindex(collection, embedding_model, embedding_backend)
 
     async def search(
         self, collection: str, query: str, **options: Unpack[SearchOptions]

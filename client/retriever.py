@@ -22,6 +22,7 @@ from realm.client.types import (
     CollectionStats,
     Consistency,
     Document,
+    ReindexStatus,
     SearchHit,
     SearchOptions,
     UpsertSummary,
@@ -162,6 +163,14 @@ class RetrieverClient(SyncClient):
         """Folds the collection's recent writes into a new generation; returns its number."""
         return self._calls.unary(calls.COMPACT, collection)
 
+    def reindex(
+        self, collection: str, embedding_model: str, embedding_backend: str = ""
+    ) -> ReindexStatus:
+        """Starts re-encoding the collection with another model the server offers (a trained
+        version, say); searches and writes go on meanwhile and ``stats`` follows its progress.
+        ``embedding_backend`` empty: as a new collection of that model would get."""
+        return self._calls.unary(calls.REINDEX, collection, embedding_model, embedding_backend)
+
 
 class AsyncRetrieverClient(AsyncClient):
     """``RetrieverClient`` for asyncio code: every call is a coroutine; ``upsert`` and ``ingest``
@@ -277,6 +286,13 @@ class AsyncRetrieverClient(AsyncClient):
 
     async def compact(self, collection: str) -> int:
         return await self._calls.unary(calls.COMPACT, collection)
+
+    async def reindex(
+        self, collection: str, embedding_model: str, embedding_backend: str = ""
+    ) -> ReindexStatus:
+        return await self._calls.unary(
+            calls.REINDEX, collection, embedding_model, embedding_backend
+        )
 
 
 def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:

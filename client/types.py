@@ -84,6 +84,21 @@ class CollectionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ReindexStatus:
+    """A collection's re-encoding with another model (``reindex``), as far as it has got."""
+
+    embedding_model: str
+    embedding_backend: str
+    passages_done: int
+    # Grows when writes arrive meanwhile: they are encoded with the new model too.
+    passages_total: int
+    # True until the new model serves the collection, or the reindex failed.
+    running: bool
+    # Why it failed (the old model keeps serving); empty otherwise.
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CollectionStats:
     """A collection's size and the state of its write path (``realm stats`` shows these)."""
 
@@ -104,6 +119,13 @@ class CollectionStats:
     log_sequence: int = 0
     lag: int = 0
     state_digest: str = ""
+    # The model the served vectors were made with (a trained version's name, say), its
+    # backend and the fingerprint of its exact weights.
+    embedding_model: str = ""
+    embedding_backend: str = ""
+    encoder_fingerprint: str = ""
+    # The latest reindex since the server started, if any.
+    reindex: ReindexStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

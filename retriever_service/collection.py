@@ -11,6 +11,7 @@ newest undamaged generation is loaded and the log replayed past it.
 import hashlib
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -26,9 +27,9 @@ from realm.errors import InvalidArgument, NotFound, StorageError, shown
 from realm.files import fsync_dir, make_durable_dir
 from realm.retriever import log_records
 from realm.retriever.analyzer import Analyzer
-from realm.retriever.compactor import Compactor
+from realm.retriever.compactor import Compactor, folded_generation
 from realm.retriever.embedder import Encoder, EncoderSpec
-from realm.retriever.generation import Generation, load_generation
+from realm.retriever.generation import Generation, generation_dir, load_generation
 from realm.retriever.live import Change, View
 from realm.retriever.manifest import (
     EMPTY_ENTRY,
@@ -37,10 +38,17 @@ from realm.retriever.manifest import (
     GenerationEntry,
     read_entries,
     read_settings,
+    write_manifest,
     write_settings,
 )
 from realm.retriever.passages import Analysed, analyse
 from realm.retriever.published import PublishedState
+from realm.retriever.reindex import (
+    UNLOCKED_ATTEMPTS,
+    ReencodedVectors,
+    ReindexProgress,
+    live_pids,
+)
 from realm.retriever.search import Hit, Searcher, SearchQuery
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 from realm.retriever.store import DocumentStore, PassageRecord, StoreChange, StoredDocument
@@ -162,7 +170,7 @@ class Collection:
         self.encoder = encoder
         self.analyzer = Analyzer(settings.language)
         self.store = DocumentStore(directory / STORE)
-        self.searcher = Searcher(settings, self.analyzer, encoder, self.store)
+        self.searcher = Searcher(self.analyzer, self.store)
         self.write_lock = threading.Lock()
         self.wal = WriteAheadLog(directory / WAL_DIR)
         self._view, fallback = self._recover()
@@ -298,8 +306,12 @@ class Collection:
         )
 
     # ----------------------------------------------------------------- writes
-    def prepare(self, documents: Sequence[StoredDocument]) -> Prepared:
-        """Chunks, analyses and encodes an upsert's documents (no lock held: the slow part)."""
+    def prepare(
+        self, documents: Sequence[StoredDocument], encoder: Encoder | None = None
+    ) -> Prepared:
+        """Chunks, analyses and encodes an upsert's documents (no lock held: the slow part),
+        with ``encoder`` (the collection's by default)."""
+        encoder = encoder or self.encoder
         # An id sent twice: the last one wins.
         latest = list({d.doc_id: d for d in documents}.values())
         with tracing.span("prepare", documents=len(latest)):
@@ -315,29 +327,23 @@ class Collection:
                 parts = []
                 for part in slices:
                     analysed = analyse(part, self.settings.chunker, self.analyzer)
-                    parts.append((analysed, encoding.submit(self._vectors, analysed.texts)))
+                    parts.append((analysed, encoding.submit(_vectors, encoder, analysed.texts)))
                 vectors = [pending.result() for _, pending in parts]
         return Prepared(
             Analysed.joined([analysed for analysed, _ in parts]),
-            np.concatenate([np.empty((0, self.encoder.dimension), np.float32), *vectors]),
+            np.concatenate([np.empty((0, encoder.dimension), np.float32), *vectors]),
         )
-
-    def _vectors(self, texts: list[str]) -> FloatArray:
-        if not texts:
-            return np.empty((0, self.encoder.dimension), dtype=np.float32)
-        return self.encoder.encode(texts)
 
     def upsert(self, documents: Sequence[StoredDocument]) -> UpsertResult:
         """Adds or replaces documents; returns once they are durable and searchable."""
-        prepared = self.prepare(documents)
-        analysed, vectors = prepared.analysed, prepared.vectors
-        payload = log_records.encode_upsert(analysed.documents, vectors)
-        if len(payload) > MAX_RECORD_BYTES:
-            raise InvalidArgument(
-                f"this Upsert stream makes a {len(payload):,}-byte log record, above "
-                f"{MAX_RECORD_BYTES:,}; split it into several streams"
-            )
-        with tracing.span("commit", documents=len(analysed.documents)), self.write_lock:
+        encoder = self.encoder
+        prepared = self.prepare(documents, encoder)
+        payload = _upsert_payload(prepared)
+        with tracing.span("commit", documents=len(documents)), self.write_lock:
+            if self.encoder is not encoder:  # a reindex swapped models while this was encoded
+                prepared = self.prepare(documents)
+                payload = _upsert_payload(prepared)
+            analysed, vectors = prepared.analysed, prepared.vectors
             view, change = self._commit(
                 lambda db, sequence: self.store.upsert(
                     db, sequence, analysed.documents, analysed.spans
@@ -459,6 +465,85 @@ class Collection:
         self.compactor.build()
         return self.generation
 
+    def reindex(
+        self, settings: CollectionSettings, encoder: Encoder, progress: ReindexProgress
+    ) -> int:
+        """Re-encodes every live passage with ``encoder`` (``settings`` name it) and swaps the
+        collection over to it in one step; searches and writes continue meanwhile
+        (``realm.retriever.reindex``). Returns the generation served after."""
+        vectors = ReencodedVectors(encoder, self.store, progress)
+        with self.compactor.exclusive():
+            for _ in range(UNLOCKED_ATTEMPTS):
+                view = self._view
+                generation = self._reencoded(view, settings, vectors)
+                with self.write_lock:
+                    if self._view.sequence == view.sequence:
+                        self._swap_model(view, generation, settings, encoder)
+                        break
+                # Writes came in while it was built: they are encoded and it is built again.
+                _LOGGER.info(
+                    "collection %s: writes arrived during the reindex's build; building again",
+                    self.name,
+                )
+                shutil.rmtree(generation_dir(self.directory, generation.number))
+            else:
+                with self.write_lock:
+                    view = self._view
+                    generation = self._reencoded(view, settings, vectors)
+                    self._swap_model(view, generation, settings, encoder)
+            self.compactor.fallback = generation.manifest_entry()
+            self.compactor.tidy(keep=(generation.number,))
+        _LOGGER.info(
+            "collection %s now serves model %s (%s) from generation %d (%d passages)",
+            self.name,
+            settings.embedding_model,
+            settings.embedding_backend,
+            generation.number,
+            generation.n_rows,
+        )
+        return generation.number
+
+    def _reencoded(
+        self, view: View, settings: CollectionSettings, vectors: ReencodedVectors
+    ) -> Generation:
+        """The generation after ``view``'s, with the new model's vectors."""
+        vectors.encode_missing(live_pids(view).tolist())
+        try:
+            with tracing.span("reindex", collection=self.name):
+                return folded_generation(self, view, settings, vectors.encoder, vectors.of)
+        except (OSError, sqlite3.Error) as error:
+            shutil.rmtree(generation_dir(self.directory, view.generation.number + 1), True)
+            raise StorageError(
+                f"collection {self.name!r}: could not write the reindexed generation ({error}); "
+                "it still serves its old model: free space under the data directory and retry"
+            ) from error
+
+    def _swap_model(
+        self, view: View, generation: Generation, settings: CollectionSettings, encoder: Encoder
+    ) -> None:
+        """Serves ``generation`` and its model from now on (the caller holds the write lock)."""
+        entry = generation.manifest_entry()
+        try:
+            # The commit point: no generation of the old model is left to fall back to, since
+            # the log after it would hold old-model vectors.
+            write_manifest(self.directory, settings, encoder.dimension, entry, entry)
+        except OSError as error:
+            shutil.rmtree(generation_dir(self.directory, generation.number), True)
+            raise StorageError(
+                f"collection {self.name!r}: could not swap in the reindexed generation ({error}); "
+                "it still serves its old model: free space under the data directory and retry"
+            ) from error
+        self.settings, self.encoder = settings, encoder
+        self.publish(View.of_generation(generation, view.documents))
+        try:
+            write_settings(self.directory, self.name, settings)  # the manifest's word stands
+            self.wal.seal()  # what follows is the new model's
+            self.wal.remove_through(view.sequence)
+        except OSError:
+            _LOGGER.warning(
+                "collection %s: clean-up after the reindex deferred", self.name, exc_info=True
+            )
+
     # ----------------------------------------------------------------- start-up
     def _recover(self) -> tuple[View, GenerationEntry]:
         """Loads the newest undamaged generation and replays the log past it; returns the view
@@ -470,7 +555,7 @@ class Collection:
             try:
                 metadata = self.store.passage_metadata(entry.last_sequence)
                 generation = load_generation(
-                    self.directory, entry, self.settings, self.encoder.dimension, metadata
+                    self.directory, entry, self.settings, self.encoder, metadata
                 )
             except (StorageError, OSError, ValueError) as error:
                 if position == len(entries) - 1:
@@ -490,11 +575,7 @@ class Collection:
         assert generation is not None
         self.store.roll_back_after(generation.last_sequence)
         self.wal.resume_after(generation.last_sequence)
-        view = View.of_generation(
-            generation,
-            self.encoder.dimension,
-            self.store.count_documents(generation.last_sequence),
-        )
+        view = View.of_generation(generation, self.store.count_documents(generation.last_sequence))
         replayed = 0
         for sequence, payload in self.wal.replay(after=generation.last_sequence):
             view = self._replay(view, sequence, payload)
@@ -518,6 +599,23 @@ class Collection:
             analysed = self._analysed(record, sequence)
             change = self.store.upsert(db, sequence, record.documents, analysed.spans)
         return view.apply(_live_change(change, analysed, record.vectors))
+
+
+def _vectors(encoder: Encoder, texts: list[str]) -> FloatArray:
+    if not texts:
+        return np.empty((0, encoder.dimension), dtype=np.float32)
+    return encoder.encode(texts)
+
+
+def _upsert_payload(prepared: Prepared) -> bytes:
+    """An Upsert stream's one log record; one above the log's record limit is refused."""
+    payload = log_records.encode_upsert(prepared.analysed.documents, prepared.vectors)
+    if len(payload) > MAX_RECORD_BYTES:
+        raise InvalidArgument(
+            f"this Upsert stream makes a {len(payload):,}-byte log record, above "
+            f"{MAX_RECORD_BYTES:,}; split it into several streams"
+        )
+    return payload
 
 
 class SequenceGap(StorageError):

@@ -6,22 +6,29 @@ from, writes the new generation's files, then, under the collection's write lock
 manifest (the commit point) and moves the writes that arrived meanwhile to a fresh tail.
 """
 
+import contextlib
 import logging
 import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from realm import tracing
 from realm.errors import StorageError
+from realm.retriever.embedder import Encoder
 from realm.retriever.generation import GENERATIONS, Generation, generation_dir, write_generation
 from realm.retriever.live import View, carry_over, fold
 from realm.retriever.manifest import GenerationEntry, write_manifest
 from realm.retriever.metrics import BUILD_DURATION
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.store import DocumentStore
+from realm.retriever.topk import FloatArray
 from realm.retriever.wal import WriteAheadLog
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,7 +114,12 @@ class Compactor:
             )
             try:
                 with tracing.span("build", collection=collection.name, generation=number):
-                    generation = self._write(built_from, number)
+                    generation = folded_generation(
+                        collection,
+                        built_from,
+                        built_from.generation.settings,
+                        built_from.generation.encoder,
+                    )
                 with collection.write_lock:
                     write_manifest(  # the commit point
                         collection.directory,
@@ -132,24 +144,15 @@ class Compactor:
                 generation.n_rows,
                 built_from.sequence,
             )
-            self._tidy(keep=(number, built_from.generation.number))
+            self.tidy(keep=(number, built_from.generation.number))
 
-    def _write(self, built_from: View, number: int) -> Generation:
-        collection = self.collection
-        folded = fold(built_from, collection.settings.bm25)
-        metadata = collection.store.passage_metadata(built_from.sequence)
-        return write_generation(
-            collection.directory,
-            number,
-            built_from.sequence,
-            folded.pids,
-            folded.bm25,
-            folded.vectors,
-            [metadata.get(int(pid), {}) for pid in folded.pids],
-            collection.settings,
-        )
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds off every build meanwhile (a reindex builds the next generation itself)."""
+        with self._lock:
+            yield
 
-    def _tidy(self, keep: tuple[int, int]) -> None:
+    def tidy(self, keep: tuple[int, ...]) -> None:
         """Removes what neither kept generation needs: older directories, store rows and log
         segments that only generations before the fallback could replay."""
         collection = self.collection
@@ -164,3 +167,27 @@ class Compactor:
         except (OSError, sqlite3.Error):
             # Committed already; leftovers are only disk space and are retried next build.
             _LOGGER.warning("collection %s: clean-up deferred", collection.name, exc_info=True)
+
+
+def folded_generation(
+    collection: Compactable,
+    built_from: View,
+    settings: CollectionSettings,
+    encoder: Encoder,
+    vectors_of: Callable[[npt.NDArray[np.int64]], FloatArray] | None = None,
+) -> Generation:
+    """Writes the generation after ``built_from``'s: its live passages with BM25 folded and
+    their vectors carried over, or, for a reindex, ``vectors_of`` their passage ids."""
+    folded = fold(built_from, settings.bm25)
+    metadata = collection.store.passage_metadata(built_from.sequence)
+    return write_generation(
+        collection.directory,
+        built_from.generation.number + 1,
+        built_from.sequence,
+        folded.pids,
+        folded.bm25,
+        folded.vectors if vectors_of is None else vectors_of(folded.pids),
+        [metadata.get(int(pid), {}) for pid in folded.pids],
+        settings,
+        encoder,
+    )

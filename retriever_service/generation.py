@@ -1,7 +1,10 @@
 """Immutable index generations: what one holds, how it is written durably and read back.
 
 A generation is a snapshot of both indexes (BM25 arrays, vectors, Annoy file) at one log
-sequence, plus the passage ids its rows stand for, in increasing pid order. Its files live in
+sequence, plus the passage ids its rows stand for, in increasing pid order. It carries the
+settings and the encoder its vectors were made with: a search encodes its query with the
+generation's encoder, so a query and the vectors it is compared with are always from one
+model, also while ``realm reindex`` swaps a collection to another one. Its files live in
 ``generations/<number>/`` and are never modified; the manifest lists each file's sha256 so a
 damaged file is caught on load instead of serving wrong results.
 """
@@ -17,6 +20,7 @@ from realm.errors import StorageError
 from realm.files import fsync_dir, fsync_file, sha256_file
 from realm.retriever.bm25 import BM25Index
 from realm.retriever.dense import DenseIndex
+from realm.retriever.embedder import Encoder
 from realm.retriever.manifest import GenerationEntry
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.topk import FloatArray, IntArray
@@ -40,6 +44,8 @@ class Generation:
         filters: Filters,
         files: dict[str, str],
         index_bytes: int,
+        settings: CollectionSettings,
+        encoder: Encoder,
     ) -> None:
         self.number = number
         self.last_sequence = last_sequence
@@ -49,6 +55,8 @@ class Generation:
         self.filters = filters
         self.files = files
         self.index_bytes = index_bytes
+        self.settings = settings
+        self.encoder = encoder
 
     @property
     def n_rows(self) -> int:
@@ -75,17 +83,19 @@ class Generation:
         return rows.astype(np.int64)
 
 
-def empty_generation(settings: CollectionSettings, dimension: int) -> Generation:
+def empty_generation(settings: CollectionSettings, encoder: Encoder) -> Generation:
     """Generation 0: nothing indexed, the state before the first build."""
     return Generation(
         0,
         0,
         np.empty(0, dtype=np.int64),
         BM25Index.build([], settings.bm25),
-        DenseIndex(np.empty((0, dimension), dtype=np.float32), None, settings.annoy),
+        DenseIndex(np.empty((0, encoder.dimension), dtype=np.float32), None, settings.annoy),
         {},
         {},
         0,
+        settings,
+        encoder,
     )
 
 
@@ -110,6 +120,7 @@ def write_generation(
     vectors: FloatArray,
     metadata: list[dict[str, str]],
     settings: CollectionSettings,
+    encoder: Encoder,
 ) -> Generation:
     """Builds the Annoy forest and writes every file of generation ``number`` durably."""
     dense = DenseIndex.build(vectors, settings.annoy)
@@ -126,20 +137,32 @@ def write_generation(
     fsync_dir(directory.parent)
     files = {str(p.relative_to(collection_dir)): sha256_file(p) for p in paths}
     size = sum(p.stat().st_size for p in paths)
-    return Generation(number, last_sequence, pids, bm25, dense, filter_index(metadata), files, size)
+    return Generation(
+        number,
+        last_sequence,
+        pids,
+        bm25,
+        dense,
+        filter_index(metadata),
+        files,
+        size,
+        settings,
+        encoder,
+    )
 
 
 def load_generation(
     collection_dir: Path,
     entry: GenerationEntry,
     settings: CollectionSettings,
-    dimension: int,
+    encoder: Encoder,
     metadata: dict[int, dict[str, str]],
 ) -> Generation:
     """Reads a generation after checking every file against the manifest's sha256."""
     number, files = entry.number, dict(entry.files)
+    dimension = encoder.dimension
     if number == 0:
-        return empty_generation(settings, dimension)
+        return empty_generation(settings, encoder)
     for name, expected in files.items():
         path = collection_dir / name
         if not path.exists() or sha256_file(path) != expected:
@@ -155,4 +178,6 @@ def load_generation(
         raise StorageError(f"{directory}: its arrays disagree in size; the files are damaged")
     filters = filter_index([metadata.get(int(p), {}) for p in pids])
     size = sum((collection_dir / name).stat().st_size for name in files)
-    return Generation(number, entry.last_sequence, pids, bm25, dense, filters, files, size)
+    return Generation(
+        number, entry.last_sequence, pids, bm25, dense, filters, files, size, settings, encoder
+    )

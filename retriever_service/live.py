@@ -131,11 +131,11 @@ class View:
     documents: int
 
     @classmethod
-    def of_generation(cls, generation: Generation, dimension: int, documents: int) -> "View":
+    def of_generation(cls, generation: Generation, documents: int) -> "View":
         """``generation`` with nothing written since: no tail rows, no tombstones."""
         return cls(
             generation,
-            Tail(dimension),
+            Tail(generation.encoder.dimension),
             generation.last_sequence,
             0,
             0,

@@ -1,11 +1,16 @@
 """What a collection directory says about itself, typed: its files, its settings
-(``collection.json``, written once) and its generation manifest (``manifest.json``, swapped
-atomically by each build). The writer and the read replicas both read them through here.
+(``collection.json``) and its generation manifest (``manifest.json``, swapped atomically by
+each build). The writer and the read replicas both read them through here.
+
+The manifest also names the encoder its generations' vectors were made with, and it is the
+authority on it: ``realm reindex`` changes a collection's model by swapping in a manifest whose
+generations are all of the new model (the commit point), then rewrites ``collection.json`` to
+agree; a crash between the two leaves the manifest's word standing.
 """
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +54,27 @@ EMPTY_ENTRY = GenerationEntry(0, 0)
 
 
 def read_settings(directory: Path) -> tuple[str, CollectionSettings]:
-    """The name and settings a collection directory was created with."""
+    """The name and settings of a collection directory, with the encoder its manifest names
+    (the one its served vectors were made with)."""
     payload = json.loads((directory / SETTINGS).read_text(encoding="utf-8"))
-    return payload["name"], CollectionSettings.from_json(payload["settings"])
+    settings = CollectionSettings.from_json(payload["settings"])
+    manifest = _manifest(directory)
+    if manifest is not None and manifest.get("encoder_fingerprint"):
+        settings = replace(
+            settings,
+            embedding_model=manifest["model_id"],
+            embedding_backend=manifest["embedding_backend"],
+            encoder_fingerprint=manifest["encoder_fingerprint"],
+        )
+    return payload["name"], settings
+
+
+def _manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return manifest
 
 
 def write_settings(directory: Path, name: str, settings: CollectionSettings) -> None:
@@ -64,9 +87,9 @@ def read_entries(
     """Generations to try, newest first; generation 0 (empty) when nothing was built. A manifest
     of another format or another vector size is refused, naming the fix."""
     path = directory / MANIFEST
-    if not path.exists():
+    manifest = _manifest(directory)
+    if manifest is None:
         return [EMPTY_ENTRY]
-    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format_version") != FORMAT_VERSION:
         raise StorageError(
             f"{path}: format_version={manifest.get('format_version')} is not "
@@ -76,6 +99,13 @@ def read_entries(
         raise StorageError(
             f"{path}: dimension={manifest.get('dimension')} but model "
             f"{settings.embedding_model} makes {dimension}-d vectors"
+        )
+    recorded = manifest.get("encoder_fingerprint")
+    if recorded and settings.encoder_fingerprint and recorded != settings.encoder_fingerprint:
+        # A reader that took the settings before a reindex swapped the manifest: read again.
+        raise StorageError(
+            f"{path}: its generations were made by encoder {recorded}, not "
+            f"{settings.encoder_fingerprint} (the collection was reindexed meanwhile)"
         )
     return [GenerationEntry.from_json(entry) for entry in manifest["generations"]]
 
@@ -102,6 +132,8 @@ def write_manifest(
         {
             "format_version": FORMAT_VERSION,
             "model_id": settings.embedding_model,
+            "embedding_backend": settings.embedding_backend,
+            "encoder_fingerprint": settings.encoder_fingerprint,
             "dimension": dimension,
             "metric": METRIC,
             "k1": settings.bm25.k1,

@@ -54,5 +54,9 @@ def analyse(
 
 def indexed_text(document: StoredDocument, span: ChunkSpan) -> str:
     """What both indexes see for a passage: the title (when any), then the passage text."""
-    text = document.text[span.start : span.end]
-    return f"{document.title}\n{text}" if document.title else text
+    return titled(document.title, document.text[span.start : span.end])
+
+
+def titled(title: str, text: str) -> str:
+    """A passage's text as it is indexed, from its title and its own text."""
+    return f"{title}\n{text}" if title else text

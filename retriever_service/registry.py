@@ -13,6 +13,7 @@ from realm.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    RealmError,
     ResourceExhausted,
     shown,
 )
@@ -26,6 +27,7 @@ from realm.retriever.embedder import (
     EncoderSpec,
 )
 from realm.retriever.manifest import SETTINGS
+from realm.retriever.reindex import ReindexCancelled, ReindexProgress
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
 from realm.retriever.trained_models import trained_model, trained_versions
 
@@ -58,6 +60,8 @@ class Registry:
         self._max_collections = max_collections
         self._compact_threshold = compact_threshold
         self._collections: dict[str, Collection] = {}
+        # Each collection's latest reindex since start-up, with the thread that runs it.
+        self._reindexes: dict[str, tuple[ReindexProgress, threading.Thread]] = {}
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
@@ -147,6 +151,55 @@ class Registry:
                 "from --embedding-models (or choose another config.embedding_backend)"
             ) from error
 
+    def reindex(self, name: str, spec: EncoderSpec) -> ReindexProgress:
+        """Starts re-encoding collection ``name`` with ``spec``'s model on a thread of its own;
+        returns its progress, which ``reindex_status`` keeps reporting."""
+        collection = self.get(name)
+        self._refuse_second_reindex(name)
+        encoder = self.encoder_for(spec)  # may be slow: outside the lock
+        if encoder.fingerprint == collection.settings.encoder_fingerprint:
+            raise FailedPrecondition(
+                f"collection {name!r} is encoded with {spec.model} on {spec.backend} already; "
+                "there is nothing to reindex"
+            )
+        settings = replace(
+            collection.settings,
+            embedding_model=spec.model,
+            embedding_backend=spec.backend,
+            encoder_fingerprint=encoder.fingerprint,
+        )
+        progress = ReindexProgress(spec.model, spec.backend)
+        thread = threading.Thread(
+            target=_run_reindex,
+            args=(collection, settings, encoder, progress),
+            name=f"reindex-{name}",
+            daemon=True,
+        )
+        with self._lock:
+            self._refuse_second_reindex(name)
+            self._reindexes[name] = (progress, thread)
+        thread.start()
+        return progress
+
+    def reindex_status(self, name: str) -> ReindexProgress | None:
+        job = self._reindexes.get(name)
+        return None if job is None else job[0]
+
+    def _refuse_second_reindex(self, name: str) -> None:
+        job = self._reindexes.get(name)
+        if job is not None and job[0].running:
+            raise FailedPrecondition(
+                f"collection {name!r} is being reindexed with {job[0].model} already; wait "
+                "for it to finish (realm stats shows its progress)"
+            )
+
+    def _stop_reindex(self, name: str) -> None:
+        """Cancels collection ``name``'s reindex, if one runs, and waits until it has stopped."""
+        job = self._reindexes.pop(name, None)
+        if job is not None:
+            job[0].cancelled.set()
+            job[1].join()
+
     def _check_room(self, name: str) -> None:
         """Refuses a create that cannot succeed (caller holds the lock)."""
         if name in self._collections:
@@ -182,6 +235,7 @@ class Registry:
             collection = self.get(name)
             documents = collection.stats().documents
             del self._collections[name]
+        self._stop_reindex(name)
         collection.published.withdraw()  # workers stop answering for it before it goes
         collection.close()
         # Rename first: a crash mid-delete leaves a dot-directory that start-up sweeps away.
@@ -193,5 +247,28 @@ class Registry:
         return documents
 
     def close(self) -> None:
+        for name in list(self._reindexes):
+            self._stop_reindex(name)
         for collection in self._collections.values():
             collection.close()
+
+
+def _run_reindex(
+    collection: Collection,
+    settings: CollectionSettings,
+    encoder: Encoder,
+    progress: ReindexProgress,
+) -> None:
+    """A reindex's thread: whatever happens, the progress ends not running, with the reason
+    of a failure (the old model keeps serving then)."""
+    try:
+        collection.reindex(settings, encoder, progress)
+    except ReindexCancelled:
+        progress.error = "cancelled: the server stopped or the collection was deleted"
+    except RealmError as error:
+        progress.error = str(error)
+    except Exception as error:
+        _LOGGER.exception("collection %s: reindex failed", collection.name)
+        progress.error = f"{type(error).__name__}: {error}; the server log has the details"
+    finally:
+        progress.running = False

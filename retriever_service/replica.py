@@ -32,12 +32,11 @@ class Replica:
     def __init__(self, directory: Path, load_encoder: EncoderLoader) -> None:
         self.name, self.settings = read_settings(directory)
         self.directory = directory
+        self._load_encoder = load_encoder
         self.encoder = collection_encoder(self.name, self.settings, load_encoder)
         self.published = PublishedState.for_reader(directory)
         self.store = DocumentStore(directory / STORE)
-        self.searcher = Searcher(
-            self.settings, Analyzer(self.settings.language), self.encoder, self.store
-        )
+        self.searcher = Searcher(Analyzer(self.settings.language), self.store)
         self._view: View | None = None
         self._tried_generation = -1  # the generation last loaded or found unloadable
 
@@ -91,6 +90,11 @@ class Replica:
             )
 
     def _load(self, number: int) -> View:
+        _, settings = read_settings(self.directory)
+        if settings.encoder_fingerprint != self.settings.encoder_fingerprint:
+            # The writer reindexed the collection with another model: load it too.
+            self.encoder = collection_encoder(self.name, settings, self._load_encoder)
+            self.settings = settings
         entries = read_entries(self.directory, self.settings, self.encoder.dimension)
         entry = entry_of(self.directory, entries, number)
         sequence = entry.last_sequence
@@ -98,12 +102,10 @@ class Replica:
             self.directory,
             entry,
             self.settings,
-            self.encoder.dimension,
+            self.encoder,
             self.store.passage_metadata(sequence),
         )
-        return View.of_generation(
-            generation, self.encoder.dimension, self.store.count_documents(sequence)
-        )
+        return View.of_generation(generation, self.store.count_documents(sequence))
 
     def close(self) -> None:
         self.store.close()

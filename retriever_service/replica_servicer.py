@@ -118,3 +118,8 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.CompactRequest, context: Context
     ) -> retriever_pb2.CompactResponse:
         return await self._relay(self.writer.Compact, request, context)
+
+    async def Reindex(  # noqa: N802
+        self, request: retriever_pb2.ReindexRequest, context: Context
+    ) -> retriever_pb2.ReindexResponse:
+        return await self._relay(self.writer.Reindex, request, context)

@@ -12,9 +12,7 @@ import numpy as np
 from realm import tracing
 from realm.retriever import fusion
 from realm.retriever.analyzer import Analyzer
-from realm.retriever.embedder import Encoder
 from realm.retriever.live import View
-from realm.retriever.settings import CollectionSettings
 from realm.retriever.store import DocumentStore, PassageRecord
 from realm.retriever.topk import FloatArray, IntArray, top_k
 
@@ -40,18 +38,11 @@ class Hit:
 
 
 class Searcher:
-    """Ranks a ``View`` and hydrates its hits; holds no state of its own."""
+    """Ranks a ``View`` and hydrates its hits; holds no state of its own. The view's generation
+    brings the encoder and settings its vectors were made with (``Generation``)."""
 
-    def __init__(
-        self,
-        settings: CollectionSettings,
-        analyzer: Analyzer,
-        encoder: Encoder,
-        store: DocumentStore,
-    ) -> None:
-        self.settings = settings
+    def __init__(self, analyzer: Analyzer, store: DocumentStore) -> None:
         self.analyzer = analyzer
-        self.encoder = encoder
         self.store = store
 
     def search(self, view: View, query: SearchQuery) -> list[Hit]:
@@ -78,7 +69,7 @@ class Searcher:
             return self._bm25_top(view, query.text, query.k, allowed)[:2]
         if query.mode == "dense":
             return self._dense_top(view, query.text, query.k, allowed)[:2]
-        params = self.settings.fusion
+        params = view.generation.settings.fusion
         method = query.fusion_method or params.method
         weight = params.dense_weight if query.dense_weight is None else query.dense_weight
         if weight == 0.0:  # both fusions rank by BM25 alone: no query to encode
@@ -98,7 +89,7 @@ class Searcher:
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         """The dense top k and the query's vector (hybrid's weighted fusion needs it again)."""
         with tracing.span("dense", k=k):
-            vector = self.encoder.encode_queries([text])[0]
+            vector = view.generation.encoder.encode_queries([text])[0]
             rows, scores = view.dense_top(vector, k, allowed)
         return rows, scores, vector
 
@@ -106,7 +97,7 @@ class Searcher:
         self, view: View, text: str, k: int, allowed: IntArray | None
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         with tracing.span("bm25", k=k):
-            scores = view.bm25_scores(self.analyzer.tokens(text), self.settings.bm25)
+            scores = view.bm25_scores(self.analyzer.tokens(text), view.generation.settings.bm25)
             matching = np.flatnonzero(scores > 0).astype(np.int64)  # IDF is always positive
             if allowed is not None:
                 matching = np.intersect1d(matching, allowed, assume_unique=True)

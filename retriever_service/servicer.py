@@ -13,12 +13,13 @@ from typing import Any, Protocol
 from grpc import aio
 
 from realm import tracing
-from realm.errors import Unavailable
+from realm.errors import FailedPrecondition, Unavailable
 from realm.retriever import validation
 from realm.retriever.collection import Collection
 from realm.retriever.live import View
 from realm.retriever.metrics import SEARCH_BY_MODE
 from realm.retriever.registry import Registry
+from realm.retriever.reindex import ReindexProgress
 from realm.retriever.response_budget import ResponseBudget
 from realm.retriever.search import Hit, SearchQuery
 from realm.retriever.settings import CollectionSettings, Limits
@@ -317,6 +318,10 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                     log_sequence=max(log_sequence, stats.last_sequence),
                     lag=lag,
                     state_digest=collection.state_digest() if digest else "",
+                    embedding_model=collection.settings.embedding_model,
+                    embedding_backend=collection.settings.embedding_backend,
+                    encoder_fingerprint=collection.settings.encoder_fingerprint,
+                    reindex=_reindex_status(self.registry.reindex_status(collection.name)),
                 )
             )
         return out
@@ -329,3 +334,32 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         return retriever_pb2.CompactResponse(
             generation=generation, passages=collection.snapshot().generation.n_rows
         )
+
+    async def Reindex(  # noqa: N802
+        self, request: retriever_pb2.ReindexRequest, context: Context
+    ) -> retriever_pb2.ReindexResponse:
+        name = validation.collection_name(request.collection)
+        spec = validation.reindex_encoder(request, self.registry.default_backend)
+        if not isinstance(self.writes, LocalWrites):
+            raise FailedPrecondition(
+                "Reindex runs on a single node only: a cluster's replicas take their vectors "
+                "from the log, so a model change there is a new collection: create one with "
+                "the model and re-ingest (docs/operations.md)"
+            )
+        progress = await asyncio.to_thread(self.registry.reindex, name, spec)
+        status = _reindex_status(progress)
+        assert status is not None
+        return retriever_pb2.ReindexResponse(status=status)
+
+
+def _reindex_status(progress: ReindexProgress | None) -> retriever_pb2.ReindexStatus | None:
+    if progress is None:
+        return None
+    return retriever_pb2.ReindexStatus(
+        embedding_model=progress.model,
+        embedding_backend=progress.backend,
+        passages_done=progress.passages_done,
+        passages_total=progress.passages_total,
+        running=progress.running,
+        error=progress.error,
+    )

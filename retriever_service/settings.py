@@ -23,7 +23,8 @@ MAX_WORKERS = 64
 
 @dataclass(frozen=True, slots=True)
 class CollectionSettings:
-    """Fixed when a collection is created; stored in its ``collection.json``."""
+    """Fixed when a collection is created (but for the encoder, which ``realm reindex``
+    changes); stored in its ``collection.json``."""
 
     language: Language = "en"
     embedding_model: str = DEFAULT_MODEL

@@ -14,7 +14,7 @@ from realm.retriever.analyzer import LANGUAGES, Language
 from realm.retriever.bm25 import BM25Params
 from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.dense import AnnoyParams
-from realm.retriever.embedder import BACKENDS, Backend
+from realm.retriever.embedder import BACKENDS, Backend, EncoderSpec
 from realm.retriever.fusion import FusionMethod
 from realm.retriever.search import SearchMode, SearchQuery
 from realm.retriever.settings import CollectionSettings, Limits
@@ -224,6 +224,21 @@ def collection_settings(
         )
     except ValueError as error:
         raise InvalidArgument(f"config: {error}") from error
+
+
+def reindex_encoder(request: retriever_pb2.ReindexRequest, default_backend: Backend) -> EncoderSpec:
+    """The model a Reindex asks for, its backend defaulted as CreateCollection does."""
+    model = request.embedding_model.strip()
+    if not model:
+        raise InvalidArgument(
+            "embedding_model is empty; name the model to re-encode the collection with"
+        )
+    backend = request.embedding_backend or languages.default_backend(model, default_backend)
+    if backend not in BACKENDS:
+        raise InvalidArgument(
+            f"embedding_backend={shown(backend)} is unknown; use one of {BACKENDS}"
+        )
+    return EncoderSpec(model, backend)
 
 
 def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: str) -> SearchQuery:

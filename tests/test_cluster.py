@@ -21,11 +21,13 @@ from realm.client import (
     AlreadyExists,
     CollectionStats,
     Document,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     RetrieverClient,
     Unavailable,
 )
+from realm.retriever.embedder import MULTILINGUAL_MODEL
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.servers import RetrieverProcess
 
@@ -159,6 +161,8 @@ def test_collections_made_and_deleted_through_one_replica_change_on_all(cluster:
         with pytest.raises(InvalidArgument, match="embedding_model"):
             last.create_collection("unservable", embedding_model="no/such-model")
         assert "unservable" not in [c.name for c in last.list_collections()]
+        with pytest.raises(FailedPrecondition, match="single node only"):
+            last.reindex("comes-and-goes", MULTILINGUAL_MODEL)
         assert last.delete_collection("comes-and-goes") == 0
     for replica in cluster.replicas:
         with RetrieverClient(replica.target, timeout=30) as client:

@@ -16,7 +16,7 @@ import pytest
 from realm.app.training.corpus import CollectionPassages
 from realm.app.training.retriever import EXAMPLES
 from realm.app.training.synthetic import ROUND_TRIP_K
-from realm.client import Document, RetrieverClient
+from realm.client import Document, RetrieverClient, SearchHit
 from realm.retriever.embedder import load_sentence_transformer, weights_fingerprint
 from realm.retriever.trained_models import RECORD, models_root, trained_versions
 from tests.servers import REPO, RetrieverProcess
@@ -127,6 +127,32 @@ def test_labelled_training_makes_a_version_that_the_server_offers(
         client.upsert("animals-trained", documents)
         hits = client.search("animals-trained", queries["q5"], k=3, mode="dense")
         assert hits[0].doc_id == "d5"
+
+        # The collection trained on can move to its version in place.
+        client.create_collection("animals-reindexed")
+        client.upsert("animals-reindexed", documents)
+    done = realm(
+        "reindex",
+        "--collection",
+        "animals-reindexed",
+        "--embedding-model",
+        "animals-v1",
+        "--target",
+        retriever.target,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "now served by animals-v1" in done.stdout
+    stats = json.loads(realm("stats", "--json", "--target", retriever.target).stdout)
+    assert stats["animals-reindexed"]["embedding_model"] == "animals-v1"
+    with RetrieverClient(retriever.target, timeout=300) as client:
+        for query in list(queries.values())[:8]:
+            made_with_it = client.search("animals-trained", query, k=5, mode="dense")
+            moved = client.search("animals-reindexed", query, k=5, mode="dense")
+            assert _scored(moved) == _scored(made_with_it)
+
+
+def _scored(hits: list[SearchHit]) -> list[tuple[str, float]]:
+    return [(hit.passage_id, round(hit.score, 5)) for hit in hits]
 
 
 def test_the_same_seed_makes_the_same_model(

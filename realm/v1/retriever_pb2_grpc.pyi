@@ -59,6 +59,13 @@ class RetrieverServiceStub:
     """Folds the writes since the last generation into a new immutable generation now, instead
     of waiting for the tail to pass the server's threshold; returns when it is served.
     """
+    Reindex: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.ReindexRequest, _retriever_pb2.ReindexResponse]
+    """Starts re-encoding a collection with another embedding model (a packaged one, one the
+    operator offers, or a version trained with realm train retriever) and returns at once.
+    Searches and writes continue on the old model meanwhile; the collection swaps to the new
+    one in one step when every passage is encoded. Stats reports the progress. Single node
+    only: a cluster's collection answers FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class RetrieverServiceAsyncStub(RetrieverServiceStub):
@@ -90,6 +97,13 @@ class RetrieverServiceAsyncStub(RetrieverServiceStub):
     Compact: _aio.UnaryUnaryMultiCallable[_retriever_pb2.CompactRequest, _retriever_pb2.CompactResponse]  # type: ignore[assignment]
     """Folds the writes since the last generation into a new immutable generation now, instead
     of waiting for the tail to pass the server's threshold; returns when it is served.
+    """
+    Reindex: _aio.UnaryUnaryMultiCallable[_retriever_pb2.ReindexRequest, _retriever_pb2.ReindexResponse]  # type: ignore[assignment]
+    """Starts re-encoding a collection with another embedding model (a packaged one, one the
+    operator offers, or a version trained with realm train retriever) and returns at once.
+    Searches and writes continue on the old model meanwhile; the collection swaps to the new
+    one in one step when every passage is encoded. Stats reports the progress. Single node
+    only: a cluster's collection answers FAILED_PRECONDITION.
     """
 
 class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +193,19 @@ class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_retriever_pb2.CompactResponse, _abc.Awaitable[_retriever_pb2.CompactResponse]]:
         """Folds the writes since the last generation into a new immutable generation now, instead
         of waiting for the tail to pass the server's threshold; returns when it is served.
+        """
+
+    @_abc_1.abstractmethod
+    def Reindex(
+        self,
+        request: _retriever_pb2.ReindexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.ReindexResponse, _abc.Awaitable[_retriever_pb2.ReindexResponse]]:
+        """Starts re-encoding a collection with another embedding model (a packaged one, one the
+        operator offers, or a version trained with realm train retriever) and returns at once.
+        Searches and writes continue on the old model meanwhile; the collection swaps to the new
+        one in one step when every passage is encoded. Stats reports the progress. Single node
+        only: a cluster's collection answers FAILED_PRECONDITION.
         """
 
 def add_RetrieverServiceServicer_to_server(servicer: RetrieverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,6 +1,8 @@
-"""``realm ingest | search | stats | compact | health``: the retriever's data from a shell."""
+"""``realm ingest | search | stats | compact | reindex | health``: the retriever's data from a
+shell."""
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +30,15 @@ from realm.app.cli.shared import (
     search_mode,
 )
 from realm.app.corpus import Refused, read_documents
-from realm.client import Document, IngestInterrupted, NotFound, RetrieverClient, UpsertSummary
+from realm.client import (
+    CollectionStats,
+    Document,
+    IngestInterrupted,
+    NotFound,
+    ReindexStatus,
+    RetrieverClient,
+    UpsertSummary,
+)
 from realm.ports import RETRIEVER_TARGET
 
 STATS_FIELDS = (
@@ -42,6 +52,8 @@ STATS_FIELDS = (
     "lag",
     "index_bytes",
 )
+# How often ``realm reindex`` asks how far the server has got.
+REINDEX_POLL_SECONDS = 1.0
 
 
 def ingest(
@@ -231,11 +243,35 @@ def stats(
     rows = {c.name: {f: int(getattr(c, f)) for f in STATS_FIELDS} for c in collections}
     if as_json:
         # The digest tells whether replicas at the same sequence serve the same content.
-        print_json({c.name: {**rows[c.name], "state_digest": c.state_digest} for c in collections})
+        print_json({c.name: {**rows[c.name], **_model_json(c)} for c in collections})
         return
     console.print(counts_table(f"collections on {target}", rows, STATS_FIELDS))
-    for c in collections if digest else []:
-        console.print(f"{c.name}: state digest {c.state_digest}")
+    for c in collections:
+        console.print(f"{c.name}: model {c.embedding_model} ({c.embedding_backend}){_reindex(c)}")
+        if digest:
+            console.print(f"{c.name}: state digest {c.state_digest}")
+
+
+def _model_json(stats: CollectionStats) -> dict[str, object]:
+    return {
+        "state_digest": stats.state_digest,
+        "embedding_model": stats.embedding_model,
+        "embedding_backend": stats.embedding_backend,
+        "encoder_fingerprint": stats.encoder_fingerprint,
+        "reindex": None if stats.reindex is None else asdict(stats.reindex),
+    }
+
+
+def _reindex(stats: CollectionStats) -> str:
+    status = stats.reindex
+    if status is None:
+        return ""
+    if status.running:
+        return (
+            f"; reindexing with {status.embedding_model}: {status.passages_done:,} of "
+            f"{status.passages_total:,} passages"
+        )
+    return f"; reindex with {status.embedding_model} failed: {status.error}" if status.error else ""
 
 
 def compact(collection: CollectionOpt, target: Target = RETRIEVER_TARGET) -> None:
@@ -243,6 +279,59 @@ def compact(collection: CollectionOpt, target: Target = RETRIEVER_TARGET) -> Non
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
         generation = client.compact(collection)
     console.print(f"{collection}: generation {generation} serves every write so far")
+
+
+def reindex(
+    collection: CollectionOpt,
+    embedding_model: Annotated[
+        str,
+        typer.Option(
+            help="The model to re-encode with: one the server offers, e.g. a version made by "
+            "realm train retriever (cranfield-v1)."
+        ),
+    ],
+    embedding_backend: BackendOpt = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow it until the new model serves (--no-wait: start it).")
+    ] = True,
+    target: Target = RETRIEVER_TARGET,
+) -> None:
+    """Re-encode a collection with another embedding model. Searches and writes continue on the
+    old model meanwhile; the collection swaps to the new one in one step when it is done."""
+    with client_errors(), RetrieverClient(target, options=connection(600.0)) as client:
+        status = client.reindex(collection, embedding_model, embedding_backend or "")
+        if wait:
+            status = _follow_reindex(client, collection, status)
+    if status.error:
+        fail(f"{collection}: reindex with {embedding_model} failed: {status.error}")
+    if status.running:
+        console.print(
+            f"{collection}: reindexing with {status.embedding_model} "
+            f"({status.embedding_backend}); realm stats shows its progress"
+        )
+        return
+    console.print(
+        f"{collection}: now served by {status.embedding_model} ({status.embedding_backend}), "
+        f"{status.passages_total:,} passages re-encoded"
+    )
+
+
+def _follow_reindex(
+    client: RetrieverClient, collection: str, status: ReindexStatus
+) -> ReindexStatus:
+    with progress_bar(f"re-encoding with {status.embedding_model}") as progress:
+        task = progress.add_task("re-encoding", total=None)
+        while status.running:
+            time.sleep(REINDEX_POLL_SECONDS)
+            (stats,) = client.stats(collection)
+            if stats.reindex is None:  # the server restarted: the reindex is gone with it
+                fail(
+                    f"{collection}: the server restarted during the reindex; it still serves "
+                    f"{stats.embedding_model}: run realm reindex again"
+                )
+            status = stats.reindex
+            progress.update(task, completed=status.passages_done, total=status.passages_total)
+    return status
 
 
 def search(

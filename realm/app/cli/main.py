@@ -1,9 +1,10 @@
 """``realm``: run the services and use them from a shell.
 
 The verbs live by group: ``serve`` (flags derived from each service's settings), data
-(``ingest``, ``search``, ``stats``, ``compact``, ``health``), ``ask``/``chat``, ``eval``, ``train``
-and ``demo``; ``output`` renders for all of them. Client subcommands take ``--target`` (or
-``REALM_RETRIEVER`` / ``REALM_GENERATOR``). Errors print one line and exit non-zero.
+(``ingest``, ``search``, ``stats``, ``compact``, ``reindex``, ``health``), ``ask``/``chat``,
+``eval``, ``train`` and ``demo``; ``output`` renders for all of them. Client subcommands take
+``--target`` (or ``REALM_RETRIEVER`` / ``REALM_GENERATOR``). Errors print one line and exit
+non-zero.
 """
 
 import typer
@@ -41,6 +42,7 @@ for verb in (
     data.health,
     data.stats,
     data.compact,
+    data.reindex,
     data.search,
     demo.demo,
     ask.chat,
