@@ -27,7 +27,7 @@ from realm.retriever.store import DocumentStore
 from realm.retriever.topk import FloatArray
 
 # Passages encoded per batch: progress is reported, and a cancel noticed, between batches.
-BATCH_PASSAGES = 256
+BATCH_PASSAGES = 64
 # Builds tried without holding writes off before the last one, which does.
 UNLOCKED_ATTEMPTS = 2
 

@@ -176,3 +176,31 @@ def test_an_empty_collection_is_reindexed_too(server: RetrieverProcess) -> None:
         assert client.search("empty", _QUERIES[0], k=3, mode="dense")
         (stats,) = client.stats("empty")
         assert stats.embedding_model == MULTILINGUAL_MODEL
+
+
+def test_a_delete_or_a_stop_cancels_a_reindex_and_the_old_model_stays(
+    server: RetrieverProcess,
+) -> None:
+    with RetrieverClient(server.target, timeout=120) as client:
+        # "kept" is large enough that its reindex is still running when the server stops.
+        for name, notes in (("doomed", 100), ("kept", 1500)):
+            client.create_collection(name)
+            client.upsert(name, _corpus(notes))
+            client.reindex(name, MULTILINGUAL_MODEL)
+        original = client.stats("kept")[0].encoder_fingerprint
+        assert client.delete_collection("doomed") > 0
+        assert "doomed" not in [c.name for c in client.list_collections()]
+        (kept,) = client.stats("kept")
+        assert kept.reindex is not None
+        assert kept.reindex.running
+    assert server.stop() == 0
+    with (
+        RetrieverProcess(server.data_dir) as restarted,
+        RetrieverClient(restarted.target, timeout=120) as client,
+    ):
+        (kept,) = client.stats("kept")
+        assert kept.embedding_model == DEFAULT_MODEL
+        assert kept.encoder_fingerprint == original
+        assert kept.reindex is None
+        assert client.search("kept", _QUERIES[3], k=3, mode="dense")
+    assert "reindex failed" not in server.log()
