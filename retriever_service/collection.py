@@ -485,7 +485,7 @@ class Collection:
                     "collection %s: writes arrived during the reindex's build; building again",
                     self.name,
                 )
-                shutil.rmtree(generation_dir(self.directory, generation.number))
+                shutil.rmtree(generation_dir(self.directory, generation.number), ignore_errors=True)
             else:
                 with self.write_lock:
                     view = self._view
@@ -512,7 +512,9 @@ class Collection:
             with tracing.span("reindex", collection=self.name):
                 return folded_generation(self, view, settings, vectors.encoder, vectors.of)
         except (OSError, sqlite3.Error) as error:
-            shutil.rmtree(generation_dir(self.directory, view.generation.number + 1), True)
+            shutil.rmtree(
+                generation_dir(self.directory, view.generation.number + 1), ignore_errors=True
+            )
             raise StorageError(
                 f"collection {self.name!r}: could not write the reindexed generation ({error}); "
                 "it still serves its old model: free space under the data directory and retry"
@@ -528,7 +530,7 @@ class Collection:
             # the log after it would hold old-model vectors.
             write_manifest(self.directory, settings, encoder.dimension, entry, entry)
         except OSError as error:
-            shutil.rmtree(generation_dir(self.directory, generation.number), True)
+            shutil.rmtree(generation_dir(self.directory, generation.number), ignore_errors=True)
             raise StorageError(
                 f"collection {self.name!r}: could not swap in the reindexed generation ({error}); "
                 "it still serves its old model: free space under the data directory and retry"

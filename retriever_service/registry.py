@@ -266,6 +266,7 @@ def _run_reindex(
     except ReindexCancelled:
         progress.error = "cancelled: the server stopped or the collection was deleted"
     except RealmError as error:
+        _LOGGER.error("collection %s: reindex failed: %s", collection.name, error)
         progress.error = str(error)
     except Exception as error:
         _LOGGER.exception("collection %s: reindex failed", collection.name)
