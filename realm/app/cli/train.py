@@ -122,7 +122,8 @@ def train_retriever(
     console.print(
         f"[bold]{version.name}[/] saved in {version.directory} "
         f"({outcome['steps']} steps, loss {outcome['train_loss']}, {outcome['seconds']} s)\n"
-        f"use it: realm ingest --collection NEW --embedding-model {version.name} ..."
+        f"use it: realm reindex --collection {collection} --embedding-model {version.name} "
+        f"(or realm ingest --collection NEW --embedding-model {version.name} ...)"
     )
 
 
