@@ -47,7 +47,6 @@ from realm.retriever.reindex import (
     UNLOCKED_ATTEMPTS,
     ReencodedVectors,
     ReindexProgress,
-    live_pids,
 )
 from realm.retriever.search import Hit, Searcher, SearchQuery
 from realm.retriever.settings import DEFAULT_COMPACT_THRESHOLD, CollectionSettings
@@ -507,7 +506,7 @@ class Collection:
         self, view: View, settings: CollectionSettings, vectors: ReencodedVectors
     ) -> Generation:
         """The generation after ``view``'s, with the new model's vectors."""
-        vectors.encode_missing(live_pids(view).tolist())
+        vectors.encode_missing(view.live_pids().tolist())
         try:
             with tracing.span("reindex", collection=self.name):
                 return folded_generation(self, view, settings, vectors.encoder, vectors.of)

@@ -198,6 +198,14 @@ class View:
     def tail_alive(self) -> npt.NDArray[np.bool_]:
         return self.tail.dead_at.head(self.tail_rows) > self.sequence
 
+    def live_pids(self) -> npt.NDArray[np.int64]:
+        """Passage ids alive in this view: the generation's, then the tail's, as a build folds
+        them."""
+        tail_pids = self.tail.pids.head(self.tail_rows)
+        return np.concatenate(
+            [self.generation.pids[self.generation_alive()], tail_pids[self.tail_alive()]]
+        ).astype(np.int64)
+
     def generation_alive(self) -> npt.NDArray[np.bool_]:
         alive = np.ones(self.generation.n_rows, dtype=bool)
         alive[self.dead_generation_rows()] = False
@@ -376,9 +384,7 @@ def fold(view: View, params: BM25Params) -> Folded:
     lengths = np.concatenate(
         [bm25.doc_lengths[generation_alive], view.tail.lengths.head(view.tail_rows)[tail_alive]]
     ).astype(np.int32)
-    pids = np.concatenate(
-        [generation.pids[generation_alive], tail.pids.head(view.tail_rows)[tail_alive]]
-    ).astype(np.int64)
+    pids = view.live_pids()
     vectors = np.concatenate(
         [
             np.asarray(generation.dense.vectors[generation_alive], dtype=np.float32),

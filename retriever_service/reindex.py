@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 
 from realm.retriever.embedder import Encoder
-from realm.retriever.live import View
 from realm.retriever.passages import titled
 from realm.retriever.store import DocumentStore
 from realm.retriever.topk import FloatArray
@@ -47,14 +46,6 @@ class ReindexProgress:
     running: bool = True
     error: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-def live_pids(view: View) -> npt.NDArray[np.int64]:
-    """The passage ids live in ``view``, in the order a build folds them."""
-    tail_pids = view.tail.pids.head(view.tail_rows)
-    return np.concatenate(
-        [view.generation.pids[view.generation_alive()], tail_pids[view.tail_alive()]]
-    ).astype(np.int64)
 
 
 class ReencodedVectors:

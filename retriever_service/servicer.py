@@ -302,6 +302,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         for collection in self.registry.list() if collections is None else collections:
             stats = collection.stats()
             log_sequence, lag = self.writes.lag(collection.name)
+            reindex = self.registry.reindex_status(collection.name)
             out.append(
                 retriever_pb2.CollectionStats(
                     name=collection.name,
@@ -321,7 +322,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                     embedding_model=collection.settings.embedding_model,
                     embedding_backend=collection.settings.embedding_backend,
                     encoder_fingerprint=collection.settings.encoder_fingerprint,
-                    reindex=_reindex_status(self.registry.reindex_status(collection.name)),
+                    reindex=_reindex_status(reindex) if reindex is not None else None,
                 )
             )
         return out
@@ -347,14 +348,10 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 "the model and re-ingest (docs/operations.md)"
             )
         progress = await asyncio.to_thread(self.registry.reindex, name, spec)
-        status = _reindex_status(progress)
-        assert status is not None
-        return retriever_pb2.ReindexResponse(status=status)
+        return retriever_pb2.ReindexResponse(status=_reindex_status(progress))
 
 
-def _reindex_status(progress: ReindexProgress | None) -> retriever_pb2.ReindexStatus | None:
-    if progress is None:
-        return None
+def _reindex_status(progress: ReindexProgress) -> retriever_pb2.ReindexStatus:
     return retriever_pb2.ReindexStatus(
         embedding_model=progress.model,
         embedding_backend=progress.backend,
