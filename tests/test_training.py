@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from realm.app.training.corpus import CollectionPassages
-from realm.app.training.retriever import EXAMPLES
+from realm.app.training.staging import EXAMPLES
 from realm.app.training.synthetic import ROUND_TRIP_K
 from realm.client import Document, RetrieverClient, SearchHit
 from realm.retriever.embedder import load_sentence_transformer, weights_fingerprint

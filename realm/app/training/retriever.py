@@ -8,31 +8,30 @@ is renamed into place once its record is written: a version either is complete o
 """
 
 import importlib.util
-import json
-import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from realm.app.training.corpus import TrainingInputError
 from realm.app.training.examples import Triplet
-from realm.files import fsync_dir, make_durable_dir
+from realm.app.training.staging import (
+    CHECKPOINTS,
+    EXAMPLES,
+    STAGING_PREFIX,
+    StagedModel,
+    check_schedule,
+    last_checkpoint,
+    publish,
+    training_outcome,
+)
+from realm.files import make_durable_dir
 from realm.retriever.embedder import load_sentence_transformer
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.trained_models import RECORD, models_root, next_version, trained_model
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-EXAMPLES = "examples.jsonl"
-_CHECKPOINTS = "checkpoints"
-_STATE = "trainer_state.json"
-_STAGING = ".training-"
-# Makes the triplets and a description of them for the record.
-ExamplesMaker = Callable[[], tuple[list[Triplet], dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +48,12 @@ class TrainingOptions:
     checkpoint_steps: int = 10
 
     def __post_init__(self) -> None:
-        if not 0 < self.epochs <= 100:
-            raise TrainingInputError(f"--epochs {self.epochs} must be in (0, 100]")
+        check_schedule(self.epochs, self.learning_rate)
         if not 2 <= self.batch_size <= 4096:
             raise TrainingInputError(
                 f"--batch-size {self.batch_size} must be in [2, 4096]: in-batch negatives "
                 "need at least two examples per batch"
             )
-        if not 0 < self.learning_rate < 1:
-            raise TrainingInputError(f"--learning-rate {self.learning_rate} must be in (0, 1)")
         if not 16 <= self.max_seq_length <= 8192:
             raise TrainingInputError(
                 f"--max-seq-length {self.max_seq_length} must be in [16, 8192]"
@@ -103,26 +99,16 @@ def load_trainable(model: str) -> "SentenceTransformer":
         ) from error
 
 
-def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint; those a kill cut short are removed (the trainer writes
-    a checkpoint's state file last, and deletes the one before only once it is written)."""
-    complete: list[tuple[int, Path]] = []
-    for path in checkpoints.glob("checkpoint-*"):
-        if (path / _STATE).is_file():
-            complete.append((int(path.name.removeprefix("checkpoint-")), path))
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-    return max(complete)[1] if complete else None
-
-
-class VersionBuilder:
+class VersionBuilder(StagedModel[Triplet]):
     """One version in the making: its staging directory, examples and checkpoints."""
+
+    example_type = Triplet
 
     def __init__(self, data_dir: Path, collection: str, resume: bool) -> None:
         root = models_root(data_dir)
         make_durable_dir(root)
         unfinished = sorted(
-            (p for p in root.glob(f"{_STAGING}{collection}-v*") if (p / EXAMPLES).is_file()),
+            (p for p in root.glob(f"{STAGING_PREFIX}{collection}-v*") if (p / EXAMPLES).is_file()),
             key=lambda p: int(p.name.rsplit("-v", 1)[1]),
         )
         if resume and not unfinished:
@@ -132,30 +118,11 @@ class VersionBuilder:
         if resume:
             self.staging = unfinished[-1]
         else:
-            self.staging = root / f"{_STAGING}{next_version(data_dir, collection)}"
+            self.staging = root / f"{STAGING_PREFIX}{next_version(data_dir, collection)}"
             self.staging.mkdir()
         self.root = root
-        self.name = self.staging.name.removeprefix(_STAGING)
+        self.name = self.staging.name.removeprefix(STAGING_PREFIX)
         self.resumed = resume
-
-    def examples(self, make: ExamplesMaker) -> tuple[list[Triplet], dict[str, Any]]:
-        """The examples this version trains on: made once, read back when resuming."""
-        path = self.staging / EXAMPLES
-        if self.resumed:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            about: dict[str, Any] = json.loads(lines[0])
-            return [Triplet(**json.loads(line)) for line in lines[1:]], about
-        triplets, about = make()
-        rows = [json.dumps(about), *(json.dumps(asdict(t), ensure_ascii=False) for t in triplets)]
-        partial = path.with_suffix(".partial")
-        partial.write_text("\n".join(rows) + "\n", encoding="utf-8")
-        partial.rename(path)
-        return triplets, about
-
-    def discard(self) -> None:
-        """Removes a version that failed before training (a resumed one keeps its files)."""
-        if not self.resumed:
-            shutil.rmtree(self.staging, ignore_errors=True)
 
     def train(
         self, model: "SentenceTransformer", triplets: list[Triplet], options: TrainingOptions
@@ -178,7 +145,7 @@ class VersionBuilder:
             "positive": [t.positive for t in triplets],
             "negative": [t.negative for t in triplets],
         }
-        checkpoints = self.staging / _CHECKPOINTS
+        checkpoints = self.staging / CHECKPOINTS
         arguments = SentenceTransformerTrainingArguments(
             output_dir=str(checkpoints),
             num_train_epochs=options.epochs,
@@ -208,20 +175,9 @@ class VersionBuilder:
         )
         model.max_seq_length = encoding_limit
         model.save(str(self.staging))
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        return {
-            "steps": result.global_step,
-            "train_loss": round(float(result.training_loss), 4),
-            "seconds": round(time.monotonic() - started, 1),
-            "device": str(model.device),
-            "resumed_from_checkpoint": resume_from is not None,
-        }
+        return training_outcome(result, started, str(model.device), resume_from)
 
     def publish(self, record: dict[str, Any]) -> TrainedVersion:
         """Writes the record, then renames the version into place (atomic: seen whole or not)."""
-        full = {"version": self.name, "created": datetime.now(UTC).isoformat(), **record}
-        (self.staging / RECORD).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
         final = self.root / self.name
-        self.staging.rename(final)
-        fsync_dir(self.root)
-        return TrainedVersion(self.name, final, full)
+        return TrainedVersion(self.name, final, publish(self.staging, final, RECORD, record))
