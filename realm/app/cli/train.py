@@ -1,4 +1,5 @@
-"""``realm train retriever``: adapt a collection's embedding model to its documents."""
+"""``realm train``: adapt a collection's embedding model (``retriever``) or the generator's reader
+(``generator``) to its documents."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +11,19 @@ from realm.app.cli.output import console, fail, progress_bar
 from realm.app.cli.shared import CollectionOpt
 from realm.app.training.corpus import CollectionPassages, TrainingInputError
 from realm.app.training.examples import Triplet
+from realm.app.training.generator import (
+    GeneratorBuilder,
+    GeneratorOptions,
+    load_generator,
+    require_generator_packages,
+)
+from realm.app.training.reading import (
+    REFUSAL_SHARE,
+    ReadingExample,
+    labelled_reading,
+    read_qa_file,
+    synthetic_reading,
+)
 from realm.app.training.retriever import (
     TrainingOptions,
     VersionBuilder,
@@ -164,3 +178,114 @@ def _synthetic(
         "queries_kept": made.kept,
         "round_trip_k": ROUND_TRIP_K,
     }
+
+
+_READER = GeneratorOptions()
+
+
+@train_app.command("generator")
+def train_generator(
+    collection: CollectionOpt,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="REALM_DATA_DIR",
+            file_okay=False,
+            help="The retriever's data directory: the collection's passages are read from it.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            help="The new model directory (serve it: realm serve generator --model DIR).",
+        ),
+    ],
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="A QA file (JSON lines with question and answers) about the collection; "
+            "without it, questions are made from the collection's own sentences.",
+        ),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(min=1, help="Synthetic examples to make (without --questions).")
+    ] = 320,
+    refusal_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Share of examples that pair a question with a passage that does not "
+            "answer it, taught to say so.",
+        ),
+    ] = REFUSAL_SHARE,
+    base_model: Annotated[
+        str, typer.Option(help="The model to train (name, path or .gguf).")
+    ] = DEFAULT_GENERATOR,
+    epochs: Annotated[float, typer.Option(help="Passes over the examples.")] = _READER.epochs,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = _READER.batch_size,
+    learning_rate: Annotated[
+        float, typer.Option(help="Peak learning rate.")
+    ] = _READER.learning_rate,
+    lora_rank: Annotated[int, typer.Option(help="Rank of the LoRA adapters.")] = _READER.lora_rank,
+    seed: Annotated[int, typer.Option(help="Same seed, same examples and same model.")] = 0,
+    checkpoint_steps: Annotated[
+        int, typer.Option(min=1, help="Steps between checkpoints (what --resume continues from).")
+    ] = _READER.checkpoint_steps,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted training of --output.")
+    ] = False,
+) -> None:
+    """Fine-tune the generator (LoRA, merged) to answer briefly from one passage, copying the
+    fact or saying the passage does not answer, into a model directory the generator serves."""
+    try:
+        options = GeneratorOptions(
+            epochs, batch_size, learning_rate, lora_rank, seed, checkpoint_steps
+        )
+        require_generator_packages()
+        passages = CollectionPassages.read(data_dir, collection)
+        generator = load_generator(base_model, default_cache_dir())
+        builder = GeneratorBuilder(output, resume)
+    except TrainingInputError as error:
+        fail(str(error), code=2)
+
+    def make() -> tuple[list[ReadingExample], dict[str, Any]]:
+        if questions is None:
+            made = synthetic_reading(passages, examples, refusal_share, seed)
+            about: dict[str, Any] = {"method": "synthetic (cloze questions)"}
+        else:
+            made = labelled_reading(passages, read_qa_file(questions), refusal_share, seed)
+            about = {"method": "labelled", "questions_file": str(questions)}
+        return made.examples, {
+            **about,
+            "questions": made.questions,
+            "unmatched": made.unmatched,
+            "refusals": made.refusals,
+            "refusal_share": refusal_share,
+        }
+
+    try:
+        reading, about = builder.examples(make)
+    except TrainingInputError as error:
+        builder.discard()
+        fail(str(error), code=2)
+    console.print(
+        f"training {output} from {base_model} on {len(reading)} examples "
+        f"({about['refusals']} refusals)"
+    )
+    outcome = builder.train(generator, reading, options)
+    builder.publish(
+        {
+            "collection": collection,
+            "base_model": base_model,
+            "examples": {"count": len(reading), **about},
+            "options": asdict(options),
+            "training": outcome,
+        }
+    )
+    console.print(
+        f"[bold]{output}[/] saved ({outcome['steps']} steps, loss {outcome['train_loss']}, "
+        f"{outcome['seconds']} s)\nserve it: realm serve generator --model {output}"
+    )

@@ -36,7 +36,10 @@ class CollectionPassages:
     name: str
     settings: CollectionSettings
     doc_ids: list[str]
+    # What the indexes see (title, then text) and, for the reader's prompts, the two apart.
     texts: list[str]
+    titles: list[str]
+    bodies: list[str]
     bm25: BM25Index
     analyzer: Analyzer
     doc_rows: dict[str, list[int]]
@@ -53,11 +56,15 @@ class CollectionPassages:
         store = DocumentStore(directory / STORE)
         doc_ids: list[str] = []
         texts: list[str] = []
+        titles: list[str] = []
+        bodies: list[str] = []
         try:
             for document, spans in store.live_documents(_LATEST):
                 for _, start, end in spans:
                     doc_ids.append(document.doc_id)
                     texts.append(indexed_text(document, ChunkSpan(start, end)))
+                    titles.append(document.title)
+                    bodies.append(document.text[start:end])
         finally:
             store.close()
         if not texts:
@@ -67,7 +74,7 @@ class CollectionPassages:
         doc_rows: dict[str, list[int]] = {}
         for row, doc_id in enumerate(doc_ids):
             doc_rows.setdefault(doc_id, []).append(row)
-        return cls(name, settings, doc_ids, texts, bm25, analyzer, doc_rows)
+        return cls(name, settings, doc_ids, texts, titles, bodies, bm25, analyzer, doc_rows)
 
     def bm25_top(self, query: str, k: int) -> IntArray:
         """The rows of the ``k`` best BM25 passages for ``query``, best first (ties by row)."""
