@@ -34,7 +34,7 @@ _LOWERCASE_NEXT = re.compile(r"^\s+[a-z]")
 _PLACE_BEFORE = re.compile(r"\b(?:in|at|near|within|across)\s+(?:the\s+)?$")
 _AGENT_BEFORE = re.compile(r"\bby\s+$")
 _COPULA = re.compile(r"^(?P<verb>is|was|are|were)\s+(?P<rest>.+)$")
-_PRONOUN_SUBJECT = re.compile(r"^(?:It|He|She)\s+(?=is|was|has|had|became|lies|became)\b")
+_PRONOUN_SUBJECT = re.compile(r"^(?:It|He|She)\s+(?=is|was|has|had|became|lies)\b")
 # Sentences shorter than this say too little to ask about; longer ones bury the question.
 MIN_WORDS = 5
 MAX_WORDS = 32

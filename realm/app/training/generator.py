@@ -62,7 +62,6 @@ class GeneratorOptions:
 
 @dataclass(frozen=True, slots=True)
 class TrainableGenerator:
-    name: str
     # transformers' models are typed loosely; this is a causal language model.
     model: Any
     tokenizer: "PreTrainedTokenizerBase"
@@ -109,13 +108,15 @@ def load_generator(name_or_path: str, cache_dir: Path, device: str = "auto") -> 
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return TrainableGenerator(name_or_path, model.to(pick_device(device)), tokenizer)
+    return TrainableGenerator(model.to(pick_device(device)), tokenizer)
 
 
 def features(
     tokenizer: "PreTrainedTokenizerBase", examples: list[ReadingExample]
 ) -> dict[str, list[list[int]]]:
-    """Token ids as the generator prompts them, with labels only on the answer and its end."""
+    """Token ids as the generator prompts them, with labels only on the answer and its end. An
+    example whose passage does not fit the prompt window is left out (it would teach answering
+    from nothing)."""
     prompts = PromptBuilder(tokenizer, CONTEXT_TOKENS)
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     for example in examples:
@@ -123,6 +124,8 @@ def features(
             "", "", example.passage, 0, len(example.passage), 0.0, example.title
         )
         prompt = prompts.build("short", example.question, [passage], [], SHORT_ANSWER_TOKENS)
+        if not prompt.passages:
+            continue
         answer = list(tokenizer(example.answer, add_special_tokens=False)["input_ids"])
         answer.append(int(tokenizer.eos_token_id))
         ids = prompt.token_ids + answer
