@@ -18,6 +18,7 @@ __all__ = [
     "RetrieverProcess",
     "StubRetriever",
     "health_status",
+    "kill_realm_when_found",
     "open_descriptors",
     "resident_kib",
 ]
@@ -27,6 +28,22 @@ def resident_kib(pid: int) -> int:
     """Resident memory of process ``pid`` in KiB, as the kernel reports it (VmRSS)."""
     status = Path(f"/proc/{pid}/status").read_text()
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+
+
+def kill_realm_when_found(args: list[str], root: Path, pattern: str) -> list[Path]:
+    """Runs ``realm ARGS`` until a file matching ``pattern`` appears under ``root``, then kills
+    it with SIGKILL: the files found (none when it ended or 300 s passed first)."""
+    quiet = subprocess.DEVNULL  # a full pipe would stall the command
+    command = [sys.executable, "-m", "realm.app.cli.main", *args]
+    process = subprocess.Popen(command, cwd=REPO, stdout=quiet, stderr=quiet)
+    deadline = time.monotonic() + 300
+    found: list[Path] = []
+    while time.monotonic() < deadline and not found and process.poll() is None:
+        found = list(root.glob(pattern))
+        time.sleep(0.2)
+    process.kill()  # SIGKILL; nothing when it has already ended
+    process.wait()
+    return found
 
 
 def open_descriptors(pid: int) -> int:

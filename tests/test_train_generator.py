@@ -2,11 +2,6 @@
 shared real server (killed mid-way and resumed), and a real generator serves the result."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +15,7 @@ from realm.client import Document, GeneratorClient, RetrieverClient
 from realm.generator.models import resolve
 from realm.generator.settings import ModelSettings
 from realm.generator.spans import REFUSAL
-from tests.servers import REPO, GeneratorProcess, RetrieverProcess
+from tests.servers import GeneratorProcess, RetrieverProcess, kill_realm_when_found
 from tests.test_cli import realm
 
 _TOWNS = ["Varno", "Elsby", "Quenth", "Morrow", "Tavel", "Brisk", "Olden", "Pellam"]
@@ -74,23 +69,9 @@ def test_an_interrupted_training_resumes_and_the_generator_serves_the_model(
     retriever: RetrieverProcess, towns: str, tmp_path: Path
 ) -> None:
     output = tmp_path / "reader"
-    command = [
-        sys.executable,
-        "-m",
-        "realm.app.cli.main",
-        *_train_args(retriever, output, "--checkpoint-steps", "1"),
-    ]
-    quiet = subprocess.DEVNULL  # a full pipe would stall the trainer
-    process = subprocess.Popen(command, cwd=REPO, stdout=quiet, stderr=quiet)
-    checkpoint = tmp_path / ".training-reader" / "checkpoints" / "checkpoint-2"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if (checkpoint / "trainer_state.json").is_file():
-            break
-        time.sleep(0.2)
-    assert (checkpoint / "trainer_state.json").is_file(), "no checkpoint appeared"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    checkpoint = ".training-reader/checkpoints/checkpoint-2/trainer_state.json"
+    arguments = _train_args(retriever, output, "--checkpoint-steps", "1")
+    assert kill_realm_when_found(arguments, tmp_path, checkpoint), "no checkpoint appeared"
     assert not output.exists()  # never published half-made
 
     resumed = realm(*_train_args(retriever, output, "--resume"), timeout=600)

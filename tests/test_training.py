@@ -2,12 +2,8 @@
 trained on, the version lands in that server's data directory, and the server offers it."""
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,7 @@ from realm.app.training.synthetic import ROUND_TRIP_K
 from realm.client import Document, RetrieverClient, SearchHit
 from realm.retriever.embedder import load_sentence_transformer, weights_fingerprint
 from realm.retriever.trained_models import RECORD, models_root, trained_versions
-from tests.servers import REPO, RetrieverProcess
+from tests.servers import RetrieverProcess, kill_realm_when_found
 from tests.test_cli import realm
 
 pytestmark = pytest.mark.slow
@@ -177,22 +173,10 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(
     collection, labels = labelled
     root = models_root(retriever.data_dir)
     twice = ("--epochs", "2")
-    command = [
-        sys.executable,
-        "-m",
-        "realm.app.cli.main",
-        *_train_args(retriever, collection, labels, *twice, "--checkpoint-steps", "1"),
-    ]
-    quiet = subprocess.DEVNULL  # a full pipe would stall the trainer
-    process = subprocess.Popen(command, cwd=REPO, stdout=quiet, stderr=quiet)
-    deadline = time.monotonic() + 300
-    staged: list[Path] = []
-    while time.monotonic() < deadline and not staged and process.poll() is None:
-        staged = list(root.glob(".training-animals-v*/checkpoints/checkpoint-2/trainer_state.json"))
-        time.sleep(0.2)
+    arguments = _train_args(retriever, collection, labels, *twice, "--checkpoint-steps", "1")
+    checkpoint = ".training-animals-v*/checkpoints/checkpoint-2/trainer_state.json"
+    staged = kill_realm_when_found(arguments, root, checkpoint)
     assert staged, "no checkpoint appeared"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
     name = staged[0].parents[2].name.removeprefix(".training-")
     assert name not in trained_versions(retriever.data_dir)  # not published half-made
 
