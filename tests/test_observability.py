@@ -250,6 +250,9 @@ def test_prometheus_scrapes_both_services(
     # The generator: each answer with a retrieval, a first token and tokens.
     answers = 'sum(realm_rpc_requests_total{job="generator",code="OK"})'
     _wait_for("the answers scraped", lambda: prometheus.value(answers) == observed.asks)
+    # Each service exposes its own families: a retriever that registered the generator's too
+    # (by importing it) would show them at zero beside the generator's.
+    assert prometheus.value('realm_time_to_first_token_seconds_count{job="retriever"}') is None
     # An answer is one generation or more (a short answer may read twice).
     generations = prometheus.number("realm_time_to_first_token_seconds_count")
     assert generations >= observed.asks

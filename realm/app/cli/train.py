@@ -11,19 +11,7 @@ from realm.app.cli.output import console, fail, progress_bar
 from realm.app.cli.shared import CollectionOpt
 from realm.app.training.corpus import CollectionPassages, TrainingInputError
 from realm.app.training.examples import Triplet
-from realm.app.training.generator import (
-    GeneratorBuilder,
-    GeneratorOptions,
-    load_generator,
-    require_generator_packages,
-)
-from realm.app.training.reading import (
-    REFUSAL_SHARE,
-    ReadingExample,
-    labelled_reading,
-    read_qa_file,
-    synthetic_reading,
-)
+from realm.app.training.reader_options import REFUSAL_SHARE, GeneratorOptions
 from realm.app.training.retriever import (
     TrainingOptions,
     VersionBuilder,
@@ -240,6 +228,18 @@ def train_generator(
 ) -> None:
     """Fine-tune the generator (LoRA, merged) to answer briefly from one passage, copying the
     fact or saying the passage does not answer, into a model directory the generator serves."""
+    from realm.app.training.generator import (
+        GeneratorBuilder,
+        load_generator,
+        require_generator_packages,
+    )
+    from realm.app.training.reading import (
+        ReadingExample,
+        labelled_reading,
+        read_qa_file,
+        synthetic_reading,
+    )
+
     try:
         options = GeneratorOptions(
             epochs, batch_size, learning_rate, lora_rank, seed, checkpoint_steps

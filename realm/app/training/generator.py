@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from realm.app.training.corpus import TrainingInputError
+from realm.app.training.reader_options import GeneratorOptions
 from realm.app.training.reading import ReadingExample
 from realm.app.training.staging import (
     CHECKPOINTS,
     EXAMPLES,
     STAGING_PREFIX,
     StagedModel,
-    check_schedule,
     last_checkpoint,
     publish,
     training_outcome,
@@ -39,25 +39,6 @@ if TYPE_CHECKING:
 RECORD = "training.json"
 # The prompt window while training: one passage and the worked example fit many times over.
 CONTEXT_TOKENS = 2048
-
-
-@dataclass(frozen=True, slots=True)
-class GeneratorOptions:
-    """Defaults measured on wikiqa-dev on 2 CPU cores (docs/training.md): within 15 minutes."""
-
-    epochs: float = 1.0
-    batch_size: int = 8
-    learning_rate: float = 1e-4
-    lora_rank: int = 16
-    seed: int = 0
-    checkpoint_steps: int = 10
-
-    def __post_init__(self) -> None:
-        check_schedule(self.epochs, self.learning_rate)
-        if not 1 <= self.batch_size <= 1024:
-            raise TrainingInputError(f"--batch-size {self.batch_size} must be in [1, 1024]")
-        if not 1 <= self.lora_rank <= 256:
-            raise TrainingInputError(f"--lora-rank {self.lora_rank} must be in [1, 256]")
 
 
 @dataclass(frozen=True, slots=True)

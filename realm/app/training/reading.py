@@ -23,9 +23,6 @@ from realm.generator.spans import REFUSAL
 
 # Fewer examples than this teach the reader nothing but noise.
 MIN_READING_EXAMPLES = 32
-# Of the examples, this share teaches refusing (wikiqa-dev, docs/training.md: at 0.2 the reader
-# refused 11 answerable questions of 160).
-REFUSAL_SHARE = 0.1
 # Passages looked at for a question's answer, or for its near miss.
 CANDIDATES = 10
 
