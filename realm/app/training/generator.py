@@ -27,6 +27,7 @@ from realm.app.training.staging import (
     StagedModel,
     last_checkpoint,
     publish,
+    trainer_arguments,
     training_outcome,
 )
 from realm.generator.models import pick_device, resolve
@@ -200,20 +201,16 @@ class GeneratorBuilder(StagedModel[ReadingExample]):
         )
         checkpoints = self.staging / CHECKPOINTS
         arguments = TrainingArguments(
-            output_dir=str(checkpoints),
-            num_train_epochs=options.epochs,
-            per_device_train_batch_size=options.batch_size,
-            learning_rate=options.learning_rate,
-            warmup_steps=0.1,
-            seed=options.seed,
-            data_seed=options.seed,
-            # Batches of similar lengths waste less compute on padding (a fifth, measured).
+            **trainer_arguments(
+                checkpoints,
+                options.epochs,
+                options.batch_size,
+                options.learning_rate,
+                options.seed,
+                options.checkpoint_steps,
+            ),
+            # Batches of similar lengths pad less (padding was a fifth of a random batch).
             train_sampling_strategy="group_by_length",
-            save_strategy="steps",
-            save_steps=options.checkpoint_steps,
-            save_total_limit=1,
-            logging_steps=options.checkpoint_steps,
-            report_to="none",
         )
         # The tokenizer is saved as it came; it pads on the left only while training.
         generator.tokenizer.save_pretrained(str(self.staging))

@@ -23,6 +23,7 @@ from realm.app.training.staging import (
     check_schedule,
     last_checkpoint,
     publish,
+    trainer_arguments,
     training_outcome,
 )
 from realm.files import make_durable_dir
@@ -147,20 +148,16 @@ class VersionBuilder(StagedModel[Triplet]):
         }
         checkpoints = self.staging / CHECKPOINTS
         arguments = SentenceTransformerTrainingArguments(
-            output_dir=str(checkpoints),
-            num_train_epochs=options.epochs,
-            per_device_train_batch_size=options.batch_size,
-            learning_rate=options.learning_rate,
-            warmup_steps=0.1,
-            seed=options.seed,
-            data_seed=options.seed,
+            **trainer_arguments(
+                checkpoints,
+                options.epochs,
+                options.batch_size,
+                options.learning_rate,
+                options.seed,
+                options.checkpoint_steps,
+            ),
             # A query with several relevant passages must not meet itself as a negative.
             batch_sampler=BatchSamplers.NO_DUPLICATES,
-            save_strategy="steps",
-            save_steps=options.checkpoint_steps,
-            save_total_limit=1,
-            logging_steps=options.checkpoint_steps,
-            report_to="none",
         )
         trainer = SentenceTransformerTrainer(
             model=model,

@@ -42,6 +42,32 @@ def check_schedule(epochs: float, learning_rate: float) -> None:
         raise TrainingInputError(f"--learning-rate {learning_rate} must be in (0, 1)")
 
 
+def trainer_arguments(
+    checkpoints: Path,
+    epochs: float,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    checkpoint_steps: int,
+) -> dict[str, Any]:
+    """What both trainers pass to transformers' TrainingArguments: the schedule (10% warm-up),
+    the seed, and one checkpoint kept, every ``checkpoint_steps``, for ``--resume``."""
+    return {
+        "output_dir": str(checkpoints),
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "warmup_steps": 0.1,
+        "seed": seed,
+        "data_seed": seed,
+        "save_strategy": "steps",
+        "save_steps": checkpoint_steps,
+        "save_total_limit": 1,
+        "logging_steps": checkpoint_steps,
+        "report_to": "none",
+    }
+
+
 def last_checkpoint(checkpoints: Path) -> Path | None:
     """The newest complete checkpoint; those a kill cut short are removed (the trainer writes
     a checkpoint's state file last, and deletes the one before only once it is written)."""
