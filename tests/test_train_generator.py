@@ -65,6 +65,7 @@ def _train_args(retriever: RetrieverProcess, output: Path, *extra: str) -> list[
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # three trainings (killed, resumed, again) and a server
 def test_an_interrupted_training_resumes_and_the_generator_serves_the_model(
     retriever: RetrieverProcess, towns: str, tmp_path: Path
 ) -> None:
@@ -97,6 +98,20 @@ def test_an_interrupted_training_resumes_and_the_generator_serves_the_model(
         safe_open(str(Path(base) / "model.safetensors"), "pt") as original,
     ):
         assert not trained.get_tensor(name).equal(original.get_tensor(name))
+
+    # Seeded and reproducible: a run with the same seed that nobody interrupted makes the same
+    # weights as the killed and resumed one.
+    again = tmp_path / "again"
+    uninterrupted = realm(*_train_args(retriever, again), timeout=600)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    with (
+        safe_open(str(output / "model.safetensors"), "pt") as resumed_weights,
+        safe_open(str(again / "model.safetensors"), "pt") as again_weights,
+    ):
+        names = resumed_weights.keys()  # a safetensors handle is not iterable
+        assert sorted(names) == sorted(again_weights.keys())
+        for key in names:
+            assert resumed_weights.get_tensor(key).equal(again_weights.get_tensor(key)), key
 
     with (
         GeneratorProcess(tmp_path, retriever.target, "--model", str(output)) as server,
