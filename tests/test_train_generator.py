@@ -66,7 +66,7 @@ def _train_args(retriever: RetrieverProcess, output: Path, *extra: str) -> list[
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # three trainings (killed, resumed, again) and a server
-def test_an_interrupted_training_resumes_and_the_generator_serves_the_model(
+def test_a_resumed_training_makes_the_uninterrupted_model_and_the_generator_serves_it(
     retriever: RetrieverProcess, towns: str, tmp_path: Path
 ) -> None:
     output = tmp_path / "reader"
