@@ -343,16 +343,20 @@ def test_one_ask_is_one_trace_across_three_processes(observed: Observed, traffic
             return []
         trace_id = roots[-1].trace_id
         spans = [s for s in observed.receiver.spans if s.trace_id == trace_id]
-        return spans if {s.service for s in spans} >= {"realm-generator", "realm-retriever"} else []
+        services = {s.service for s in spans}
+        # Each process exports in batches, so a parent that ends after its children (a server
+        # span) may arrive in a later batch: the trace is whole once every parent is in it.
+        ids = {s.span_id for s in spans}
+        whole = all(not s.parent_id or s.parent_id in ids for s in spans)
+        return spans if whole and services >= {"realm-generator", "realm-retriever"} else []
 
-    spans = _wait_for("the ask's spans from all three processes", cli_trace)
+    # Every span's parent is in the same trace: a broken propagation never completes it.
+    spans = _wait_for("the ask's whole trace, from all three processes", cli_trace)
     by_id = {s.span_id: s for s in spans}
     roots = [s for s in spans if not s.parent_id]
     assert [(r.service, r.name) for r in roots] == [
         ("realm-cli", "realm.v1.GeneratorService/GenerateStream")
     ]
-    for span in spans:  # every other span's parent is in the same trace
-        assert not span.parent_id or span.parent_id in by_id, span
     names = {(s.service, s.name) for s in spans}
     for expected in (
         ("realm-generator", "realm.v1.GeneratorService/GenerateStream"),
