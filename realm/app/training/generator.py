@@ -201,14 +201,7 @@ class GeneratorBuilder(StagedModel[ReadingExample]):
         )
         checkpoints = self.staging / CHECKPOINTS
         arguments = TrainingArguments(
-            **trainer_arguments(
-                checkpoints,
-                options.epochs,
-                options.batch_size,
-                options.learning_rate,
-                options.seed,
-                options.checkpoint_steps,
-            ),
+            **trainer_arguments(checkpoints, options),
             # Batches of similar lengths pad less (padding was a fifth of a random batch).
             train_sampling_strategy="group_by_length",
         )

@@ -148,14 +148,7 @@ class VersionBuilder(StagedModel[Triplet]):
         }
         checkpoints = self.staging / CHECKPOINTS
         arguments = SentenceTransformerTrainingArguments(
-            **trainer_arguments(
-                checkpoints,
-                options.epochs,
-                options.batch_size,
-                options.learning_rate,
-                options.seed,
-                options.checkpoint_steps,
-            ),
+            **trainer_arguments(checkpoints, options),
             # A query with several relevant passages must not meet itself as a negative.
             batch_sampler=BatchSamplers.NO_DUPLICATES,
         )

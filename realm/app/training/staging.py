@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -42,28 +42,36 @@ def check_schedule(epochs: float, learning_rate: float) -> None:
         raise TrainingInputError(f"--learning-rate {learning_rate} must be in (0, 1)")
 
 
-def trainer_arguments(
-    checkpoints: Path,
-    epochs: float,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    checkpoint_steps: int,
-) -> dict[str, Any]:
+class Schedule(Protocol):
+    """What both trainers' options say about the schedule (read-only: they are frozen)."""
+
+    @property
+    def epochs(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def checkpoint_steps(self) -> int: ...
+
+
+def trainer_arguments(checkpoints: Path, schedule: Schedule) -> dict[str, Any]:
     """What both trainers pass to transformers' TrainingArguments: the schedule (10% warm-up),
     the seed, and one checkpoint kept, every ``checkpoint_steps``, for ``--resume``."""
     return {
         "output_dir": str(checkpoints),
-        "num_train_epochs": epochs,
-        "per_device_train_batch_size": batch_size,
-        "learning_rate": learning_rate,
+        "num_train_epochs": schedule.epochs,
+        "per_device_train_batch_size": schedule.batch_size,
+        "learning_rate": schedule.learning_rate,
         "warmup_steps": 0.1,
-        "seed": seed,
-        "data_seed": seed,
+        "seed": schedule.seed,
+        "data_seed": schedule.seed,
         "save_strategy": "steps",
-        "save_steps": checkpoint_steps,
+        "save_steps": schedule.checkpoint_steps,
         "save_total_limit": 1,
-        "logging_steps": checkpoint_steps,
+        "logging_steps": schedule.checkpoint_steps,
         "report_to": "none",
     }
 
