@@ -9,7 +9,7 @@ BooleanQuery and bm25s.
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +164,35 @@ class BM25Index:
         terms: list[str] = json.loads((directory / VOCAB_FILE).read_text(encoding="utf-8"))
         matrix = sp.csr_matrix((data, indices, indptr), shape=(len(terms), len(doc_lengths)))
         return cls({t: i for i, t in enumerate(terms)}, matrix, term_freqs, doc_lengths, params)
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusStatistics:
+    """The collection statistics BM25 scores a query with: live passages, their summed length
+    and each query term's document frequency.
+
+    A collection split over shards scores every shard with the sums of its shards' statistics,
+    so a passage scores exactly what it would in one index wherever it lives. The counts are
+    integers, so the sums, and the average length and IDF made from them, are exact."""
+
+    passages: int
+    total_length: int
+    document_frequencies: Mapping[str, int]
+
+    @property
+    def average_length(self) -> float:
+        """``avgdl``, as a single index computes it (1.0 for an empty collection)."""
+        return self.total_length / self.passages if self.passages and self.total_length else 1.0
+
+    @classmethod
+    def combined(cls, parts: Sequence["CorpusStatistics"]) -> "CorpusStatistics":
+        """The statistics of the union of disjoint collections (every shard of one)."""
+        frequencies: Counter[str] = Counter()
+        for part in parts:
+            frequencies.update(part.document_frequencies)
+        return cls(
+            sum(p.passages for p in parts), sum(p.total_length for p in parts), dict(frequencies)
+        )
 
 
 def contributions(

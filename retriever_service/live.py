@@ -19,7 +19,13 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from realm.retriever.bm25 import BM25Index, BM25Params, contributions, idf_of
+from realm.retriever.bm25 import (
+    BM25Index,
+    BM25Params,
+    CorpusStatistics,
+    contributions,
+    idf_of,
+)
 from realm.retriever.generation import Generation
 from realm.retriever.topk import FloatArray, IntArray, top_k
 
@@ -245,31 +251,42 @@ class View:
             [generation_rows, np.asarray(tail_rows, dtype=np.int64) + self.generation.n_rows]
         ).astype(np.int64)
 
-    def bm25_scores(self, tokens: list[str], params: BM25Params) -> FloatArray:
-        """BM25 of every row with the live collection's statistics; dead rows score 0."""
+    def term_statistics(self, tokens: Sequence[str]) -> CorpusStatistics:
+        """This view's BM25 statistics for ``tokens``: what a shard contributes to the sums a
+        sharded collection scores every shard with."""
+        dead, alive = self._dead_and_alive()
+        frequencies: dict[str, int] = {}
+        for term in dict.fromkeys(tokens):
+            generation_rows, _, tail_rows, _ = self._live_postings(term, dead, alive)
+            frequencies[term] = generation_rows.size + tail_rows.size
+        return CorpusStatistics(self.passages, self.total_length, frequencies)
+
+    def bm25_scores(
+        self, tokens: list[str], params: BM25Params, statistics: CorpusStatistics | None = None
+    ) -> FloatArray:
+        """BM25 of every row; dead rows score 0. Scored with ``statistics`` (a sharded
+        collection's sums over its shards) when given, else with this view's own."""
         bm25 = self.generation.bm25
-        if self.pristine:
+        if self.pristine and statistics is None:
             return bm25.scores(tokens)
+        if statistics is None:
+            statistics = CorpusStatistics(self.passages, self.total_length, {})
         n = self.generation.n_rows
-        dead = self.dead_generation_rows()
-        tail_alive = self.tail_alive()
-        alive = None if tail_alive.all() else tail_alive
+        dead, alive = self._dead_and_alive()
         tail_lengths = self.tail.lengths.head(self.tail_rows)
-        avgdl = self.total_length / self.passages if self.passages and self.total_length else 1.0
+        avgdl = statistics.average_length
         rows_parts: list[IntArray] = []
         weight_parts: list[FloatArray] = []
         for term, times in Counter(tokens).items():
-            generation_rows, generation_tf = bm25.postings(term)
-            if dead.size and generation_rows.size:
-                keep = ~np.isin(generation_rows, dead)
-                generation_rows, generation_tf = generation_rows[keep], generation_tf[keep]
-            tail_rows, tail_tf = self._tail_postings(term, alive)
+            generation_rows, generation_tf, tail_rows, tail_tf = self._live_postings(
+                term, dead, alive
+            )
             frequency = generation_rows.size + tail_rows.size
             if not frequency:
                 continue
             lengths = np.concatenate([bm25.doc_lengths[generation_rows], tail_lengths[tail_rows]])
             weights = contributions(
-                idf_of(frequency, self.passages),
+                idf_of(statistics.document_frequencies.get(term, frequency), statistics.passages),
                 np.concatenate([generation_tf, tail_tf]),
                 lengths,
                 avgdl,
@@ -284,6 +301,23 @@ class View:
             weights=np.concatenate(weight_parts),
             minlength=self.n_rows,
         ).astype(np.float32)
+
+    def _dead_and_alive(self) -> tuple[IntArray, npt.NDArray[np.bool_] | None]:
+        """Tombstoned generation rows, and which tail rows live (None: all of them)."""
+        tail_alive = self.tail_alive()
+        return self.dead_generation_rows(), None if tail_alive.all() else tail_alive
+
+    def _live_postings(
+        self, term: str, dead: IntArray, alive: npt.NDArray[np.bool_] | None
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], IntArray, npt.NDArray[np.int64]]:
+        """The live rows holding ``term`` with its frequencies: generation rows less
+        tombstones, then alive tail rows (numbered from 0 within the tail)."""
+        generation_rows, generation_tf = self.generation.bm25.postings(term)
+        if dead.size and generation_rows.size:
+            keep = ~np.isin(generation_rows, dead)
+            generation_rows, generation_tf = generation_rows[keep], generation_tf[keep]
+        tail_rows, tail_tf = self._tail_postings(term, alive)
+        return generation_rows, generation_tf, tail_rows, tail_tf
 
     def _tail_postings(
         self, term: str, alive: npt.NDArray[np.bool_] | None
