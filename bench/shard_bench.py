@@ -3,7 +3,8 @@
 The packaged Wikipedia summaries as one collection and over 2 and 4 shards (real collections
 on disk, each document in the shard ``shard_of`` names), searched with their descriptions as
 queries: one index through ``Collection.search``, the shards through ``Coordinator.search``
-(statistics, rank, merge, hydrate), the shards called one after another. There is no network
+(statistics, rank, merge, hydrate) on one event loop, in-process shards answering one after
+another. There is no network
 hop, so this is the compute part of fan-out: what each extra shard adds (its statistics, its
 own top ``depth`` per side, a hydrate call) and what the merge costs, at the same total size.
 
@@ -13,6 +14,7 @@ their meaning, and a real encoder would spend minutes encoding three copies of t
 Queries are encoded once before timing, for every layout alike.
 """
 
+import asyncio
 import hashlib
 import statistics
 import tempfile
@@ -72,6 +74,7 @@ class Layout:
             collection.compact()  # served from a sealed generation, as a settled index is
         first = self.collections[0]
         self.coordinator = Coordinator(first.analyzer, encoder, first.settings.fusion)
+        self.loop = asyncio.new_event_loop()  # one for every query, as a server has
 
     @property
     def passages(self) -> int:
@@ -81,9 +84,10 @@ class Layout:
         if len(self.collections) == 1:
             return self.collections[0].search(query)
         shards = [LocalShard(c.searcher, c.snapshot()) for c in self.collections]
-        return self.coordinator.search(shards, query)
+        return self.loop.run_until_complete(self.coordinator.search(shards, query))
 
     def close(self) -> None:
+        self.loop.close()
         for collection in self.collections:
             collection.close()
 

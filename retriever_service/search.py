@@ -236,10 +236,13 @@ class Searcher:
 
     def hydrate(self, view: View, rows: IntArray, scores: FloatArray) -> list[Hit]:
         """The hits of ``rows`` of ``view``, in order, with their text and metadata."""
-        pids = view.pids(rows)
+        return self.hydrate_passages(view.pids(rows), scores)
+
+    def hydrate_passages(self, pids: npt.NDArray[np.int64], scores: FloatArray) -> list[Hit]:
+        """The hits of passages ``pids``, in order. A passage purged since it was ranked (after
+        a much later swap, for a very old view) is left out."""
         with tracing.span("hydrate", hits=len(pids)):
             records = self.store.passages([int(p) for p in pids])
-        # A row purged after a much later swap can be missing for a very old view: skip it.
         return [
             Hit(records[int(pid)], float(score))
             for pid, score in zip(pids, scores, strict=True)

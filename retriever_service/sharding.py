@@ -18,6 +18,7 @@ approximate (Annoy) on a shard of 4,096 passages or more, as on one index of tha
 two indexes then miss different neighbours.
 """
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,11 +50,13 @@ def shard_of(doc_id: str, shards: int) -> int:
 
 
 class Shard(Protocol):
-    """What a coordinator needs from one shard, in this process or behind another replica."""
+    """What a coordinator needs from one shard, in this process or behind another replica.
+    ``rank`` names its candidates by handles that only ``hydrate`` of the same shard reads
+    back: rows of one view here, passage ids over the network."""
 
-    def statistics(self, tokens: list[str]) -> CorpusStatistics: ...
+    async def statistics(self, tokens: list[str]) -> CorpusStatistics: ...
 
-    def rank(
+    async def rank(
         self,
         plan: Plan,
         tokens: list[str],
@@ -61,20 +64,21 @@ class Shard(Protocol):
         vector: FloatArray | None,
     ) -> ShardRanking: ...
 
-    def hydrate(self, rows: IntArray, scores: FloatArray) -> list[Hit]: ...
+    async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class LocalShard:
-    """A shard served by this process: one consistent view of one collection."""
+    """A shard served by this process: one consistent view of one collection, ranked on the
+    caller's thread."""
 
     searcher: Searcher
     view: View
 
-    def statistics(self, tokens: list[str]) -> CorpusStatistics:
+    async def statistics(self, tokens: list[str]) -> CorpusStatistics:
         return self.view.term_statistics(tokens)
 
-    def rank(
+    async def rank(
         self,
         plan: Plan,
         tokens: list[str],
@@ -83,33 +87,44 @@ class LocalShard:
     ) -> ShardRanking:
         return self.searcher.rank(self.view, plan, tokens, statistics, vector)
 
-    def hydrate(self, rows: IntArray, scores: FloatArray) -> list[Hit]:
-        return self.searcher.hydrate(self.view, rows, scores)
+    async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:
+        return self.searcher.hydrate(self.view, handles, scores)
 
 
 @dataclass(frozen=True, slots=True)
 class Coordinator:
     """Answers a query over every shard of one collection; the shards share its analyzer,
-    encoder and fusion defaults (they are the collection's settings)."""
+    encoder and fusion defaults (they are the collection's settings). Each phase goes to all
+    shards at once."""
 
     analyzer: Analyzer
     encoder: Encoder
     fusion: FusionParams
 
-    def search(self, shards: Sequence[Shard], query: SearchQuery) -> list[Hit]:
+    async def search(self, shards: Sequence[Shard], query: SearchQuery) -> list[Hit]:
         plan = Plan.of(query, self.fusion)
         tokens = self.analyzer.tokens(query.text)
         statistics = None
         if plan.uses_bm25 and len(shards) > 1:
-            statistics = CorpusStatistics.combined([s.statistics(tokens) for s in shards])
+            parts = await asyncio.gather(*(s.statistics(tokens) for s in shards))
+            statistics = CorpusStatistics.combined(parts)
         vector = encode_query(self.encoder, query.text) if plan.uses_vector else None
-        merged = merge([s.rank(plan, tokens, statistics, vector) for s in shards], plan)
-        ranked: list[tuple[float, int, int, Hit]] = []
-        for index, shard in enumerate(shards):
-            mine = merged.shards == index
-            if mine.any():
-                hits = shard.hydrate(merged.rows[mine], merged.scores[mine])
-                ranked.extend((-hit.score, index, order, hit) for order, hit in enumerate(hits))
+        rankings = await asyncio.gather(*(s.rank(plan, tokens, statistics, vector) for s in shards))
+        merged = merge(rankings, plan)
+        owners = [i for i in range(len(shards)) if (merged.shards == i).any()]
+        hydrated = await asyncio.gather(
+            *(
+                shards[i].hydrate(
+                    merged.rows[merged.shards == i], merged.scores[merged.shards == i]
+                )
+                for i in owners
+            )
+        )
+        ranked = [
+            (-hit.score, index, order, hit)
+            for index, hits in zip(owners, hydrated, strict=True)
+            for order, hit in enumerate(hits)
+        ]
         # Each shard's hits come back in merged order; restoring the order across shards by
         # (score, shard) keeps it and drops nothing a shard could not hydrate.
         return [hit for *_, hit in sorted(ranked, key=lambda entry: entry[:3])]

@@ -6,6 +6,7 @@ must equal one index's to 1e-6 whatever each shard's generation, tail and tombst
 dense and hybrid top 10 must be the same passages in the same order, ties aside.
 """
 
+import asyncio
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ class Layout:
             return first.search(query)
         coordinator = Coordinator(first.analyzer, first.encoder, first.settings.fusion)
         shards = [LocalShard(c.searcher, c.snapshot()) for c in self.collections]
-        return coordinator.search(shards, query)
+        return asyncio.run(coordinator.search(shards, query))
 
     def ranked(self, text: str, k: int, mode: SearchMode, **options: object) -> Ranked:
         hits = self.search(SearchQuery(text, k, mode, **options))  # type: ignore[arg-type]
