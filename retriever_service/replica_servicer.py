@@ -3,7 +3,8 @@
 A worker shares the server's port (``SO_REUSEPORT``), so any call may reach it. It answers a
 ``Search`` from its replica when that holds exactly the writer's state and relays every other
 call, unchanged, to the writer over its loopback port, with the caller's token, request id and
-remaining deadline. A relayed call's status and message are the writer's.
+remaining deadline; the shard phases of a sharded search always go to the writer. A relayed
+call's status and message are the writer's.
 """
 
 import asyncio
@@ -24,10 +25,51 @@ from realm.retriever.servicer import (
     search_response,
 )
 from realm.retriever.settings import Limits
-from realm.v1 import retriever_pb2, retriever_pb2_grpc
+from realm.v1 import retriever_pb2, retriever_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 Response = TypeVar("Response")
 _FORWARDED_KEYS = ("authorization",)
+
+
+async def relay(
+    call: Callable[..., Awaitable[Response]], request: Any, context: Context
+) -> Response:
+    """``call`` on the writer with the caller's token, request id, trace and remaining
+    deadline; the writer's status and message come back as they are."""
+    metadata = [
+        (key, value) for key, value in context.invocation_metadata() or () if key in _FORWARDED_KEYS
+    ]
+    metadata.append(("x-request-id", request_id.get()))
+    metadata.append((RELAYED_KEY, "1"))  # counted in this worker's metrics, not again
+    metadata.extend(tracing.outgoing_metadata())
+    try:
+        return await call(request, metadata=metadata, timeout=context.time_remaining())
+    except aio.AioRpcError as error:
+        await context.abort(error.code(), error.details() or "")
+        raise  # abort raises; this keeps the type checker sure nothing returns
+
+
+class ShardRelay(shard_pb2_grpc.ShardServiceServicer):
+    """A worker's shard phases: relayed to the writer, which holds the log's tail (a worker's
+    generation alone could answer a phase from another state than the next phase reads)."""
+
+    def __init__(self, writer: aio.Channel) -> None:
+        self.writer = shard_pb2_grpc.ShardServiceStub(writer)
+
+    async def ShardStatistics(  # noqa: N802 -- gRPC method names are PascalCase
+        self, request: shard_pb2.ShardStatisticsRequest, context: Context
+    ) -> shard_pb2.ShardStatisticsResponse:
+        return await relay(self.writer.ShardStatistics, request, context)
+
+    async def ShardRank(  # noqa: N802
+        self, request: shard_pb2.ShardRankRequest, context: Context
+    ) -> shard_pb2.ShardRankResponse:
+        return await relay(self.writer.ShardRank, request, context)
+
+    async def ShardHydrate(  # noqa: N802
+        self, request: shard_pb2.ShardHydrateRequest, context: Context
+    ) -> shard_pb2.ShardHydrateResponse:
+        return await relay(self.writer.ShardHydrate, request, context)
 
 
 class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
@@ -35,26 +77,6 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self.replicas = replicas
         self.limits = limits
         self.writer = retriever_pb2_grpc.RetrieverServiceStub(writer)
-
-    async def _relay(
-        self,
-        call: Callable[..., Awaitable[Response]],
-        request: Any,
-        context: Context,
-    ) -> Response:
-        metadata = [
-            (key, value)
-            for key, value in context.invocation_metadata() or ()
-            if key in _FORWARDED_KEYS
-        ]
-        metadata.append(("x-request-id", request_id.get()))
-        metadata.append((RELAYED_KEY, "1"))  # counted in this worker's metrics, not again
-        metadata.extend(tracing.outgoing_metadata())
-        try:
-            return await call(request, metadata=metadata, timeout=context.time_remaining())
-        except aio.AioRpcError as error:
-            await context.abort(error.code(), error.details() or "")
-            raise  # abort raises; this keeps the type checker sure nothing returns
 
     async def Search(  # noqa: N802 -- gRPC method names are PascalCase
         self, request: retriever_pb2.SearchRequest, context: Context
@@ -66,7 +88,7 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             or serving[1].sequence < request.min_sequence
         ):
             # The writer knows the log and waits for a sequence it has not applied yet.
-            return await self._relay(self.writer.Search, request, context)
+            return await relay(self.writer.Search, request, context)
         replica, view = serving
         query = validation.search_query(request, self.limits, "")
         budget = ResponseBudget(self.limits)
@@ -77,49 +99,49 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def BatchSearch(  # noqa: N802
         self, request: retriever_pb2.BatchSearchRequest, context: Context
     ) -> retriever_pb2.BatchSearchResponse:
-        return await self._relay(self.writer.BatchSearch, request, context)
+        return await relay(self.writer.BatchSearch, request, context)
 
     async def CreateCollection(  # noqa: N802
         self, request: retriever_pb2.CreateCollectionRequest, context: Context
     ) -> retriever_pb2.CreateCollectionResponse:
-        return await self._relay(self.writer.CreateCollection, request, context)
+        return await relay(self.writer.CreateCollection, request, context)
 
     async def ListCollections(  # noqa: N802
         self, request: retriever_pb2.ListCollectionsRequest, context: Context
     ) -> retriever_pb2.ListCollectionsResponse:
-        return await self._relay(self.writer.ListCollections, request, context)
+        return await relay(self.writer.ListCollections, request, context)
 
     async def DeleteCollection(  # noqa: N802
         self, request: retriever_pb2.DeleteCollectionRequest, context: Context
     ) -> retriever_pb2.DeleteCollectionResponse:
-        return await self._relay(self.writer.DeleteCollection, request, context)
+        return await relay(self.writer.DeleteCollection, request, context)
 
     async def Upsert(  # noqa: N802
         self, request_iterator: AsyncIterator[retriever_pb2.UpsertRequest], context: Context
     ) -> retriever_pb2.UpsertResponse:
-        return await self._relay(self.writer.Upsert, request_iterator, context)
+        return await relay(self.writer.Upsert, request_iterator, context)
 
     async def Delete(  # noqa: N802
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
-        return await self._relay(self.writer.Delete, request, context)
+        return await relay(self.writer.Delete, request, context)
 
     async def GetDocument(  # noqa: N802
         self, request: retriever_pb2.GetDocumentRequest, context: Context
     ) -> retriever_pb2.GetDocumentResponse:
-        return await self._relay(self.writer.GetDocument, request, context)
+        return await relay(self.writer.GetDocument, request, context)
 
     async def Stats(  # noqa: N802
         self, request: retriever_pb2.StatsRequest, context: Context
     ) -> retriever_pb2.StatsResponse:
-        return await self._relay(self.writer.Stats, request, context)
+        return await relay(self.writer.Stats, request, context)
 
     async def Compact(  # noqa: N802
         self, request: retriever_pb2.CompactRequest, context: Context
     ) -> retriever_pb2.CompactResponse:
-        return await self._relay(self.writer.Compact, request, context)
+        return await relay(self.writer.Compact, request, context)
 
     async def Reindex(  # noqa: N802
         self, request: retriever_pb2.ReindexRequest, context: Context
     ) -> retriever_pb2.ReindexResponse:
-        return await self._relay(self.writer.Reindex, request, context)
+        return await relay(self.writer.Reindex, request, context)

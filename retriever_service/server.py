@@ -25,10 +25,11 @@ from realm.retriever.servicer import (
     RetrieverServicer,
 )
 from realm.retriever.settings import RetrieverConfig
+from realm.retriever.shard_servicer import SHARD_SERVICE_NAME, ShardServicer
 from realm.retriever.trained_models import resolving
 from realm.retriever.workers import WorkerPool
 from realm.server import RunningServer, refuse_port_in_use, serve_until_signal
-from realm.v1 import retriever_pb2_grpc
+from realm.v1 import retriever_pb2_grpc, shard_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ async def _serve_locked(
     replica = replica_id(config.data_dir) if cluster.enabled else ""
     replication = Replication(registry, cluster, replica) if cluster.enabled else None
     servicer = RetrieverServicer(registry, limits, replication, cluster.read_wait_s, replica)
+    shards = ShardServicer(servicer.writes, limits, cluster.read_wait_s)
     options = config.server
     preload = (
         EncoderSpec(config.preload_model, default_backend(config.preload_model, backend))
@@ -84,6 +86,7 @@ async def _serve_locked(
 
     def register(server: aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
+        shard_pb2_grpc.add_ShardServiceServicer_to_server(shards, server)
 
     async def load(running: RunningServer) -> None:
         # The models the operator named; the packaged multilingual one loads on first use.
@@ -115,7 +118,7 @@ async def _serve_locked(
     await serve_until_signal(
         options,
         register,
-        [SERVICE_NAME],
+        [SERVICE_NAME, SHARD_SERVICE_NAME],
         load,
         flush,
         before_stop=stop_workers,

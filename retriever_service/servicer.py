@@ -26,7 +26,7 @@ from realm.retriever.settings import CollectionSettings, Limits
 from realm.retriever.store import PassageRecord
 from realm.retriever.writes import LocalWrites, Writes
 from realm.streams import paced
-from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
+from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc, shard_pb2
 
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 Context = aio.ServicerContext[Any, Any]
@@ -57,7 +57,9 @@ def _passage(record: PassageRecord) -> common_pb2.Passage:
     )
 
 
-def _add_hits(response: retriever_pb2.SearchResponse, hits: list[Hit]) -> None:
+def add_hits(
+    response: retriever_pb2.SearchResponse | shard_pb2.ShardHydrateResponse, hits: list[Hit]
+) -> None:
     """Fills ``response.hits`` in place: building each hit apart and handing the list to the
     constructor copies every message again, a noticeable part of a small search's time."""
     for hit in hits:
@@ -95,7 +97,7 @@ def search_response(
     with tracing.span("search", mode=query.mode, k=query.k):
         hits = collection.search(query, view)
     budget.charge(hits)
-    _add_hits(response, hits)
+    add_hits(response, hits)
     SEARCH_BY_MODE[query.mode].observe(time.perf_counter() - started)
     return response
 

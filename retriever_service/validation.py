@@ -7,6 +7,8 @@ Runs before any state changes, so a refused request leaves the collection exactl
 from collections.abc import Mapping, Sequence
 from typing import cast
 
+import numpy as np
+
 from realm.errors import InvalidArgument, shown
 from realm.names import collection_name
 from realm.retriever import languages
@@ -15,11 +17,12 @@ from realm.retriever.bm25 import BM25Params
 from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.dense import AnnoyParams
 from realm.retriever.embedder import BACKENDS, Backend, EncoderSpec
-from realm.retriever.fusion import FusionMethod
-from realm.retriever.search import SearchMode, SearchQuery
+from realm.retriever.fusion import FusionMethod, FusionParams
+from realm.retriever.search import Plan, SearchMode, SearchQuery
 from realm.retriever.settings import CollectionSettings, Limits
 from realm.retriever.store import StoredDocument
-from realm.v1 import common_pb2, retriever_pb2
+from realm.retriever.topk import FloatArray, IntArray
+from realm.v1 import common_pb2, retriever_pb2, shard_pb2
 
 _MODES: dict[int, SearchMode] = {
     common_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
@@ -46,6 +49,10 @@ __all__ = [
     "result_count",
     "search_filter",
     "search_query",
+    "shard_hydration",
+    "shard_plan",
+    "shard_terms",
+    "shard_vector",
 ]
 
 
@@ -260,6 +267,80 @@ def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: st
         filter=tuple(sorted(request.filter.items())),
         fusion_method=fusion_method,
         dense_weight=dense_weight,
+    )
+
+
+def shard_terms(terms: Sequence[str], limits: Limits) -> list[str]:
+    """A shard phase's analysed query terms: as many as a longest query could have."""
+    if len(terms) > limits.max_query_chars:
+        raise InvalidArgument(
+            f"terms has {len(terms):,} entries, above max_query_chars={limits.max_query_chars} "
+            "(a query of that many characters has fewer terms)"
+        )
+    if any(not term for term in terms):
+        raise InvalidArgument("terms holds an empty term; send the analyzer's tokens")
+    return list(terms)
+
+
+def shard_plan(request: shard_pb2.ShardRankRequest, limits: Limits, fusion: FusionParams) -> Plan:
+    """A shard's part of a search, as the coordinator resolved it. Only the mode, depth,
+    fusion method and filter matter to a shard; k and the weights are the merge's."""
+    mode = _MODES.get(request.mode)
+    if request.mode == common_pb2.SEARCH_MODE_UNSPECIFIED or mode is None:
+        raise InvalidArgument(
+            f"mode={request.mode} is not a resolved mode; send BM25, DENSE or HYBRID"
+        )
+    if request.fusion not in _FUSIONS:
+        raise InvalidArgument(f"fusion={request.fusion} is unknown; use RRF or WEIGHTED")
+    deepest = max(limits.max_k, fusion.depth)
+    if not 1 <= request.depth <= deepest:
+        raise InvalidArgument(
+            f"depth={request.depth} is outside 1..{deepest} (max_k, or the collection's "
+            "fusion depth if larger)"
+        )
+    search_filter(request.filter, limits, "filter")
+    method = _FUSIONS[request.fusion] or fusion.method
+    return Plan(
+        mode,
+        request.depth,
+        request.depth,
+        method,
+        fusion.dense_weight,
+        fusion.rrf_k,
+        tuple(sorted(request.filter.items())),
+    )
+
+
+def shard_vector(values: Sequence[float], plan: Plan, dimension: int) -> FloatArray | None:
+    """The query's vector for a plan with a dense side: the collection's dimension, finite."""
+    if not plan.uses_vector:
+        return None
+    if len(values) != dimension:
+        raise InvalidArgument(
+            f"vector has {len(values)} values; this collection's encoder makes {dimension}"
+        )
+    vector = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        raise InvalidArgument("vector holds a NaN or infinite value")
+    return vector
+
+
+def shard_hydration(
+    request: shard_pb2.ShardHydrateRequest, limits: Limits
+) -> tuple[IntArray, FloatArray]:
+    """The passage ids to hydrate, at most max_k, each with its score."""
+    if len(request.passage_ids) > limits.max_k:
+        raise InvalidArgument(
+            f"passage_ids has {len(request.passage_ids):,} entries, above max_k={limits.max_k}"
+        )
+    if len(request.scores) != len(request.passage_ids):
+        raise InvalidArgument(
+            f"scores has {len(request.scores)} entries for {len(request.passage_ids)} "
+            "passage_ids; send one score per passage"
+        )
+    return (
+        np.asarray(request.passage_ids, dtype=np.int64),
+        np.asarray(request.scores, dtype=np.float32),
     )
 
 

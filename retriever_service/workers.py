@@ -26,12 +26,13 @@ from realm import logs, metrics
 from realm.retriever.collection import EncoderLoader
 from realm.retriever.embedder import EncoderSpec, load_encoder
 from realm.retriever.replica import Replicas
-from realm.retriever.replica_servicer import ReplicaServicer
+from realm.retriever.replica_servicer import ReplicaServicer, ShardRelay
 from realm.retriever.servicer import SERVICE_NAME, TELEMETRY_NAME
 from realm.retriever.settings import Limits
+from realm.retriever.shard_servicer import SHARD_SERVICE_NAME
 from realm.retriever.trained_models import resolving
 from realm.server import RunningServer, ServerOptions, serve_until_signal
-from realm.v1 import retriever_pb2_grpc
+from realm.v1 import retriever_pb2_grpc, shard_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
 _PARENT_CHECK_SECONDS = 1.0
@@ -84,6 +85,7 @@ async def _serve(
 
     def register(server: aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
+        shard_pb2_grpc.add_ShardServiceServicer_to_server(ShardRelay(channel), server)
 
     async def load(_: RunningServer) -> None:
         background.append(asyncio.create_task(_stop_when_orphaned(parent)))
@@ -102,7 +104,7 @@ async def _serve(
     await serve_until_signal(
         options,
         register,
-        [SERVICE_NAME],
+        [SERVICE_NAME, SHARD_SERVICE_NAME],
         load,
         flush,
         reuse_port=True,
