@@ -84,7 +84,8 @@ class Layout:
         if len(self.collections) == 1:
             return self.collections[0].search(query)
         shards = [LocalShard(c.searcher, c.snapshot()) for c in self.collections]
-        return self.loop.run_until_complete(self.coordinator.search(shards, query))
+        answer = self.coordinator.search([[s] for s in shards], query)
+        return self.loop.run_until_complete(answer).hits
 
     def close(self) -> None:
         self.loop.close()

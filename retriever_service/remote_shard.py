@@ -1,11 +1,17 @@
 """A shard held by another replica, reached over gRPC (``realm.v1.ShardService``).
 
 The coordinator's ``Shard`` for the shards it does not hold itself: each phase is one call,
-with the caller's remaining deadline, and a failure comes back as the gRPC error it was, for
-the coordinator to name the shard.
+with the caller's remaining deadline. A replica that cannot be reached (UNAVAILABLE) raises
+``ShardUnreachable``, so the coordinator asks another replica of the shard; any other error
+is the shard's answer and comes back as the gRPC error it was.
 """
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+import grpc
+from grpc import aio
 
 from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.search import Hit, Plan, ShardRanking
@@ -17,14 +23,17 @@ from realm.retriever.shard_messages import (
     statistics_message,
     statistics_value,
 )
+from realm.retriever.sharding import ShardUnreachable
 from realm.retriever.topk import FloatArray, IntArray
 from realm.v1 import shard_pb2, shard_pb2_grpc
 
 
 @dataclass(frozen=True, slots=True)
 class RemoteShard:
-    """Collection ``collection`` on the replica behind ``stub``, as one shard of a search."""
+    """Collection ``collection`` on the replica at ``address`` (behind ``stub``), as one shard
+    of a search."""
 
+    address: str
     stub: "shard_pb2_grpc.ShardServiceAsyncStub"  # a typing-only name: quoted
     collection: str
     # Seconds each call may take (the search's remaining deadline); None: no deadline.
@@ -36,7 +45,8 @@ class RemoteShard:
         request = shard_pb2.ShardStatisticsRequest(
             collection=self.collection, terms=tokens, min_sequence=self.min_sequence
         )
-        response = await self.stub.ShardStatistics(request, timeout=self.timeout)
+        async with self._reaching():
+            response = await self.stub.ShardStatistics(request, timeout=self.timeout)
         return statistics_value(response.statistics)
 
     async def rank(
@@ -58,15 +68,26 @@ class RemoteShard:
         )
         if statistics is not None:
             request.statistics.CopyFrom(statistics_message(statistics))
-        response = await self.stub.ShardRank(request, timeout=self.timeout)
+        async with self._reaching():
+            response = await self.stub.ShardRank(request, timeout=self.timeout)
         return ranking_value(response)
 
     async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:
         request = shard_pb2.ShardHydrateRequest(
             collection=self.collection, passage_ids=handles.tolist(), scores=scores.tolist()
         )
-        response = await self.stub.ShardHydrate(request, timeout=self.timeout)
+        async with self._reaching():
+            response = await self.stub.ShardHydrate(request, timeout=self.timeout)
         return [
             hit_value(pid, message)
             for pid, message in zip(response.passage_ids, response.hits, strict=True)
         ]
+
+    @asynccontextmanager
+    async def _reaching(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNAVAILABLE:
+                raise ShardUnreachable(f"{self.address}: {error.details()}") from error
+            raise

@@ -20,10 +20,11 @@ two indexes then miss different neighbours.
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from realm.errors import Unavailable
 from realm.retriever.analyzer import Analyzer
 from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.embedder import Encoder
@@ -39,6 +40,8 @@ from realm.retriever.search import (
     merge,
 )
 from realm.retriever.topk import FloatArray, IntArray
+
+T = TypeVar("T")
 
 
 def shard_of(doc_id: str, shards: int) -> int:
@@ -91,40 +94,141 @@ class LocalShard:
         return self.searcher.hydrate(self.view, handles, scores)
 
 
+class ShardUnreachable(Exception):
+    """A replica of a shard did not answer (stopped, restarting, cut off): another may."""
+
+
+class ShardDown(Unavailable):
+    """No replica of a shard answered."""
+
+    def __init__(self, number: int, failures: Sequence[str]) -> None:
+        super().__init__(
+            f"shard {number} is unavailable: none of its replicas answered "
+            f"({'; '.join(failures) or 'it has no replica'}); retry, or search with "
+            "allow_partial to get the other shards' hits"
+        )
+        self.number = number
+
+
+class _RankLost(Exception):
+    """The replica that ranked a shard's candidates went away before it hydrated them: the
+    handles it gave are its own, so the search starts over on another replica."""
+
+
+class _ReplicatedShard:
+    """One shard held by several replicas, for one search: each phase goes to the first
+    replica that answers and stays with it, so the replica that ranked is the one that
+    hydrates (its handles are its own). Replicas that failed stay skipped on a restart."""
+
+    def __init__(self, number: int, replicas: Sequence[Shard]) -> None:
+        self.number = number
+        self.replicas = list(replicas)
+        self.current = 0
+        self.failures: list[str] = []
+
+    async def ask(self, phase: Callable[[Shard], Awaitable[T]]) -> T:
+        while self.current < len(self.replicas):
+            try:
+                return await phase(self.replicas[self.current])
+            except ShardUnreachable as error:
+                self.failures.append(str(error))
+                self.current += 1
+        raise ShardDown(self.number, self.failures)
+
+    async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:
+        if self.current >= len(self.replicas):
+            raise ShardDown(self.number, self.failures)
+        try:
+            return await self.replicas[self.current].hydrate(handles, scores)
+        except ShardUnreachable as error:
+            self.failures.append(str(error))
+            self.current += 1
+            raise _RankLost from error
+
+
+@dataclass(frozen=True, slots=True)
+class ShardedHits:
+    """A sharded search's answer: the hits, and the shards left out (``allow_partial``)."""
+
+    hits: list[Hit]
+    missing_shards: list[int]
+
+
 @dataclass(frozen=True, slots=True)
 class Coordinator:
     """Answers a query over every shard of one collection; the shards share its analyzer,
     encoder and fusion defaults (they are the collection's settings). Each phase goes to all
-    shards at once."""
+    shards at once, each shard to the first of its replicas that answers."""
 
     analyzer: Analyzer
     encoder: Encoder
     fusion: FusionParams
+    # Times a search starts over when a replica that ranked went away before it hydrated.
+    restarts: int = 2
 
-    async def search(self, shards: Sequence[Shard], query: SearchQuery) -> list[Hit]:
+    async def search(
+        self,
+        replicas: Sequence[Sequence[Shard]],
+        query: SearchQuery,
+        allow_partial: bool = False,
+    ) -> ShardedHits:
+        """The collection's top k; ``replicas[n]`` holds shard ``n``, best-placed first. A
+        shard none of whose replicas answers raises ``ShardDown`` (UNAVAILABLE, naming it);
+        with ``allow_partial`` it is left out and reported instead."""
+        shards = [_ReplicatedShard(n, held) for n, held in enumerate(replicas)]
+        for _ in range(self.restarts):
+            try:
+                return await self._search(shards, query, allow_partial)
+            except _RankLost:
+                continue
+        return await self._search(shards, query, allow_partial)
+
+    async def _search(
+        self, shards: list[_ReplicatedShard], query: SearchQuery, allow_partial: bool
+    ) -> ShardedHits:
         plan = Plan.of(query, self.fusion)
         tokens = self.analyzer.tokens(query.text)
+        alive = {shard.number: shard for shard in shards}
+        missing: list[int] = []
+
+        async def each(
+            phase: Callable[[_ReplicatedShard], Awaitable[T]], numbers: Sequence[int]
+        ) -> dict[int, T]:
+            answers = await asyncio.gather(
+                *(phase(alive[n]) for n in numbers), return_exceptions=True
+            )
+            done: dict[int, T] = {}
+            for number, answer in zip(numbers, answers, strict=True):
+                if isinstance(answer, ShardDown) and allow_partial:
+                    missing.append(number)
+                    del alive[number]
+                elif isinstance(answer, BaseException):
+                    raise answer
+                else:
+                    done[number] = answer
+            return done
+
         statistics = None
         if plan.uses_bm25 and len(shards) > 1:
-            parts = await asyncio.gather(*(s.statistics(tokens) for s in shards))
-            statistics = CorpusStatistics.combined(parts)
+            parts = await each(lambda s: s.ask(lambda r: r.statistics(tokens)), list(alive))
+            statistics = CorpusStatistics.combined(list(parts.values()))
         vector = encode_query(self.encoder, query.text) if plan.uses_vector else None
-        rankings = await asyncio.gather(*(s.rank(plan, tokens, statistics, vector) for s in shards))
-        merged = merge(rankings, plan)
-        owners = [i for i in range(len(shards)) if (merged.shards == i).any()]
-        hydrated = await asyncio.gather(
-            *(
-                shards[i].hydrate(
-                    merged.rows[merged.shards == i], merged.scores[merged.shards == i]
-                )
-                for i in owners
-            )
+        rankings = await each(
+            lambda s: s.ask(lambda r: r.rank(plan, tokens, statistics, vector)), list(alive)
         )
-        ranked = [
-            (-hit.score, index, order, hit)
-            for index, hits in zip(owners, hydrated, strict=True)
-            for order, hit in enumerate(hits)
-        ]
+        numbers = list(rankings)
+        merged = merge([rankings[n] for n in numbers], plan)
+        picked = {n: merged.shards == i for i, n in enumerate(numbers)}
+        hydrated = await each(
+            lambda s: s.hydrate(merged.rows[picked[s.number]], merged.scores[picked[s.number]]),
+            [n for n in numbers if picked[n].any()],
+        )
         # Each shard's hits come back in merged order; restoring the order across shards by
         # (score, shard) keeps it and drops nothing a shard could not hydrate.
-        return [hit for *_, hit in sorted(ranked, key=lambda entry: entry[:3])]
+        ranked = [
+            (-hit.score, number, order, hit)
+            for number, hits in hydrated.items()
+            for order, hit in enumerate(hits)
+        ]
+        hits = [hit for *_, hit in sorted(ranked, key=lambda entry: entry[:3])]
+        return ShardedHits(hits, sorted(missing))

@@ -8,7 +8,9 @@ whole collection's own Search answer: the same scores and passages (ties aside).
 
 import asyncio
 import random
+import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -17,15 +19,18 @@ from grpc import aio
 
 from realm.client import Document, RetrieverClient
 from realm.retriever.analyzer import Analyzer
+from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.embedder import SentenceTransformerEncoder
 from realm.retriever.remote_shard import RemoteShard
-from realm.retriever.search import SearchMode, SearchQuery
+from realm.retriever.search import Hit, Plan, SearchMode, SearchQuery, ShardRanking
 from realm.retriever.settings import CollectionSettings
-from realm.retriever.sharding import Coordinator, shard_of
+from realm.retriever.sharding import Coordinator, ShardDown, ShardedHits, shard_of
+from realm.retriever.topk import FloatArray, IntArray
 from realm.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from tests.conftest import fixture_documents
 from tests.servers import RetrieverProcess
 from tests.test_live_index import QUERIES, WORDS
+from tests.test_workers import wait_for_log
 
 WHOLE, PART = "sharded-whole", "sharded-part"
 TOLERANCE = 1e-5  # two processes encode the query: torch may round the last bits apart
@@ -45,6 +50,8 @@ def _corpus() -> list[Document]:
 def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetrieverProcess]:
     data_dir = tmp_path_factory.mktemp("shard-service") / "data"
     with RetrieverProcess(data_dir, "--workers", "2") as server:
+        # Health answers from the writer; a call may meet the worker while it still loads.
+        wait_for_log(server, r"worker \d+ serving searches")
         yield server
 
 
@@ -69,12 +76,15 @@ def _coordinated(
     async def run() -> list[list[tuple[str, float]]]:
         coordinator = Coordinator(Analyzer("en"), encoder, CollectionSettings(language="en").fusion)
         channels = [aio.insecure_channel(t) for t in targets]
-        remote = [RemoteShard(shard_pb2_grpc.ShardServiceStub(c), PART, 30.0) for c in channels]
+        remote = [
+            [RemoteShard(t, shard_pb2_grpc.ShardServiceStub(c), PART, 30.0)]
+            for t, c in zip(targets, channels, strict=True)
+        ]
         try:
             answers = []
             for query in queries:
-                hits = await coordinator.search(remote, query)
-                answers.append([(h.passage.passage_id, h.score) for h in hits])
+                answer = await coordinator.search(remote, query)
+                answers.append([(h.passage.passage_id, h.score) for h in answer.hits])
             return answers
         finally:
             for channel in channels:
@@ -190,3 +200,89 @@ def test_a_shard_s_statistics_are_its_own_and_add_up_over_the_servers(shards: li
         "passages": whole.statistics.passages,
         "river": whole.statistics.document_frequencies["river"],
     }
+
+
+class KilledAfterRanking:
+    """A replica whose server is killed (SIGKILL) the moment it has ranked: it dies mid-query,
+    holding the candidates the coordinator is about to hydrate."""
+
+    def __init__(self, inner: RemoteShard, server: RetrieverProcess) -> None:
+        self.inner = inner
+        self.server = server
+        self.killed = False
+
+    async def statistics(self, tokens: list[str]) -> CorpusStatistics:
+        return await self.inner.statistics(tokens)
+
+    async def rank(
+        self,
+        plan: Plan,
+        tokens: list[str],
+        statistics: CorpusStatistics | None,
+        vector: FloatArray | None,
+    ) -> ShardRanking:
+        ranking = await self.inner.rank(plan, tokens, statistics, vector)
+        self.server.signal(signal.SIGKILL)
+        self.server.wait()
+        self.killed = True
+        return ranking
+
+    async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:
+        return await self.inner.hydrate(handles, scores)
+
+
+def test_a_shard_answers_while_a_replica_lives_and_is_named_when_none_does(
+    retriever: RetrieverProcess,
+    shards: list[str],
+    encoder: SentenceTransformerEncoder,
+    tmp_path: Path,
+) -> None:
+    held = [d for d in _corpus() if shard_of(d.id, 2) == 1]
+    text = "river stone lamp"
+    query = SearchQuery(text, 10, "hybrid")
+    coordinator = Coordinator(Analyzer("en"), encoder, CollectionSettings(language="en").fusion)
+    with (
+        RetrieverProcess(tmp_path / "first" / "data") as first,
+        RetrieverProcess(tmp_path / "second" / "data") as second,
+    ):
+        for server in (first, second):  # two replicas of shard 1
+            with RetrieverClient(server.target, timeout=300) as client:
+                client.create_collection(PART, language="en", embedding_backend="torch")
+                client.upsert(PART, held)
+
+        async def run() -> tuple[ShardedHits, ShardedHits, str, bool]:
+            channels = {
+                t: aio.insecure_channel(t) for t in (shards[0], first.target, second.target)
+            }
+
+            def replica(target: str) -> RemoteShard:
+                stub = shard_pb2_grpc.ShardServiceStub(channels[target])
+                return RemoteShard(target, stub, PART, 30.0)
+
+            try:
+                dying = KilledAfterRanking(replica(first.target), first)
+                answer = await coordinator.search(
+                    [[replica(shards[0])], [dying, replica(second.target)]], query
+                )
+                second.signal(signal.SIGKILL)
+                second.wait()
+                both_down = [[replica(shards[0])], [replica(first.target), replica(second.target)]]
+                with pytest.raises(ShardDown) as down:
+                    await coordinator.search(both_down, query)
+                partial = await coordinator.search(both_down, query, allow_partial=True)
+                return answer, partial, str(down.value), dying.killed
+            finally:
+                for channel in channels.values():
+                    await channel.close(None)
+
+        answer, partial, refusal, killed = asyncio.run(run())
+    assert killed
+    with RetrieverClient(retriever.target, timeout=120) as client:
+        whole = [(h.passage_id, h.score) for h in client.search(WHOLE, text, k=11, mode="hybrid")]
+    # The second replica answered for shard 1 after the first died mid-query.
+    _assert_alike(whole, [(h.passage.passage_id, h.score) for h in answer.hits])
+    assert answer.missing_shards == []
+    assert "shard 1 is unavailable" in refusal
+    assert partial.missing_shards == [1]
+    assert partial.hits
+    assert all(shard_of(h.passage.doc_id, 2) == 0 for h in partial.hits)

@@ -84,7 +84,7 @@ class Layout:
             return first.search(query)
         coordinator = Coordinator(first.analyzer, first.encoder, first.settings.fusion)
         shards = [LocalShard(c.searcher, c.snapshot()) for c in self.collections]
-        return asyncio.run(coordinator.search(shards, query))
+        return asyncio.run(coordinator.search([[s] for s in shards], query)).hits
 
     def ranked(self, text: str, k: int, mode: SearchMode, **options: object) -> Ranked:
         hits = self.search(SearchQuery(text, k, mode, **options))  # type: ignore[arg-type]

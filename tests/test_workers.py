@@ -67,7 +67,7 @@ def _log_lines(server: RetrieverProcess) -> list[dict[str, object]]:
     return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
 
 
-def _wait_for_log(server: RetrieverProcess, pattern: str, count: int = 1) -> list[str]:
+def wait_for_log(server: RetrieverProcess, pattern: str, count: int = 1) -> list[str]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.findall(pattern, server.log())
@@ -103,7 +103,7 @@ def _two_processes(data_dir: Path) -> RetrieverProcess:
 def _serving_corpus(data_dir: Path) -> Iterator[RetrieverProcess]:
     """Two processes serving the fixture corpus as generation 1."""
     with _two_processes(data_dir) as server:
-        _wait_for_log(server, r"worker \d+ serving searches")
+        wait_for_log(server, r"worker \d+ serving searches")
         documents = [
             common_pb2.Document(id=d.id, text=d.text, title=d.title, metadata=d.metadata)
             for d in fixture_documents()
@@ -121,7 +121,7 @@ def _serving_corpus(data_dir: Path) -> Iterator[RetrieverProcess]:
             stub.Compact(
                 retriever_pb2.CompactRequest(collection="docs"), metadata=_auth(), timeout=120
             )
-        _wait_for_log(server, r"this worker serves generation 1")
+        wait_for_log(server, r"this worker serves generation 1")
         yield server
 
 
@@ -200,11 +200,11 @@ def test_a_relayed_call_keeps_the_writers_status_and_the_token_check(
 def test_a_dead_worker_is_replaced_and_all_stop_with_the_writer(
     served: RetrieverProcess,
 ) -> None:
-    (first,) = _wait_for_log(served, r"started worker 0 \(pid (\d+)\)")
+    (first,) = wait_for_log(served, r"started worker 0 \(pid (\d+)\)")
     os.kill(int(first), signal.SIGKILL)
-    pids = _wait_for_log(served, r"started worker 0 \(pid (\d+)\)", count=2)
+    pids = wait_for_log(served, r"started worker 0 \(pid (\d+)\)", count=2)
     assert _gone(int(first))
-    _wait_for_log(served, r"this worker serves generation 1", count=2)
+    wait_for_log(served, r"this worker serves generation 1", count=2)
     with _connections(served.target) as stubs:
         assert {_search(stub, "tower in Paris")[0][0] for stub in stubs} == {"eiffel"}
     assert served.stop() == 0
@@ -213,8 +213,8 @@ def test_a_dead_worker_is_replaced_and_all_stop_with_the_writer(
 
 def test_a_worker_stops_when_its_writer_is_killed(tmp_path: Path) -> None:
     with _two_processes(tmp_path / "data") as server:
-        (worker,) = _wait_for_log(server, r"started worker 0 \(pid (\d+)\)")
-        _wait_for_log(server, r"worker \d+ serving searches")
+        (worker,) = wait_for_log(server, r"started worker 0 \(pid (\d+)\)")
+        wait_for_log(server, r"worker \d+ serving searches")
         server.signal(signal.SIGKILL)
         server.wait()
         assert _gone(int(worker)), "the worker kept serving without its writer"
