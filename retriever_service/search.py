@@ -130,6 +130,12 @@ def encode_query(encoder: Encoder, text: str) -> FloatArray:
 def merge(rankings: Sequence[ShardRanking], plan: Plan) -> Merged:
     """The collection's top ``plan.k`` from its shards' candidates: each side's global top
     out of the shards' tops, fused once. Ties break by shard, then by row."""
+    if len(rankings) == 1 and plan.mode != "hybrid":
+        # One index's single side is its answer already (best first, k rows): skip the
+        # arithmetic below, about a sixth of a BM25 search's time.
+        only = rankings[0]
+        scores = only.bm25 if plan.mode == "bm25" else only.dense
+        return Merged(np.zeros(len(only.rows), dtype=np.int64), only.rows, scores)
     shards = np.concatenate(
         [np.full(len(r.rows), i, dtype=np.int64) for i, r in enumerate(rankings)]
     )
