@@ -8,7 +8,9 @@ either all of a write or none of it, also while the writer appends the next one.
 
 Ranking over a view is exact for the live documents: BM25 uses the live collection's
 statistics (passage count, average length, document frequencies over generation and tail,
-tombstones excluded), so scores equal those of a fresh build of the same documents.
+tombstones excluded), so scores equal those of a fresh build of the same documents. A shard of
+a sharded collection scores with the sums over every shard instead (``term_statistics`` is
+this view's part of them).
 """
 
 from collections import Counter

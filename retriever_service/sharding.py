@@ -16,6 +16,10 @@ BM25 scores and every ranking therefore equal one index's over the same passages
 break differently (by shard, then row, where one index breaks them by row). Dense search is
 approximate (Annoy) on a shard of 4,096 passages or more, as on one index of that size, and the
 two indexes then miss different neighbours.
+
+Each shard may have several replicas: a phase goes to the first that answers (``remote_shard``
+reports one that cannot be reached), and a shard with none answering is UNAVAILABLE by name,
+or left out and reported when the caller allows a partial answer.
 """
 
 import asyncio
@@ -45,16 +49,15 @@ T = TypeVar("T")
 
 
 def shard_of(doc_id: str, shards: int) -> int:
-    """The shard that holds ``doc_id``. A keyed hash that every process and version agrees on
-    (Python's ``hash`` of a string changes with each process), so a document's shard never
-    moves."""
+    """The shard that holds ``doc_id``: a hash every process and version agrees on (Python's
+    ``hash`` of a string changes with each process), so a document's shard never moves."""
     digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shards
 
 
 class Shard(Protocol):
     """What a coordinator needs from one shard, in this process or behind another replica.
-    ``rank`` names its candidates by handles that only ``hydrate`` of the same shard reads
+    ``rank`` names its candidates by handles that only ``hydrate`` of the same replica reads
     back: rows of one view here, passage ids over the network."""
 
     async def statistics(self, tokens: list[str]) -> CorpusStatistics: ...
