@@ -29,7 +29,7 @@ COLLECTION = "bench"
 
 
 @contextmanager
-def _replicas(root: Path, count: int, *extra: str) -> Iterator[list[ServiceProcess]]:
+def retriever_processes(root: Path, count: int, *extra: str) -> Iterator[list[ServiceProcess]]:
     """``count`` retriever processes (started together: their model loads overlap)."""
     with ExitStack() as stack:
         processes = [
@@ -118,17 +118,21 @@ def run(quick: bool) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        with _replicas(root / "single", 1) as (single,):
+        with retriever_processes(root / "single", 1) as (single,):
             single_rate = _write_rate([single.target], texts)
             single_acks, _ = _lag_ms(single.target, [], texts[:lag_writes])
         with (
             NatsCluster(root / "nats-r1", 1) as nats,
-            _replicas(root / "r1", 1, "--nats", nats.urls, "--nats-replicas", "1") as (replica,),
+            retriever_processes(root / "r1", 1, "--nats", nats.urls, "--nats-replicas", "1") as (
+                replica,
+            ),
         ):
             r1_rate = _write_rate([replica.target], texts)
         with (
             NatsCluster(root / "nats-r3", 3) as nats,
-            _replicas(root / "r3", 3, "--nats", nats.urls, "--nats-replicas", "3") as replicas,
+            retriever_processes(
+                root / "r3", 3, "--nats", nats.urls, "--nats-replicas", "3"
+            ) as replicas,
         ):
             targets = [r.target for r in replicas]
             r3_rate = _write_rate(targets, texts)

@@ -1,17 +1,23 @@
-"""Sharded search in one process: what the coordinator's phases cost against one index.
+"""Sharded search: what the coordinator's phases cost against one index, in one process and
+across processes.
 
-The packaged Wikipedia summaries as one collection and over 2 and 4 shards (real collections
-on disk, each document in the shard ``shard_of`` names), searched with their descriptions as
-queries: one index through ``Collection.search``, the shards through ``Coordinator.search``
-(statistics, rank, merge, hydrate) on one event loop, in-process shards answering one after
-another. There is no network
-hop, so this is the compute part of fan-out: what each extra shard adds (its statistics, its
-own top ``depth`` per side, a hydrate call) and what the merge costs, at the same total size.
+In one process: the packaged Wikipedia summaries as one collection and over 2 and 4 shards
+(real collections on disk, each document in the shard ``shard_of`` names), searched with their
+descriptions as queries: one index through ``Collection.search``, the shards through
+``Coordinator.search`` (statistics, rank, merge, hydrate) on one event loop. There is no
+network hop, so this is the compute part of fan-out: what each extra shard adds (its
+statistics, its own top ``depth`` per side, a hydrate call) and what the merge costs, at the
+same total size. Vectors come from a hashing encoder (each text's blake2b seeds a random unit
+vector of the default model's 384 dimensions): search cost depends on the vectors' count and
+dimension, not their meaning, and a real encoder would spend minutes encoding three copies.
 
-Vectors come from a hashing encoder (each text's blake2b seeds a random unit vector of the
-default model's 384 dimensions): search cost depends on the vectors' count and dimension, not
-their meaning, and a real encoder would spend minutes encoding three copies of the corpus.
-Queries are encoded once before timing, for every layout alike.
+Across processes: ``realm serve retriever`` processes on loopback, one holding the whole
+corpus and a shard, the other the second shard, the coordinator in this process calling them
+through ``ShardService`` (three round trips, both shards at once). The peer is ``Search`` on
+the whole collection through the client library (one round trip). The real encoder makes the
+vectors (the servers' default, int8 ONNX; this process loads the same export for the query).
+The processes share this machine's cores, so this measures the hops' cost, not the
+parallelism that separate machines would give.
 """
 
 import asyncio
@@ -19,23 +25,31 @@ import hashlib
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from grpc import aio
 
+from bench.cluster_bench import retriever_processes
 from bench.common import Row
 from realm.app.corpus import wiki_summaries
+from realm.client import Document, RetrieverClient
+from realm.retriever.analyzer import Analyzer
 from realm.retriever.collection import Collection
+from realm.retriever.embedder import DEFAULT_MODEL, EncoderSpec, load_encoder
+from realm.retriever.remote_shard import RemoteShard
 from realm.retriever.search import Hit, SearchMode, SearchQuery
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.sharding import Coordinator, LocalShard, shard_of
 from realm.retriever.store import StoredDocument
 from realm.retriever.topk import FloatArray
+from realm.v1 import shard_pb2_grpc
 
 DIMENSION = 384
 SHARD_COUNTS = (2, 4)
 MODES: tuple[SearchMode, ...] = ("bm25", "dense", "hybrid")
+WHOLE, PART = "bench-whole", "bench-part"
 
 
 class HashingEncoder:
@@ -106,6 +120,72 @@ def _milliseconds_per_query(layout: Layout, queries: list[SearchQuery], repeats:
     return statistics.median(passes)
 
 
+def _remote_rows(root: Path, corpus: list[Document], asked: list[str]) -> list[Row]:
+    """One index over gRPC against the coordinator over two shards on two servers."""
+    rows: list[Row] = []
+    with retriever_processes(root / "servers", 2) as servers:
+        targets = [s.target for s in servers]
+        with RetrieverClient(targets[0], timeout=600) as client:
+            client.create_collection(WHOLE)
+            client.upsert(WHOLE, corpus)
+        for index, target in enumerate(targets):
+            with RetrieverClient(target, timeout=600) as client:
+                client.create_collection(PART)
+                client.upsert(PART, [d for d in corpus if shard_of(d.id, 2) == index])
+        encoder = load_encoder(EncoderSpec(DEFAULT_MODEL, "onnx"))  # the servers' export
+        coordinator = Coordinator(Analyzer("en"), encoder, CollectionSettings(language="en").fusion)
+        for mode in MODES:
+            with RetrieverClient(targets[0], timeout=60) as client:
+
+                def one_index(text: str, mode: SearchMode = mode) -> object:
+                    return client.search(WHOLE, text, k=10, mode=mode)
+
+                single = _remote_milliseconds(one_index, asked)
+            sharded = asyncio.run(_coordinated_milliseconds(coordinator, targets, asked, mode))
+            rows.append(
+                Row(
+                    f"{mode} top-10 latency, 2 shards on 2 servers over gRPC "
+                    f"({len(corpus):,} documents)",
+                    sharded,
+                    "Search on one index over gRPC",
+                    single,
+                    "ms",
+                    None,
+                    higher_is_better=False,
+                )
+            )
+    return rows
+
+
+def _remote_milliseconds(search: Callable[[str], object], asked: list[str]) -> float:
+    for text in asked[:20]:
+        search(text)
+    started = time.perf_counter()
+    for text in asked:
+        search(text)
+    return (time.perf_counter() - started) / len(asked) * 1000
+
+
+async def _coordinated_milliseconds(
+    coordinator: Coordinator, targets: list[str], asked: list[str], mode: SearchMode
+) -> float:
+    channels = [aio.insecure_channel(t) for t in targets]
+    shards = [
+        [RemoteShard(t, shard_pb2_grpc.ShardServiceStub(c), PART, 60.0)]
+        for t, c in zip(targets, channels, strict=True)
+    ]
+    try:
+        for text in asked[:20]:
+            await coordinator.search(shards, SearchQuery(text, 10, mode))
+        started = time.perf_counter()
+        for text in asked:
+            await coordinator.search(shards, SearchQuery(text, 10, mode))
+        return (time.perf_counter() - started) / len(asked) * 1000
+    finally:
+        for channel in channels:
+            await channel.close(None)
+
+
 def run(quick: bool) -> list[Row]:
     corpus = wiki_summaries(2_000 if quick else 0)
     documents = [StoredDocument(d.id, d.text, d.title) for d in corpus]
@@ -134,4 +214,5 @@ def run(quick: bool) -> list[Row]:
                 )
         for layout in (one, *layouts.values()):
             layout.close()
+        rows.extend(_remote_rows(root, corpus, asked))
     return rows
