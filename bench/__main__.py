@@ -22,7 +22,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "generate": ("generate_bench", ("transformers", "torch")),
     "memory": ("memory_bench", ("bm25s", "annoy", "numpy")),
     "metrics": ("metrics_bench", ("prometheus-client", "grpcio")),
-    "shards": ("shard_bench", ("numpy", "annoy")),
+    "shards": ("shard_bench", ("numpy", "annoy", "grpcio", "onnxruntime")),
     "train": ("train_bench", ("sentence-transformers", "transformers", "torch")),
     "writes": ("write_bench", ("bm25s", "annoy", "sentence-transformers")),
 }
