@@ -132,7 +132,7 @@ def merge(rankings: Sequence[ShardRanking], plan: Plan) -> Merged:
     out of the shards' tops, fused once. Ties break by shard, then by row."""
     if len(rankings) == 1 and plan.mode != "hybrid":
         # One index's single side is its answer already (best first, k rows): skip the
-        # arithmetic below, about a sixth of a BM25 search's time.
+        # arithmetic below, about a fifth of a BM25 search's time.
         only = rankings[0]
         scores = only.bm25 if plan.mode == "bm25" else only.dense
         return Merged(np.zeros(len(only.rows), dtype=np.int64), only.rows, scores)

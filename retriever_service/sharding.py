@@ -166,8 +166,6 @@ class Coordinator:
     analyzer: Analyzer
     encoder: Encoder
     fusion: FusionParams
-    # Times a search starts over when a replica that ranked went away before it hydrated.
-    restarts: int = 2
 
     async def search(
         self,
@@ -179,12 +177,13 @@ class Coordinator:
         shard none of whose replicas answers raises ``ShardDown`` (UNAVAILABLE, naming it);
         with ``allow_partial`` it is left out and reported instead."""
         shards = [_ReplicatedShard(n, held) for n, held in enumerate(replicas)]
-        for _ in range(self.restarts):
+        while True:
             try:
                 return await self._search(shards, query, allow_partial)
             except _RankLost:
+                # The replica that went away stays skipped, so this ends: at the latest when
+                # a shard has no replica left and its next phase raises ShardDown.
                 continue
-        return await self._search(shards, query, allow_partial)
 
     async def _search(
         self, shards: list[_ReplicatedShard], query: SearchQuery, allow_partial: bool
