@@ -12,7 +12,7 @@ from realm.retriever import validation
 from realm.retriever.collection import Collection
 from realm.retriever.servicer import Context, add_hits, fresh_enough
 from realm.retriever.settings import Limits
-from realm.retriever.shard_messages import ranking_message, statistics_message, statistics_value
+from realm.retriever.shard_messages import ranking_message, statistics_message
 from realm.retriever.writes import Writes
 from realm.v1 import retriever_pb2, shard_pb2, shard_pb2_grpc
 
@@ -56,7 +56,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         plan = validation.shard_plan(request, self.limits, collection.settings.fusion)
         vector = validation.shard_vector(request.vector, plan, collection.dimension)
         statistics = (
-            statistics_value(request.statistics) if request.HasField("statistics") else None
+            validation.shard_statistics(request.statistics, self.limits)
+            if request.HasField("statistics")
+            else None
         )
         view = collection.snapshot()
         ranking = await asyncio.to_thread(

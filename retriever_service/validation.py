@@ -13,7 +13,7 @@ from realm.errors import InvalidArgument, shown
 from realm.names import collection_name
 from realm.retriever import languages
 from realm.retriever.analyzer import LANGUAGES, Language
-from realm.retriever.bm25 import BM25Params
+from realm.retriever.bm25 import BM25Params, CorpusStatistics
 from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.dense import AnnoyParams
 from realm.retriever.embedder import BACKENDS, Backend, EncoderSpec
@@ -51,6 +51,7 @@ __all__ = [
     "search_query",
     "shard_hydration",
     "shard_plan",
+    "shard_statistics",
     "shard_terms",
     "shard_vector",
 ]
@@ -309,6 +310,24 @@ def shard_plan(request: shard_pb2.ShardRankRequest, limits: Limits, fusion: Fusi
         fusion.rrf_k,
         tuple(sorted(request.filter.items())),
     )
+
+
+def shard_statistics(message: shard_pb2.TermStatistics, limits: Limits) -> CorpusStatistics:
+    """A collection's summed statistics as the coordinator sends them: consistent counts (no
+    term in more passages than there are), as many terms as a longest query could have."""
+    frequencies = dict(message.document_frequencies)
+    if len(frequencies) > limits.max_query_chars:
+        raise InvalidArgument(
+            f"statistics.document_frequencies has {len(frequencies):,} terms, above "
+            f"max_query_chars={limits.max_query_chars}"
+        )
+    crowded = [term for term, count in frequencies.items() if count > message.passages]
+    if crowded:
+        raise InvalidArgument(
+            f"statistics.document_frequencies counts {shown(crowded[0])} in more passages than "
+            f"statistics.passages={message.passages}; send the shards' sums"
+        )
+    return CorpusStatistics(message.passages, message.total_length, frequencies)
 
 
 def shard_vector(values: Sequence[float], plan: Plan, dimension: int) -> FloatArray | None:

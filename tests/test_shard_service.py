@@ -159,6 +159,20 @@ def test_bad_shard_requests_are_refused_naming_the_field(shards: list[str]) -> N
                 ),
             ),
             (
+                "statistics.document_frequencies",
+                lambda: stub.ShardRank(
+                    shard_pb2.ShardRankRequest(
+                        collection=PART,
+                        terms=["river"],
+                        mode=common_pb2.SEARCH_MODE_BM25,
+                        depth=10,
+                        statistics=shard_pb2.TermStatistics(
+                            passages=3, total_length=30, document_frequencies={"river": 9}
+                        ),
+                    )
+                ),
+            ),
+            (
                 "scores",
                 lambda: stub.ShardHydrate(
                     shard_pb2.ShardHydrateRequest(collection=PART, passage_ids=[1, 2], scores=[1])
