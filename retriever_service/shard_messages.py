@@ -10,15 +10,14 @@ from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.search import Hit, ShardRanking
 from realm.retriever.store import PassageRecord
 from realm.retriever.topk import IntArray
+from realm.retriever.validation import FUSION_METHODS, SEARCH_MODES
 from realm.v1 import common_pb2, retriever_pb2, shard_pb2
 
-# SearchMode as the wire has it.
+# The domain's modes and methods as the wire has them: validation's maps, inverted.
 MODES = {
-    "bm25": common_pb2.SEARCH_MODE_BM25,
-    "dense": common_pb2.SEARCH_MODE_DENSE,
-    "hybrid": common_pb2.SEARCH_MODE_HYBRID,
+    mode: code for code, mode in SEARCH_MODES.items() if code != common_pb2.SEARCH_MODE_UNSPECIFIED
 }
-FUSIONS = {"rrf": common_pb2.FUSION_METHOD_RRF, "weighted": common_pb2.FUSION_METHOD_WEIGHTED}
+FUSIONS = {method: code for code, method in FUSION_METHODS.items() if method is not None}
 
 
 def statistics_message(statistics: CorpusStatistics) -> shard_pb2.TermStatistics:

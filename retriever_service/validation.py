@@ -24,13 +24,14 @@ from realm.retriever.store import StoredDocument
 from realm.retriever.topk import FloatArray, IntArray
 from realm.v1 import common_pb2, retriever_pb2, shard_pb2
 
-_MODES: dict[int, SearchMode] = {
+# The wire's enums in domain terms (unset: the server's default); shard_messages inverts them.
+SEARCH_MODES: dict[common_pb2.SearchMode.ValueType, SearchMode] = {
     common_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
     common_pb2.SEARCH_MODE_BM25: "bm25",
     common_pb2.SEARCH_MODE_DENSE: "dense",
     common_pb2.SEARCH_MODE_HYBRID: "hybrid",
 }
-_FUSIONS: dict[int, FusionMethod | None] = {
+FUSION_METHODS: dict[common_pb2.FusionMethod.ValueType, FusionMethod | None] = {
     common_pb2.FUSION_METHOD_UNSPECIFIED: None,
     common_pb2.FUSION_METHOD_RRF: "rrf",
     common_pb2.FUSION_METHOD_WEIGHTED: "weighted",
@@ -251,12 +252,12 @@ def reindex_encoder(request: retriever_pb2.ReindexRequest, default_backend: Back
 
 def search_query(request: retriever_pb2.SearchRequest, limits: Limits, field: str) -> SearchQuery:
     """Validates everything in a search request but the collection's name."""
-    mode = _MODES.get(request.mode)
+    mode = SEARCH_MODES.get(request.mode)
     if mode is None:
         raise InvalidArgument(f"{field}mode={request.mode} is unknown; use BM25, DENSE or HYBRID")
-    if request.fusion not in _FUSIONS:
+    if request.fusion not in FUSION_METHODS:
         raise InvalidArgument(f"{field}fusion={request.fusion} is unknown; use RRF or WEIGHTED")
-    fusion_method = _FUSIONS[request.fusion]
+    fusion_method = FUSION_METHODS[request.fusion]
     dense_weight = request.dense_weight if request.HasField("dense_weight") else None
     if dense_weight is not None and not 0.0 <= dense_weight <= 1.0:
         raise InvalidArgument(f"{field}dense_weight={dense_weight} must be in [0, 1]")
@@ -286,12 +287,12 @@ def shard_terms(terms: Sequence[str], limits: Limits) -> list[str]:
 def shard_plan(request: shard_pb2.ShardRankRequest, limits: Limits, fusion: FusionParams) -> Plan:
     """A shard's part of a search, as the coordinator resolved it. Only the mode, depth,
     fusion method and filter matter to a shard; k and the weights are the merge's."""
-    mode = _MODES.get(request.mode)
+    mode = SEARCH_MODES.get(request.mode)
     if request.mode == common_pb2.SEARCH_MODE_UNSPECIFIED or mode is None:
         raise InvalidArgument(
             f"mode={request.mode} is not a resolved mode; send BM25, DENSE or HYBRID"
         )
-    if request.fusion not in _FUSIONS:
+    if request.fusion not in FUSION_METHODS:
         raise InvalidArgument(f"fusion={request.fusion} is unknown; use RRF or WEIGHTED")
     deepest = max(limits.max_k, fusion.depth)
     if not 1 <= request.depth <= deepest:
@@ -300,7 +301,7 @@ def shard_plan(request: shard_pb2.ShardRankRequest, limits: Limits, fusion: Fusi
             "fusion depth if larger)"
         )
     search_filter(request.filter, limits, "filter")
-    method = _FUSIONS[request.fusion] or fusion.method
+    method = FUSION_METHODS[request.fusion] or fusion.method
     return Plan(
         mode,
         request.depth,
