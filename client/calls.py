@@ -98,6 +98,7 @@ def create_collection_request(
     embedding_model: str = "",
     chunk_words: int = 0,
     embedding_backend: str = "",
+    shards: int = 0,
 ) -> retriever_pb2.CreateCollectionRequest:
     """Unset (empty, 0) settings take the server's defaults; ``embedding_backend`` is "onnx"
     or "torch"."""
@@ -106,6 +107,7 @@ def create_collection_request(
         embedding_model=embedding_model,
         chunk_words=chunk_words,
         embedding_backend=embedding_backend,
+        shards=shards,
     )
     return retriever_pb2.CreateCollectionRequest(name=name, config=config)
 
@@ -121,6 +123,7 @@ def search_request(
         filter=dict(options.get("filter") or {}),
         min_sequence=options.get("min_sequence", 0),
         consistency=_choice("consistency", options.get("consistency", "session"), _CONSISTENCY),
+        min_shard_sequences=list(options.get("min_shard_sequences", ())),
     )
     fusion = options.get("fusion")
     if fusion is not None:
@@ -178,6 +181,7 @@ def collection_info(info: retriever_pb2.CollectionInfo) -> CollectionInfo:
         language=info.config.language,
         embedding_model=info.config.embedding_model,
         embedding_backend=info.config.embedding_backend,
+        shards=int(info.config.shards) or 1,
     )
 
 
@@ -200,6 +204,8 @@ def collection_stats(stats: retriever_pb2.CollectionStats) -> CollectionStats:
         embedding_backend=stats.embedding_backend,
         encoder_fingerprint=stats.encoder_fingerprint,
         reindex=reindex_status(stats.reindex) if stats.HasField("reindex") else None,
+        shard=int(stats.shard),
+        shards=int(stats.shards),
     )
 
 
@@ -221,6 +227,7 @@ def upsert_summary(response: retriever_pb2.UpsertResponse) -> UpsertSummary:
         int(response.passages),
         int(response.generation),
         int(response.sequence),
+        tuple(int(s) for s in response.shard_sequences),
     )
 
 
@@ -247,13 +254,18 @@ def _delete_request(collection: str, ids: Iterable[str]) -> retriever_pb2.Delete
 
 
 def _get_request(
-    collection: str, doc_id: str, consistency: Consistency = "session", min_sequence: int = 0
+    collection: str,
+    doc_id: str,
+    consistency: Consistency = "session",
+    min_sequence: int = 0,
+    min_shard_sequences: Sequence[int] = (),
 ) -> retriever_pb2.GetDocumentRequest:
     return retriever_pb2.GetDocumentRequest(
         collection=collection,
         id=doc_id,
         consistency=_choice("consistency", consistency, _CONSISTENCY),
         min_sequence=min_sequence,
+        min_shard_sequences=list(min_shard_sequences),
     )
 
 
@@ -283,12 +295,18 @@ def _document(response: retriever_pb2.GetDocumentResponse) -> Document:
 DELETE_COLLECTION = Rpc(
     "DeleteCollection", "call", _delete_collection_request, lambda r: int(r.documents_deleted)
 )
-# (deleted, ids not found, sequence): the clients keep the sequence for their session.
+# (deleted, ids not found, sequence, shard sequences): the clients keep the sequences for
+# their session.
 DELETE = Rpc(
     "Delete",
     "call",
     _delete_request,
-    lambda r: (int(r.deleted), list(r.not_found), int(r.sequence)),
+    lambda r: (
+        int(r.deleted),
+        list(r.not_found),
+        int(r.sequence),
+        tuple(int(s) for s in r.shard_sequences),
+    ),
 )
 GET_DOCUMENT = Rpc("GetDocument", "call", _get_request, _document)
 SEARCH = Rpc("Search", "call", search_request, hits)

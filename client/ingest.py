@@ -25,6 +25,9 @@ def added(total: UpsertSummary, done: UpsertSummary) -> UpsertSummary:
         total.passages + done.passages,
         done.generation,
         done.sequence,
+        tuple(map(max, total.shard_sequences, done.shard_sequences))
+        if total.shard_sequences
+        else done.shard_sequences,
     )
 
 

@@ -60,8 +60,10 @@ class RetrieverClient(SyncClient):
         embedding_model: str = "",
         chunk_words: int = 0,
         embedding_backend: str = "",
+        shards: int = 0,
     ) -> CollectionInfo:
-        """Unset settings take the server's defaults; they are fixed once the collection exists."""
+        """Unset settings take the server's defaults; they are fixed once the collection exists.
+        ``shards`` above 1 splits it over a cluster's replicas (docs/operations.md)."""
         self.session.forget(name)
         return self._calls.unary(
             calls.CREATE_COLLECTION,
@@ -70,6 +72,7 @@ class RetrieverClient(SyncClient):
             embedding_model=embedding_model,
             chunk_words=chunk_words,
             embedding_backend=embedding_backend,
+            shards=shards,
         )
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -95,7 +98,7 @@ class RetrieverClient(SyncClient):
             collection, _reported(_batches(documents, batch_size), progress)
         )
         summary = self._calls.stream_in("Upsert", messages, calls.upsert_summary)
-        self.session.wrote(collection, summary.sequence)
+        self.session.wrote(collection, summary.sequence, summary.shard_sequences)
         return summary
 
     def ingest(
@@ -131,14 +134,19 @@ class RetrieverClient(SyncClient):
 
     def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
         """Deletes documents; returns ``(deleted, ids_not_found)``."""
-        deleted, not_found, sequence = self._calls.unary(calls.DELETE, collection, ids)
-        self.session.wrote(collection, sequence)
+        deleted, not_found, sequence, shards = self._calls.unary(calls.DELETE, collection, ids)
+        self.session.wrote(collection, sequence, shards)
         return deleted, not_found
 
     def get(self, collection: str, doc_id: str) -> Document:
         read = self.session.read(collection, {})
         return self._calls.unary(
-            calls.GET_DOCUMENT, collection, doc_id, read["consistency"], read["min_sequence"]
+            calls.GET_DOCUMENT,
+            collection,
+            doc_id,
+            read["consistency"],
+            read["min_sequence"],
+            read["min_shard_sequences"],
         )
 
     def search(
@@ -197,6 +205,7 @@ class AsyncRetrieverClient(AsyncClient):
         embedding_model: str = "",
         chunk_words: int = 0,
         embedding_backend: str = "",
+        shards: int = 0,
     ) -> CollectionInfo:
         self.session.forget(name)
         return await self._calls.unary(
@@ -206,6 +215,7 @@ class AsyncRetrieverClient(AsyncClient):
             embedding_model=embedding_model,
             chunk_words=chunk_words,
             embedding_backend=embedding_backend,
+            shards=shards,
         )
 
     async def list_collections(self) -> list[CollectionInfo]:
@@ -233,7 +243,7 @@ class AsyncRetrieverClient(AsyncClient):
                     progress(len(batch))
 
         summary = await self._calls.stream_in("Upsert", messages(), calls.upsert_summary)
-        self.session.wrote(collection, summary.sequence)
+        self.session.wrote(collection, summary.sequence, summary.shard_sequences)
         return summary
 
     async def ingest(
@@ -259,14 +269,21 @@ class AsyncRetrieverClient(AsyncClient):
         return ledger.total
 
     async def delete(self, collection: str, ids: Iterable[str]) -> tuple[int, list[str]]:
-        deleted, not_found, sequence = await self._calls.unary(calls.DELETE, collection, ids)
-        self.session.wrote(collection, sequence)
+        deleted, not_found, sequence, shards = await self._calls.unary(
+            calls.DELETE, collection, ids
+        )
+        self.session.wrote(collection, sequence, shards)
         return deleted, not_found
 
     async def get(self, collection: str, doc_id: str) -> Document:
         read = self.session.read(collection, {})
         return await self._calls.unary(
-            calls.GET_DOCUMENT, collection, doc_id, read["consistency"], read["min_sequence"]
+            calls.GET_DOCUMENT,
+            collection,
+            doc_id,
+            read["consistency"],
+            read["min_sequence"],
+            read["min_shard_sequences"],
         )
 
     async def search(

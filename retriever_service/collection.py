@@ -27,6 +27,7 @@ from realm.errors import InvalidArgument, NotFound, StorageError, shown
 from realm.files import fsync_dir, make_durable_dir
 from realm.retriever import log_records
 from realm.retriever.analyzer import Analyzer
+from realm.retriever.chunker import ChunkerConfig
 from realm.retriever.compactor import Compactor, folded_generation
 from realm.retriever.embedder import Encoder, EncoderSpec
 from realm.retriever.generation import Generation, generation_dir, load_generation
@@ -86,6 +87,9 @@ class UpsertResult:
     passages: int
     generation: int
     sequence: int
+    # A sharded collection: the write's last log sequence in each shard (0: none), where
+    # ``sequence`` is 0.
+    shard_sequences: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,7 @@ class DeleteResult:
     deleted: int
     not_found: list[str]
     sequence: int
+    shard_sequences: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,36 @@ class CollectionStats:
     tombstones: int
     wal_bytes: int
     last_sequence: int
+
+
+def prepare(
+    documents: Sequence[StoredDocument],
+    chunker: ChunkerConfig,
+    analyzer: Analyzer,
+    encoder: Encoder,
+) -> Prepared:
+    """Chunks, analyses and encodes an upsert's documents: what ``Collection.prepare`` does, for
+    a replica that writes to shards of a collection it holds none of."""
+    # An id sent twice: the last one wins.
+    latest = list({d.doc_id: d for d in documents}.values())
+    with tracing.span("prepare", documents=len(latest)):
+        # Slices are analysed here while the one before is encoded on another thread (the
+        # encoders release the GIL). On 2 CPU cores this measured no gain (the encoder keeps
+        # both busy; analysis is under a tenth of its time); it hides the analysis where
+        # encoding leaves the CPU free, as on a GPU.
+        slices = [
+            latest[at : at + PIPELINE_DOCUMENTS] for at in range(0, len(latest), PIPELINE_DOCUMENTS)
+        ]
+        with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoding:
+            parts = []
+            for part in slices:
+                analysed = analyse(part, chunker, analyzer)
+                parts.append((analysed, encoding.submit(_vectors, encoder, analysed.texts)))
+            vectors = [pending.result() for _, pending in parts]
+    return Prepared(
+        Analysed.joined([analysed for analysed, _ in parts]),
+        np.concatenate([np.empty((0, encoder.dimension), np.float32), *vectors]),
+    )
 
 
 class Collection:
@@ -310,28 +345,7 @@ class Collection:
     ) -> Prepared:
         """Chunks, analyses and encodes an upsert's documents (no lock held: the slow part),
         with ``encoder`` (the collection's by default)."""
-        encoder = encoder or self.encoder
-        # An id sent twice: the last one wins.
-        latest = list({d.doc_id: d for d in documents}.values())
-        with tracing.span("prepare", documents=len(latest)):
-            # Slices are analysed here while the one before is encoded on another thread (the
-            # encoders release the GIL). On 2 CPU cores this measured no gain (the encoder
-            # keeps both busy; analysis is under a tenth of its time); it hides the analysis
-            # where encoding leaves the CPU free, as on a GPU.
-            slices = [
-                latest[at : at + PIPELINE_DOCUMENTS]
-                for at in range(0, len(latest), PIPELINE_DOCUMENTS)
-            ]
-            with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoding:
-                parts = []
-                for part in slices:
-                    analysed = analyse(part, self.settings.chunker, self.analyzer)
-                    parts.append((analysed, encoding.submit(_vectors, encoder, analysed.texts)))
-                vectors = [pending.result() for _, pending in parts]
-        return Prepared(
-            Analysed.joined([analysed for analysed, _ in parts]),
-            np.concatenate([np.empty((0, encoder.dimension), np.float32), *vectors]),
-        )
+        return prepare(documents, self.settings.chunker, self.analyzer, encoder or self.encoder)
 
     def upsert(self, documents: Sequence[StoredDocument]) -> UpsertResult:
         """Adds or replaces documents; returns once they are durable and searchable."""

@@ -7,7 +7,11 @@ sequence), and drops a second publish with the same ``Nats-Msg-Id`` within its d
 - The **catalog** is a key-value bucket: collection name → its settings and its stream. A create
   is the bucket's atomic create, so two replicas racing for one name cannot both win.
 - Each collection incarnation has its **own stream** (``REALM_<name>_<id>``): a collection deleted
-  and made again under the same name starts a fresh log, never the old one's tail.
+  and made again under the same name starts a fresh log, never the old one's tail. A sharded
+  collection has one per shard (``REALM_<name>_<id>_s<shard>``), each followed by the replicas
+  that hold that shard.
+- The **shard map** is a key-value bucket too: replica → the address other replicas reach it
+  at and the shards it holds, refreshed while it runs (``shard_map.ShardMap``).
 
 Every failure to reach JetStream becomes ``Unavailable``. A write refused before it was sent
 (no connection) is not applied; one that was sent but not acknowledged in time may still be
@@ -21,7 +25,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,6 +43,8 @@ from realm.retriever.snapshots import SnapshotInfo
 
 _LOGGER = logging.getLogger(__name__)
 CATALOG_BUCKET = "realm-collections"
+SHARD_MAP_BUCKET = "realm-shards"
+SHARD_MAP_MAX_AGE_S = 24 * 3600.0
 # Object store of the newest snapshot of each stream, named after the stream.
 SNAPSHOT_BUCKET = "realm-snapshots"
 SUBJECT_PREFIX = "realm.log"
@@ -52,19 +58,34 @@ NATS_FAILURES = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
 
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
-    """One collection as the catalog holds it."""
+    """One collection as the catalog holds it: its settings and the stream of each shard (one
+    for an unsharded collection)."""
 
     name: str
-    stream: str
+    streams: tuple[str, ...]
     settings: CollectionSettings
 
+    @property
+    def stream(self) -> str:
+        """The log this entry names: an unsharded collection's, or one shard's (``part``)."""
+        return self.streams[0]
+
+    def part(self, shard: int) -> "CatalogEntry":
+        """The entry narrowed to one shard's log, which a replica that holds it follows."""
+        return replace(self, streams=(self.streams[shard],))
+
     def to_bytes(self) -> bytes:
-        return json.dumps({"stream": self.stream, "settings": self.settings.to_json()}).encode()
+        # "stream" alone is what replicas older than shards read.
+        payload = {"stream": self.streams[0], "settings": self.settings.to_json()}
+        if len(self.streams) > 1:
+            payload["streams"] = list(self.streams)
+        return json.dumps(payload).encode()
 
     @classmethod
     def from_bytes(cls, name: str, value: bytes) -> "CatalogEntry":
         payload = json.loads(value)
-        return cls(name, payload["stream"], CollectionSettings.from_json(payload["settings"]))
+        streams = tuple(payload.get("streams", [payload["stream"]]))
+        return cls(name, streams, CollectionSettings.from_json(payload["settings"]))
 
     @property
     def subject(self) -> str:
@@ -95,13 +116,19 @@ class JetStreamLog:
     """This replica's connection to the cluster's log."""
 
     def __init__(
-        self, client: Client, options: ClusterOptions, catalog: KeyValue, snapshots: ObjectStore
+        self,
+        client: Client,
+        options: ClusterOptions,
+        catalog: KeyValue,
+        snapshots: ObjectStore,
+        shard_map: KeyValue,
     ) -> None:
         self.client = client
         self.stream_api: JetStreamContext = client.jetstream(timeout=REQUEST_TIMEOUT_S)
         self.options = options
         self.catalog = catalog
         self.snapshots = snapshots
+        self.shard_map = shard_map
 
     @classmethod
     async def connect(cls, options: ClusterOptions) -> "JetStreamLog":
@@ -122,6 +149,7 @@ class JetStreamLog:
                 stream_api = client.jetstream(timeout=REQUEST_TIMEOUT_S)
                 catalog = await _catalog(stream_api, options)
                 snapshots = await _snapshot_store(stream_api, options)
+                shard_map = await _shard_map(stream_api, options)
                 break
             except NATS_FAILURES as error:
                 if client is not None:  # connected, but JetStream was not ready: start over
@@ -136,7 +164,7 @@ class JetStreamLog:
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
         url = client.connected_url
         _LOGGER.info("connected to NATS JetStream at %s", url.netloc if url else "?")
-        return cls(client, options, catalog, snapshots)
+        return cls(client, options, catalog, snapshots, shard_map)
 
     async def close(self) -> None:
         await self.client.close()
@@ -167,23 +195,32 @@ class JetStreamLog:
         return CatalogEntry.from_bytes(name, found.value), found.revision
 
     async def create_collection(self, name: str, settings: CollectionSettings) -> CatalogEntry:
-        """Makes the collection's stream, then claims the name in the catalog; the loser of a
-        race removes its stream again and gets ALREADY_EXISTS."""
-        entry = CatalogEntry(name, f"REALM_{name}_{uuid.uuid4().hex[:12]}", settings)
+        """Makes the collection's streams, then claims the name in the catalog; the loser of a
+        race removes its streams again and gets ALREADY_EXISTS."""
+        stream = f"REALM_{name}_{uuid.uuid4().hex[:12]}"
+        streams = (
+            (stream,)
+            if settings.shards == 1
+            else tuple(f"{stream}_s{shard}" for shard in range(settings.shards))
+        )
+        entry = CatalogEntry(name, streams, settings)
         async with _unavailable(f"creating collection {name!r}"):
-            await self.stream_api.add_stream(
-                name=entry.stream,
-                subjects=[entry.subject],
-                num_replicas=self.options.nats_replicas,
-                storage=api.StorageType.FILE,
-                retention=api.RetentionPolicy.LIMITS,
-                discard=api.DiscardPolicy.OLD,
-                duplicate_window=DUPLICATE_WINDOW_S,
-            )
+            for shard in range(len(streams)):
+                part = entry.part(shard)
+                await self.stream_api.add_stream(
+                    name=part.stream,
+                    subjects=[part.subject],
+                    num_replicas=self.options.nats_replicas,
+                    storage=api.StorageType.FILE,
+                    retention=api.RetentionPolicy.LIMITS,
+                    discard=api.DiscardPolicy.OLD,
+                    duplicate_window=DUPLICATE_WINDOW_S,
+                )
             try:
                 await self.catalog.create(name, entry.to_bytes())
             except nats.js.errors.KeyWrongLastSequenceError as error:
-                await self._delete_stream(entry.stream)
+                for stream in streams:
+                    await self._delete_stream(stream)
                 raise AlreadyExists(
                     f"collection {name!r} exists already; pick another name or delete it"
                 ) from error
@@ -201,9 +238,10 @@ class JetStreamLog:
                     f"collection {name!r} was deleted or re-created meanwhile; check "
                     "ListCollections"
                 ) from error
-            await self._delete_stream(entry.stream)
-            with suppress(nats.js.errors.ObjectNotFoundError):
-                await self.snapshots.delete(entry.stream)
+            for stream in entry.streams:
+                await self._delete_stream(stream)
+                with suppress(nats.js.errors.ObjectNotFoundError):
+                    await self.snapshots.delete(stream)
         return entry
 
     async def _delete_stream(self, stream: str) -> None:
@@ -330,6 +368,21 @@ async def _catalog(stream_api: JetStreamContext, options: ClusterOptions) -> Key
             history=1,
             replicas=options.nats_replicas,
             storage=api.StorageType.FILE,
+        )
+
+
+async def _shard_map(stream_api: JetStreamContext, options: ClusterOptions) -> KeyValue:
+    try:
+        return await stream_api.key_value(SHARD_MAP_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        return await stream_api.create_key_value(
+            bucket=SHARD_MAP_BUCKET,
+            history=1,
+            replicas=options.nats_replicas,
+            storage=api.StorageType.FILE,
+            # Entries of replicas that never deleted theirs are cleared eventually; staleness
+            # itself is judged by ShardMap from refreshes, not by this age.
+            ttl=SHARD_MAP_MAX_AGE_S,
         )
 
 

@@ -52,7 +52,9 @@ class IndexCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._gather()
         for name, documentation, field in _GAUGES:
-            family = GaugeMetricFamily(name, documentation, labels=["collection"])
+            # shard is "" for an unsharded collection (Prometheus stores no empty label).
+            family = GaugeMetricFamily(name, documentation, labels=["collection", "shard"])
             for collection in stats:
-                family.add_metric([collection.name], float(getattr(collection, field)))
+                shard = str(collection.shard) if collection.shards else ""
+                family.add_metric([collection.name, shard], float(getattr(collection, field)))
             yield family

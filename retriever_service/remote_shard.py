@@ -3,7 +3,7 @@
 The coordinator's ``Shard`` for the shards it does not hold itself: each phase is one call,
 with the caller's remaining deadline. A replica that cannot be reached (UNAVAILABLE) raises
 ``ShardUnreachable``, so the coordinator asks another replica of the shard; any other error
-is the shard's answer and comes back as the gRPC error it was.
+is the shard's answer and is passed on with its status.
 """
 
 from collections.abc import AsyncIterator
@@ -25,6 +25,7 @@ from realm.retriever.shard_messages import (
 )
 from realm.retriever.sharding import ShardUnreachable
 from realm.retriever.topk import FloatArray, IntArray
+from realm.status import received
 from realm.v1 import shard_pb2, shard_pb2_grpc
 
 
@@ -40,13 +41,22 @@ class RemoteShard:
     timeout: float | None = None
     # Read-your-writes: the shard's sequence the caller last wrote, waited for by every phase.
     min_sequence: int = 0
+    # Which of the collection's shards this replica is asked for.
+    shard: int = 0
+    # Sent with every call (the cluster's bearer token).
+    metadata: tuple[tuple[str, str], ...] = ()
 
     async def statistics(self, tokens: list[str]) -> CorpusStatistics:
         request = shard_pb2.ShardStatisticsRequest(
-            collection=self.collection, terms=tokens, min_sequence=self.min_sequence
+            collection=self.collection,
+            terms=tokens,
+            min_sequence=self.min_sequence,
+            shard=self.shard,
         )
         async with self._reaching():
-            response = await self.stub.ShardStatistics(request, timeout=self.timeout)
+            response = await self.stub.ShardStatistics(
+                request, timeout=self.timeout, metadata=self.metadata
+            )
         return statistics_value(response.statistics)
 
     async def rank(
@@ -65,19 +75,27 @@ class RemoteShard:
             filter=dict(plan.filter),
             vector=[] if vector is None else vector.tolist(),
             min_sequence=self.min_sequence,
+            shard=self.shard,
         )
         if statistics is not None:
             request.statistics.CopyFrom(statistics_message(statistics))
         async with self._reaching():
-            response = await self.stub.ShardRank(request, timeout=self.timeout)
+            response = await self.stub.ShardRank(
+                request, timeout=self.timeout, metadata=self.metadata
+            )
         return ranking_value(response)
 
     async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:
         request = shard_pb2.ShardHydrateRequest(
-            collection=self.collection, passage_ids=handles.tolist(), scores=scores.tolist()
+            collection=self.collection,
+            passage_ids=handles.tolist(),
+            scores=scores.tolist(),
+            shard=self.shard,
         )
         async with self._reaching():
-            response = await self.stub.ShardHydrate(request, timeout=self.timeout)
+            response = await self.stub.ShardHydrate(
+                request, timeout=self.timeout, metadata=self.metadata
+            )
         return [
             hit_value(pid, message)
             for pid, message in zip(response.passage_ids, response.hits, strict=True)
@@ -90,4 +108,4 @@ class RemoteShard:
         except aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.UNAVAILABLE:
                 raise ShardUnreachable(f"{self.address}: {error.details()}") from error
-            raise
+            raise received(error.code(), error.details() or "") from error

@@ -71,6 +71,11 @@ class ShardRelay(shard_pb2_grpc.ShardServiceServicer):
     ) -> shard_pb2.ShardHydrateResponse:
         return await relay(self.writer.ShardHydrate, request, context)
 
+    async def ShardApplied(  # noqa: N802
+        self, request: shard_pb2.ShardAppliedRequest, context: Context
+    ) -> shard_pb2.ShardAppliedResponse:
+        return await relay(self.writer.ShardApplied, request, context)
+
 
 class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     def __init__(self, replicas: Replicas, limits: Limits, writer: aio.Channel) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import replace
 from functools import partial
@@ -24,8 +25,9 @@ from realm.retriever.servicer import (
     UPSERT_METHOD,
     RetrieverServicer,
 )
-from realm.retriever.settings import RetrieverConfig
+from realm.retriever.settings import ClusterOptions, RetrieverConfig
 from realm.retriever.shard_servicer import SHARD_SERVICE_NAME, ShardServicer
+from realm.retriever.sharded_reads import ShardedReads
 from realm.retriever.trained_models import resolving
 from realm.retriever.workers import WorkerPool
 from realm.server import RunningServer, refuse_port_in_use, serve_until_signal
@@ -55,6 +57,17 @@ async def serve(config: RetrieverConfig) -> None:
         os.close(lock)
 
 
+def advertised(cluster: ClusterOptions, host: str, port: int) -> str:
+    """Where other replicas reach this one: ``--advertise``, else the address it listens on,
+    else (listening on every interface) its fully qualified host name, which a StatefulSet
+    pod's DNS name is."""
+    if cluster.advertise:
+        return cluster.advertise
+    if host in ("0.0.0.0", "::", "[::]"):
+        return f"{socket.getfqdn()}:{port}"
+    return f"{host}:{port}"
+
+
 async def _serve_locked(
     config: RetrieverConfig, with_workers: bool, metrics_dir: Path | None
 ) -> None:
@@ -71,9 +84,16 @@ async def _serve_locked(
     limits = config.served_limits
     cluster = config.cluster
     replica = replica_id(config.data_dir) if cluster.enabled else ""
-    replication = Replication(registry, cluster, replica) if cluster.enabled else None
-    servicer = RetrieverServicer(registry, limits, replication, cluster.read_wait_s, replica)
-    shards = ShardServicer(servicer.writes, limits, cluster.read_wait_s)
+    replication = (
+        Replication(registry, cluster, replica, config.server.auth_token)
+        if cluster.enabled
+        else None
+    )
+    sharded = ShardedReads(replication, cluster.read_wait_s) if replication is not None else None
+    servicer = RetrieverServicer(
+        registry, limits, replication, cluster.read_wait_s, replica, sharded
+    )
+    shards = ShardServicer(servicer.writes, limits, cluster.read_wait_s, replication)
     options = config.server
     preload = (
         EncoderSpec(config.preload_model, default_backend(config.preload_model, backend))
@@ -97,7 +117,7 @@ async def _serve_locked(
         _LOGGER.info("loaded %d collections from %s", len(registry.list()), config.data_dir)
         if replication is not None:
             # Health stays NOT_SERVING until every collection has caught up with its log.
-            await replication.start()
+            await replication.start(advertised(cluster, options.host, running.port))
             _LOGGER.info("replica %s follows %d collections", replica, len(replication.feeds))
         if with_workers and running.loopback_port is not None:
             # Workers bind the port this process got (port 0 picks one) and relay to it; this

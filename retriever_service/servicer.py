@@ -8,7 +8,7 @@ keeps accepting calls, answering health checks and draining on shutdown.
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from grpc import aio
 
@@ -23,10 +23,15 @@ from realm.retriever.reindex import ReindexProgress
 from realm.retriever.response_budget import ResponseBudget
 from realm.retriever.search import Hit, SearchQuery
 from realm.retriever.settings import CollectionSettings, Limits
-from realm.retriever.store import PassageRecord
+from realm.retriever.sharding import public_name
+from realm.retriever.store import PassageRecord, StoredDocument
 from realm.retriever.writes import LocalWrites, Writes
 from realm.streams import paced
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc, shard_pb2
+
+if TYPE_CHECKING:  # sharded_reads builds on this module's helpers
+    from realm.retriever.jetstream import CatalogEntry
+    from realm.retriever.sharded_reads import ShardedReads
 
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 Context = aio.ServicerContext[Any, Any]
@@ -44,16 +49,31 @@ def settings_to_proto(settings: CollectionSettings) -> retriever_pb2.CollectionC
         k1=settings.bm25.k1,
         b=settings.bm25.b,
         annoy_trees=settings.annoy.n_trees,
+        shards=settings.shards,
     )
 
 
-def _passage(record: PassageRecord) -> common_pb2.Passage:
+def passage_message(record: PassageRecord) -> common_pb2.Passage:
     return common_pb2.Passage(
         passage_id=record.passage_id,
         doc_id=record.doc_id,
         text=record.text,
         start=record.start,
         end=record.end,
+    )
+
+
+def document_response(
+    document: StoredDocument, passages: list[PassageRecord]
+) -> retriever_pb2.GetDocumentResponse:
+    return retriever_pb2.GetDocumentResponse(
+        document=common_pb2.Document(
+            id=document.doc_id,
+            text=document.text,
+            title=document.title,
+            metadata=document.metadata,
+        ),
+        passages=[passage_message(p) for p in passages],
     )
 
 
@@ -147,12 +167,15 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         writes: Writes | None = None,
         read_wait_s: float = 5.0,
         replica: str = "",
+        sharded: "ShardedReads | None" = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
         self.writes: Writes = writes or LocalWrites(registry)
         self.read_wait_s = read_wait_s
         self.replica = replica
+        # Reads of sharded collections (cluster mode only).
+        self.sharded = sharded
 
     def _info(self, collection: Collection) -> retriever_pb2.CollectionInfo:
         stats = collection.stats()
@@ -164,18 +187,53 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             dimension=collection.encoder.dimension,
         )
 
+    async def _sharded_info(
+        self, entry: "CatalogEntry", empty: bool = False
+    ) -> retriever_pb2.CollectionInfo:
+        """A sharded collection's settings, and its documents and passages summed over every
+        shard (one replica of each); ``empty``: one just made, which holds none."""
+        assert self.sharded is not None
+        encoder = await asyncio.to_thread(self.registry.encoder_for, entry.settings.encoder)
+        info = retriever_pb2.CollectionInfo(
+            name=entry.name,
+            config=settings_to_proto(entry.settings),
+            dimension=encoder.dimension,
+        )
+        if not empty:
+            totals = await self.sharded.totals(entry)
+            info.documents, info.passages = totals.documents, totals.passages
+        return info
+
+    async def _sharded(self, name: str) -> "CatalogEntry | None":
+        """The catalog entry of ``name`` when it is sharded; None when it is not (NotFound when
+        it does not exist)."""
+        if await self.writes.shards(name) == 1 or self.sharded is None:
+            return None
+        return await self.sharded.replication.entry(name)
+
     async def CreateCollection(  # noqa: N802 -- gRPC method names are PascalCase
         self, request: retriever_pb2.CreateCollectionRequest, context: Context
     ) -> retriever_pb2.CreateCollectionResponse:
         name = validation.collection_name(request.name, "name")
         settings = validation.collection_settings(request.config, self.registry.default_backend)
-        collection = await self.writes.create_collection(name, settings)
-        return retriever_pb2.CreateCollectionResponse(collection=self._info(collection))
+        await self.writes.create_collection(name, settings)
+        entry = await self._sharded(name)
+        if entry is not None:
+            info = await self._sharded_info(entry, empty=True)
+        else:
+            info = self._info(await self.writes.collection(name))
+        return retriever_pb2.CreateCollectionResponse(collection=info)
 
     async def ListCollections(  # noqa: N802
         self, request: retriever_pb2.ListCollectionsRequest, context: Context
     ) -> retriever_pb2.ListCollectionsResponse:
-        infos = await asyncio.to_thread(lambda: [self._info(c) for c in self.registry.list()])
+        unsharded = [c for c in self.registry.list() if public_name(c.name)[1] is None]
+        infos = await asyncio.to_thread(lambda: [self._info(c) for c in unsharded])
+        if self.sharded is not None:
+            catalog = self.sharded.replication.catalog
+            for entry in [e for e in catalog.values() if e.settings.shards > 1]:
+                infos.append(await self._sharded_info(entry))
+        infos.sort(key=lambda info: info.name)
         return retriever_pb2.ListCollectionsResponse(collections=infos)
 
     async def DeleteCollection(  # noqa: N802
@@ -194,10 +252,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         ):
             named = stream.add(message)
             if named is not None:
-                await self.writes.collection(named)  # fail fast, before the client streams all
+                await self.writes.shards(named)  # fail fast, before the client streams all
         name, documents = stream.finish()
-        collection = await self.writes.collection(name)
         if not documents:
+            if await self.writes.shards(name) > 1:
+                return retriever_pb2.UpsertResponse()
+            collection = await self.writes.collection(name)
             return retriever_pb2.UpsertResponse(
                 generation=collection.generation, sequence=collection.snapshot().sequence
             )
@@ -208,17 +268,21 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             passages=result.passages,
             generation=result.generation,
             sequence=result.sequence,
+            shard_sequences=result.shard_sequences,
         )
 
     async def Delete(  # noqa: N802
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
         name = validation.collection_name(request.collection)
-        await self.writes.collection(name)
+        await self.writes.shards(name)  # NotFound first
         ids = validation.document_ids(request.ids, self.limits)
         result = await self.writes.delete(name, ids)
         return retriever_pb2.DeleteResponse(
-            deleted=result.deleted, not_found=result.not_found, sequence=result.sequence
+            deleted=result.deleted,
+            not_found=result.not_found,
+            sequence=result.sequence,
+            shard_sequences=result.shard_sequences,
         )
 
     async def _fresh(
@@ -238,51 +302,72 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
 
     async def _query(
         self, request: retriever_pb2.SearchRequest, field: str
-    ) -> tuple[Collection, SearchQuery]:
-        collection = await self.writes.collection(
-            validation.collection_name(request.collection, f"{field}collection")
-        )
-        return collection, validation.search_query(request, self.limits, field)
+    ) -> tuple["Collection | CatalogEntry", SearchQuery]:
+        """The search's target (an unsharded collection here, or a sharded collection's
+        entry) and the query, validated."""
+        name = validation.collection_name(request.collection, f"{field}collection")
+        entry = await self._sharded(name)
+        query = validation.search_query(request, self.limits, field)
+        if entry is not None:
+            return entry, query
+        validation.unsharded_read(request.min_shard_sequences, field)
+        return await self.writes.collection(name), query
 
     async def Search(  # noqa: N802
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
-        collection, query = await self._query(request, "")
-        await self._fresh(collection, request, context)
+        target, query = await self._query(request, "")
         budget = ResponseBudget(self.limits)
-        if query.mode == "bm25" and collection.snapshot().passages <= INLINE_BM25_MAX_PASSAGES:
-            return search_response(collection, query, budget)
-        return await asyncio.to_thread(search_response, collection, query, budget)
+        if not isinstance(target, Collection):
+            assert self.sharded is not None
+            return await self.sharded.search(target, query, request, context, budget)
+        await self._fresh(target, request, context)
+        if query.mode == "bm25" and target.snapshot().passages <= INLINE_BM25_MAX_PASSAGES:
+            return search_response(target, query, budget)
+        return await asyncio.to_thread(search_response, target, query, budget)
 
     async def BatchSearch(  # noqa: N802
         self, request: retriever_pb2.BatchSearchRequest, context: Context
     ) -> retriever_pb2.BatchSearchResponse:
         validation.batch_size(request.requests, self.limits)
         queries = [await self._query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
-        for (collection, _), search in zip(queries, request.requests, strict=True):
-            await self._fresh(collection, search, context)
+        local: list[tuple[int, Collection, SearchQuery]] = []
+        for index, ((target, _), search) in enumerate(zip(queries, request.requests, strict=True)):
+            if isinstance(target, Collection):
+                await self._fresh(target, search, context)
+                local.append((index, target, queries[index][1]))
         budget = ResponseBudget(self.limits)  # one budget for the whole batch's response
-        responses = await asyncio.to_thread(
-            lambda: [search_response(c, q, budget) for c, q in queries]
+        answered = await asyncio.to_thread(
+            lambda: {i: search_response(c, q, budget) for i, c, q in local}
         )
+        responses = []
+        for index, ((target, query), search) in enumerate(
+            zip(queries, request.requests, strict=True)
+        ):
+            if isinstance(target, Collection):
+                responses.append(answered[index])
+            else:  # a sharded collection's search, coordinated here
+                assert self.sharded is not None
+                field = f"requests[{index}]."
+                responses.append(
+                    await self.sharded.search(target, query, search, context, budget, field)
+                )
         return retriever_pb2.BatchSearchResponse(responses=responses)
 
     async def GetDocument(  # noqa: N802
         self, request: retriever_pb2.GetDocumentRequest, context: Context
     ) -> retriever_pb2.GetDocumentResponse:
-        collection = await self.writes.collection(validation.collection_name(request.collection))
+        name = validation.collection_name(request.collection)
         doc_id = validation.document_id(request.id, self.limits)
+        entry = await self._sharded(name)
+        if entry is not None:
+            assert self.sharded is not None
+            return await self.sharded.get_document(entry, doc_id, request, context)
+        validation.unsharded_read(request.min_shard_sequences, "")
+        collection = await self.writes.collection(name)
         await self._fresh(collection, request, context)
         document, passages = await asyncio.to_thread(collection.get, doc_id)
-        return retriever_pb2.GetDocumentResponse(
-            document=common_pb2.Document(
-                id=document.doc_id,
-                text=document.text,
-                title=document.title,
-                metadata=document.metadata,
-            ),
-            passages=[_passage(p) for p in passages],
-        )
+        return document_response(document, passages)
 
     async def Stats(  # noqa: N802
         self, request: retriever_pb2.StatsRequest, context: Context
@@ -290,8 +375,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         collections = None
         if request.collection:
             name = validation.collection_name(request.collection)
-            collections = [await self.writes.collection(name)]
-
+            collections = await self._held(name)
         gathered = await asyncio.to_thread(self.stats, collections, request.state_digest)
         return retriever_pb2.StatsResponse(collections=gathered, replica=self.replica)
 
@@ -305,9 +389,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             stats = collection.stats()
             log_sequence, lag = self.writes.lag(collection.name)
             reindex = self.registry.reindex_status(collection.name)
+            name, shard = public_name(collection.name)
             out.append(
                 retriever_pb2.CollectionStats(
-                    name=collection.name,
+                    name=name,
+                    shard=shard or 0,
+                    shards=collection.settings.shards if shard is not None else 0,
                     documents=stats.documents,
                     passages=stats.passages,
                     generation=stats.generation,
@@ -332,11 +419,20 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Compact(  # noqa: N802
         self, request: retriever_pb2.CompactRequest, context: Context
     ) -> retriever_pb2.CompactResponse:
-        collection = self.registry.get(validation.collection_name(request.collection))
-        generation = await asyncio.to_thread(collection.compact)
+        held = await self._held(validation.collection_name(request.collection))
+        generations = [await asyncio.to_thread(c.compact) for c in held]
         return retriever_pb2.CompactResponse(
-            generation=generation, passages=collection.snapshot().generation.n_rows
+            generation=max(generations, default=0),
+            passages=sum(c.snapshot().generation.n_rows for c in held),
         )
+
+    async def _held(self, name: str) -> list[Collection]:
+        """The local collections of ``name``: itself, or each shard of it held here."""
+        shards = await self.writes.shards(name)
+        if shards == 1:
+            return [await self.writes.collection(name)]
+        held = [self.writes.held(name, shard) for shard in range(shards)]
+        return [collection for collection in held if collection is not None]
 
     async def Reindex(  # noqa: N802
         self, request: retriever_pb2.ReindexRequest, context: Context

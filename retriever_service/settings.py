@@ -19,6 +19,9 @@ from realm.settings import default_cache_dir, group, setting
 DEFAULT_COMPACT_THRESHOLD = 20_000
 # Processes answering on one port; one per core is the most that helps.
 MAX_WORKERS = 64
+# Shards one collection may be split over: a search asks each of them, so more cost every
+# query a hop and a merge (docs/benchmarks.md, "What sharding costs").
+MAX_SHARDS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +39,12 @@ class CollectionSettings:
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
     bm25: BM25Params = field(default_factory=BM25Params)
     annoy: AnnoyParams = field(default_factory=AnnoyParams)
+    # Fixed for the collection's life: a document's shard is ``shard_of(id, shards)``.
+    shards: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(f"shards={self.shards} is outside 1..{MAX_SHARDS}")
         if self.language not in LANGUAGES:
             raise ValueError(f"language={self.language!r} is not supported; use one of {LANGUAGES}")
         if not self.embedding_model.strip():
@@ -70,6 +77,7 @@ class CollectionSettings:
             chunker=ChunkerConfig(**payload["chunker"]),
             bm25=BM25Params(**payload["bm25"]),
             annoy=AnnoyParams(**payload["annoy"]),
+            shards=payload.get("shards", 1),
         )
 
 
@@ -176,6 +184,31 @@ class ClusterOptions:
         0,
         help="Log records a replica may still be behind when it reports SERVING at start-up.",
     )
+    serve_shards: tuple[str, ...] = setting(
+        (),
+        help="Shards of every sharded collection this replica holds (comma-separated numbers, "
+        "e.g. 0,1; a collection with fewer shards holds those it has). Unset: all of them. "
+        "Unsharded collections are always held.",
+    )
+    advertise: str = setting(
+        "",
+        help="host:port at which other replicas reach this one for the shards it holds. "
+        "Unset: --host and --port, or with --host 0.0.0.0 this machine's fully qualified name "
+        "(a StatefulSet pod's DNS name).",
+    )
+    peer_tls_ca: Path | None = setting(
+        None,
+        flag="peer-tls-ca",
+        help="PEM CA bundle that other replicas' certificates are verified with: the shard "
+        "phases between replicas then use TLS (their certificates must name the --advertise "
+        "host). Unset: plaintext. The server's bearer token, if any, goes with every call.",
+    )
+    shard_map_ttl_s: float = setting(
+        10.0,
+        flag="shard-map-ttl-seconds",
+        help="A replica that has not refreshed its shard-map entry this long is no longer "
+        "asked for its shards (it refreshes every third of it).",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.nats_replicas <= 5:
@@ -189,10 +222,28 @@ class ClusterOptions:
             raise ValueError(f"snapshot_retain_records={self.snapshot_retain_records} must be >= 0")
         if self.max_start_lag < 0:
             raise ValueError(f"max_start_lag={self.max_start_lag} must be >= 0")
+        for shard in self.serve_shards:
+            if not shard.isdigit() or int(shard) >= MAX_SHARDS:
+                raise ValueError(
+                    f"serve_shards has {shard!r}: give shard numbers 0..{MAX_SHARDS - 1}"
+                )
+        if self.advertise and not _is_host_port(self.advertise):
+            raise ValueError(f"advertise={self.advertise!r} is not host:port")
+        if not 1 <= self.shard_map_ttl_s <= 600:
+            raise ValueError(f"shard_map_ttl_s={self.shard_map_ttl_s} is outside [1, 600] s")
 
     @property
     def enabled(self) -> bool:
         return bool(self.nats)
+
+    def holds(self, shard: int) -> bool:
+        """Whether this replica holds ``shard`` of a sharded collection."""
+        return not self.serve_shards or shard in {int(held) for held in self.serve_shards}
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,22 @@ def shard_of(doc_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+# Separates a collection's name from its shard in a local collection's name ("." is not allowed
+# in a collection's name, so they cannot meet).
+SHARD_INFIX = ".shard-"
+
+
+def shard_name(name: str, shard: int) -> str:
+    """The local collection that holds ``shard`` of sharded collection ``name``."""
+    return f"{name}{SHARD_INFIX}{shard}"
+
+
+def public_name(local: str) -> tuple[str, int | None]:
+    """``(collection, shard)`` of a local collection (shard None: an unsharded collection)."""
+    name, infix, shard = local.partition(SHARD_INFIX)
+    return (name, int(shard)) if infix else (name, None)
+
+
 class Shard(Protocol):
     """What a coordinator needs from one shard, in this process or behind another replica.
     ``rank`` names its candidates by handles that only ``hydrate`` of the same replica reads

@@ -230,6 +230,7 @@ def collection_settings(
                 b=config.b if config.HasField("b") else defaults.bm25.b,
             ),
             annoy=AnnoyParams(n_trees=config.annoy_trees or defaults.annoy.n_trees),
+            shards=config.shards or 1,
         )
     except ValueError as error:
         raise InvalidArgument(f"config: {error}") from error
@@ -362,6 +363,40 @@ def shard_hydration(
         np.asarray(request.passage_ids, dtype=np.int64),
         np.asarray(request.scores, dtype=np.float32),
     )
+
+
+# Records one write may take in one shard's log (each up to the NATS server's max_payload).
+MAX_APPLIED_SEQUENCES = 64
+
+
+def shard_sequences(sequences: Sequence[int], shards: int, field: str) -> list[int]:
+    """Read-your-writes of a sharded collection: one sequence per shard (none: no wait)."""
+    if sequences and len(sequences) != shards:
+        raise InvalidArgument(
+            f"{field}min_shard_sequences has {len(sequences)} entries for a collection of "
+            f"{shards} shards; send one per shard (a write's shard_sequences), or none"
+        )
+    return list(sequences) or [0] * shards
+
+
+def unsharded_read(sequences: Sequence[int], field: str) -> None:
+    """Refuses shard sequences on a read of an unsharded collection, which has one log."""
+    if sequences:
+        raise InvalidArgument(
+            f"{field}min_shard_sequences is set, but the collection is not sharded; use "
+            "min_sequence"
+        )
+
+
+def applied_sequences(sequences: Sequence[int]) -> list[int]:
+    """The records of one write in one shard's log, whose outcome ShardApplied reports."""
+    if not 1 <= len(sequences) <= MAX_APPLIED_SEQUENCES:
+        raise InvalidArgument(
+            f"sequences has {len(sequences)} entries; send 1..{MAX_APPLIED_SEQUENCES}"
+        )
+    if any(sequence == 0 for sequence in sequences):
+        raise InvalidArgument("sequences holds 0; log sequences start at 1")
+    return list(sequences)
 
 
 def batch_size(requests: Sequence[object], limits: Limits) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
+from realm.errors import FailedPrecondition, InvalidArgument
 from realm.retriever.collection import Collection, DeleteResult, UpsertResult
 from realm.retriever.registry import Registry
 from realm.retriever.settings import CollectionSettings
@@ -16,11 +17,24 @@ class Writes(Protocol):
     """The write side of the service, and what a read needs to know of the log."""
 
     async def collection(self, name: str) -> Collection:
-        """The collection ``name`` as served here; in a cluster one made through another
-        replica a moment ago is waited for (NotFound if it exists nowhere)."""
+        """The unsharded collection ``name`` as served here; in a cluster one made through
+        another replica a moment ago is waited for (NotFound if it exists nowhere)."""
         ...
 
-    async def create_collection(self, name: str, settings: CollectionSettings) -> Collection: ...
+    async def shards(self, name: str) -> int:
+        """How many shards collection ``name`` has (1: unsharded; NotFound if none exists)."""
+        ...
+
+    async def shard(self, name: str, shard: int) -> Collection:
+        """Shard ``shard`` of ``name`` as held here (an unsharded collection is its shard 0);
+        UNAVAILABLE when this replica does not hold it."""
+        ...
+
+    def held(self, name: str, shard: int) -> Collection | None:
+        """Shard ``shard`` of sharded collection ``name``, if this replica holds it."""
+        ...
+
+    async def create_collection(self, name: str, settings: CollectionSettings) -> object: ...
 
     async def delete_collection(self, name: str) -> int: ...
 
@@ -46,7 +60,25 @@ class LocalWrites:
     async def collection(self, name: str) -> Collection:
         return self.registry.get(name)
 
+    async def shards(self, name: str) -> int:
+        self.registry.get(name)  # NotFound when there is none
+        return 1
+
+    async def shard(self, name: str, shard: int) -> Collection:
+        if shard != 0:
+            raise InvalidArgument(f"shard={shard} is out of range: {name!r} has 1 shard")
+        return self.registry.get(name)
+
+    def held(self, name: str, shard: int) -> Collection | None:
+        return None
+
     async def create_collection(self, name: str, settings: CollectionSettings) -> Collection:
+        if settings.shards > 1:
+            raise FailedPrecondition(
+                f"config.shards={settings.shards}: a single node holds unsharded collections "
+                "only; sharding spreads a collection over the replicas of a cluster (--nats, "
+                "docs/operations.md)"
+            )
         return await asyncio.to_thread(self.registry.create, name, settings)
 
     async def delete_collection(self, name: str) -> int:

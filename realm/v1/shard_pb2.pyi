@@ -84,10 +84,13 @@ class ShardStatisticsRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
-    """The collection on this replica that holds the shard."""
+    """The collection this replica holds the shard of."""
     min_sequence: _builtins.int
     """Read-your-writes, as in SearchRequest.min_sequence."""
+    shard: _builtins.int
+    """Which of the collection's shards (0 for an unsharded collection)."""
     @_builtins.property
     def terms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The query's analysed terms (the coordinator's analyzer is the collection's)."""
@@ -98,10 +101,11 @@ class ShardStatisticsRequest(_message.Message):
         collection: _builtins.str = ...,
         terms: _abc.Iterable[_builtins.str] | None = ...,
         min_sequence: _builtins.int = ...,
+        shard: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "min_sequence", b"min_sequence", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "min_sequence", b"min_sequence", "shard", b"shard", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -115,8 +119,11 @@ class ShardStatisticsResponse(_message.Message):
 
     STATISTICS_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The write-ahead-log sequence they reflect."""
+    documents: _builtins.int
+    """Live documents in the shard."""
     @_builtins.property
     def statistics(self) -> Global___TermStatistics:
         """The shard's statistics."""
@@ -126,10 +133,11 @@ class ShardStatisticsResponse(_message.Message):
         *,
         statistics: Global___TermStatistics | None = ...,
         sequence: _builtins.int = ...,
+        documents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "statistics", b"statistics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "sequence", b"sequence", "statistics", b"statistics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,8 +178,9 @@ class ShardRankRequest(_message.Message):
     STATISTICS_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
-    """The collection on this replica that holds the shard."""
+    """The collection this replica holds the shard of."""
     mode: _common_pb2.SearchMode.ValueType
     """BM25, DENSE or HYBRID (hybrid with a dense weight of 0 is sent as BM25)."""
     depth: _builtins.int
@@ -180,6 +189,8 @@ class ShardRankRequest(_message.Message):
     """HYBRID: RRF or WEIGHTED. Weighted fusion needs every candidate's exact cosine."""
     min_sequence: _builtins.int
     """Read-your-writes, as in SearchRequest.min_sequence."""
+    shard: _builtins.int
+    """Which of the collection's shards (0 for an unsharded collection)."""
     @_builtins.property
     def terms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The query's analysed terms, repeats kept (a repeated term counts again)."""
@@ -210,10 +221,11 @@ class ShardRankRequest(_message.Message):
         statistics: Global___TermStatistics | None = ...,
         vector: _abc.Iterable[_builtins.float] | None = ...,
         min_sequence: _builtins.int = ...,
+        shard: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "depth", b"depth", "filter", b"filter", "fusion", b"fusion", "min_sequence", b"min_sequence", "mode", b"mode", "statistics", b"statistics", "terms", b"terms", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "depth", b"depth", "filter", b"filter", "fusion", b"fusion", "min_sequence", b"min_sequence", "mode", b"mode", "shard", b"shard", "statistics", b"statistics", "terms", b"terms", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,8 +292,11 @@ class ShardHydrateRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _builtins.int
     PASSAGE_IDS_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
-    """The collection on this replica that holds the shard."""
+    """The collection this replica holds the shard of."""
+    shard: _builtins.int
+    """Which of the collection's shards (0 for an unsharded collection)."""
     @_builtins.property
     def passage_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Passages to return: ids from ShardRankResponse.passage_ids, at most max_k."""
@@ -296,10 +311,11 @@ class ShardHydrateRequest(_message.Message):
         collection: _builtins.str = ...,
         passage_ids: _abc.Iterable[_builtins.int] | None = ...,
         scores: _abc.Iterable[_builtins.float] | None = ...,
+        shard: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "passage_ids", b"passage_ids", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "passage_ids", b"passage_ids", "scores", b"scores", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,3 +352,75 @@ class ShardHydrateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShardHydrateResponse: _TypeAlias = ShardHydrateResponse  # noqa: Y015
+
+@_typing.final
+class ShardAppliedRequest(_message.Message):
+    """ShardApplied input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    SEQUENCES_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    """The collection this replica holds the shard of."""
+    shard: _builtins.int
+    """Which of the collection's shards."""
+    @_builtins.property
+    def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The write's records in the shard's log (a large write takes several), at most 64."""
+
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        shard: _builtins.int = ...,
+        sequences: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "sequences", b"sequences", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardAppliedRequest: _TypeAlias = ShardAppliedRequest  # noqa: Y015
+
+@_typing.final
+class ShardAppliedResponse(_message.Message):
+    """ShardApplied output: the write's outcome in the shard, summed over its records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSERTED_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
+    PASSAGES_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    NOT_FOUND_FIELD_NUMBER: _builtins.int
+    inserted: _builtins.int
+    """Documents new to the shard."""
+    replaced: _builtins.int
+    """Documents that replaced one with the same id."""
+    passages: _builtins.int
+    """Passages written."""
+    deleted: _builtins.int
+    """Documents a delete removed."""
+    @_builtins.property
+    def not_found(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids a delete did not find in the shard."""
+
+    def __init__(
+        self,
+        *,
+        inserted: _builtins.int = ...,
+        replaced: _builtins.int = ...,
+        passages: _builtins.int = ...,
+        deleted: _builtins.int = ...,
+        not_found: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "inserted", b"inserted", "not_found", b"not_found", "passages", b"passages", "replaced", b"replaced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardAppliedResponse: _TypeAlias = ShardAppliedResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class ShardServiceStub:
                 request_serializer=realm_dot_v1_dot_shard__pb2.ShardHydrateRequest.SerializeToString,
                 response_deserializer=realm_dot_v1_dot_shard__pb2.ShardHydrateResponse.FromString,
                 _registered_method=True)
+        self.ShardApplied = channel.unary_unary(
+                '/realm.v1.ShardService/ShardApplied',
+                request_serializer=realm_dot_v1_dot_shard__pb2.ShardAppliedRequest.SerializeToString,
+                response_deserializer=realm_dot_v1_dot_shard__pb2.ShardAppliedResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -80,6 +85,14 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShardApplied(self, request, context):
+        """A write's outcome in the shard, once this replica applied it: what the replica that
+        accepted the write reports for a shard it does not hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +110,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.ShardHydrate,
                     request_deserializer=realm_dot_v1_dot_shard__pb2.ShardHydrateRequest.FromString,
                     response_serializer=realm_dot_v1_dot_shard__pb2.ShardHydrateResponse.SerializeToString,
+            ),
+            'ShardApplied': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShardApplied,
+                    request_deserializer=realm_dot_v1_dot_shard__pb2.ShardAppliedRequest.FromString,
+                    response_serializer=realm_dot_v1_dot_shard__pb2.ShardAppliedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +199,33 @@ class ShardService:
             '/realm.v1.ShardService/ShardHydrate',
             realm_dot_v1_dot_shard__pb2.ShardHydrateRequest.SerializeToString,
             realm_dot_v1_dot_shard__pb2.ShardHydrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShardApplied(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/realm.v1.ShardService/ShardApplied',
+            realm_dot_v1_dot_shard__pb2.ShardAppliedRequest.SerializeToString,
+            realm_dot_v1_dot_shard__pb2.ShardAppliedResponse.FromString,
             options,
             channel_credentials,
             insecure,

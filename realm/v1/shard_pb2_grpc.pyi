@@ -47,6 +47,10 @@ class ShardServiceStub:
     """
     ShardHydrate: _grpc.UnaryUnaryMultiCallable[_shard_pb2.ShardHydrateRequest, _shard_pb2.ShardHydrateResponse]
     """Phase 3: the passages of the final hits the shard holds."""
+    ShardApplied: _grpc.UnaryUnaryMultiCallable[_shard_pb2.ShardAppliedRequest, _shard_pb2.ShardAppliedResponse]
+    """A write's outcome in the shard, once this replica applied it: what the replica that
+    accepted the write reports for a shard it does not hold.
+    """
 
 @_typing.type_check_only
 class ShardServiceAsyncStub(ShardServiceStub):
@@ -64,6 +68,10 @@ class ShardServiceAsyncStub(ShardServiceStub):
     """
     ShardHydrate: _aio.UnaryUnaryMultiCallable[_shard_pb2.ShardHydrateRequest, _shard_pb2.ShardHydrateResponse]  # type: ignore[assignment]
     """Phase 3: the passages of the final hits the shard holds."""
+    ShardApplied: _aio.UnaryUnaryMultiCallable[_shard_pb2.ShardAppliedRequest, _shard_pb2.ShardAppliedResponse]  # type: ignore[assignment]
+    """A write's outcome in the shard, once this replica applied it: what the replica that
+    accepted the write reports for a shard it does not hold.
+    """
 
 class ShardServiceServicer(metaclass=_abc_1.ABCMeta):
     """One shard's part of a search: BM25 statistics, candidates, then the final hits' passages."""
@@ -96,5 +104,15 @@ class ShardServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shard_pb2.ShardHydrateResponse, _abc.Awaitable[_shard_pb2.ShardHydrateResponse]]:
         """Phase 3: the passages of the final hits the shard holds."""
+
+    @_abc_1.abstractmethod
+    def ShardApplied(
+        self,
+        request: _shard_pb2.ShardAppliedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shard_pb2.ShardAppliedResponse, _abc.Awaitable[_shard_pb2.ShardAppliedResponse]]:
+        """A write's outcome in the shard, once this replica applied it: what the replica that
+        accepted the write reports for a shard it does not hold.
+        """
 
 def add_ShardServiceServicer_to_server(servicer: ShardServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -84,6 +84,15 @@ def ingest(
     language: LanguageOpt = None,
     embedding_model: ModelOpt = None,
     embedding_backend: BackendOpt = None,
+    shards: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Shards a new collection is split over (a cluster's replicas hold them; "
+            "docs/operations.md). An existing collection keeps its own.",
+        ),
+    ] = 1,
 ) -> None:
     """Index documents, creating the collection if needed; exits 1 if any document was refused."""
     documents: list[Document] = []
@@ -98,7 +107,9 @@ def ingest(
         fail(str(error), code=2)
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
         ensure_collection(
-            client, collection, NewCollection(language, embedding_model, embedding_backend)
+            client,
+            collection,
+            NewCollection(language, embedding_model, embedding_backend, shards),
         )
         try:
             summary = upload(client, collection, documents[skip:], batch_size)
@@ -122,6 +133,7 @@ class NewCollection:
     language: str | None = None
     embedding_model: str | None = None
     embedding_backend: str | None = None
+    shards: int = 1
 
 
 def ensure_collection(
@@ -137,6 +149,7 @@ def ensure_collection(
             language=wanted.language or "",
             embedding_model=wanted.embedding_model or "",
             embedding_backend=wanted.embedding_backend or "",
+            shards=wanted.shards,
         )
         return True
     for option, asked, actual in (

@@ -1,0 +1,157 @@
+"""Which replica holds which shards, kept in a JetStream key-value bucket (``realm-shards``).
+
+Each replica puts its own entry (the address other replicas reach it at, and the shards it holds:
+``--serve-shards``) and puts it again every third of ``--shard-map-ttl-seconds``, so an entry
+that stopped being refreshed marks a replica that is gone; one that stops cleanly deletes its
+entry at once. Every replica watches the bucket, so the map a search is routed by is in memory:
+finding a shard's replicas costs no round trip. A replica that died within the TTL is still
+listed; asking it fails with UNAVAILABLE and the coordinator moves on to the next replica.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from grpc import aio
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from realm.channels import ConnectionOptions, aio_channel
+from realm.retriever.jetstream import NATS_FAILURES
+from realm.v1 import shard_pb2, shard_pb2_grpc
+
+_LOGGER = logging.getLogger(__name__)
+SHARD_SERVICE = shard_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name
+
+
+def peer_options(tls_ca: bytes | None, token: str | None) -> ConnectionOptions:
+    """How this replica calls the others: one attempt per call (moving on to another replica
+    of the shard is the coordinator's retry), over TLS when a CA is given, with the cluster's
+    bearer token (every replica is given the same one)."""
+    return ConnectionOptions(
+        timeout=None,
+        max_attempts=1,
+        keepalive_s=30.0,
+        tls_root_certificate=tls_ca,
+        bearer_token=token,
+        allow_plaintext_token=True,  # the operator chose plaintext inside the cluster
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """One replica's entry: where it listens and which shards it holds (None: all)."""
+
+    address: str
+    shards: frozenset[int] | None
+
+    def holds(self, shard: int) -> bool:
+        return self.shards is None or shard in self.shards
+
+    def to_bytes(self) -> bytes:
+        shards = None if self.shards is None else sorted(self.shards)
+        return json.dumps({"address": self.address, "shards": shards}).encode()
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> "Holder":
+        payload = json.loads(value)
+        shards = payload["shards"]
+        return cls(str(payload["address"]), None if shards is None else frozenset(shards))
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Another replica, with a connection to its shard service."""
+
+    address: str
+    channel: aio.Channel
+    stub: "shard_pb2_grpc.ShardServiceAsyncStub"  # a typing-only name: quoted
+    # Sent with every call: the bearer token, when the cluster has one.
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+class ShardMap:
+    """This replica's entry in the bucket, kept fresh, and every other live replica's."""
+
+    def __init__(
+        self,
+        bucket: KeyValue,
+        replica: str,
+        me: Holder,
+        ttl_s: float,
+        connection: ConnectionOptions,
+    ) -> None:
+        self._bucket = bucket
+        self._connection = connection
+        self._replica = replica
+        self.me = me
+        self._ttl_s = ttl_s
+        # replica → its entry and when it was last refreshed (this process's monotonic clock,
+        # so clocks that disagree between machines do not matter).
+        self._holders: dict[str, tuple[Holder, float]] = {}
+        self._channels: dict[str, aio.Channel] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._announce()
+        watcher = await self._bucket.watchall()
+        self._tasks = [
+            asyncio.create_task(self._refresh(), name="shard-map-refresh"),
+            asyncio.create_task(self._follow(watcher), name="shard-map-follow"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(*NATS_FAILURES):
+            await self._bucket.delete(self._replica)
+        for channel in self._channels.values():
+            await channel.close(None)
+
+    def peers(self, shard: int) -> list[Peer]:
+        """The other live replicas that hold ``shard``, in random order so that searches spread
+        over them."""
+        now = time.monotonic()
+        found = [
+            self._peer(holder.address)
+            for replica, (holder, seen) in self._holders.items()
+            if replica != self._replica and holder.holds(shard) and now - seen < self._ttl_s
+        ]
+        random.shuffle(found)
+        return found
+
+    def _peer(self, address: str) -> Peer:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = aio_channel(address, [SHARD_SERVICE], self._connection)
+            self._channels[address] = channel
+        return Peer(
+            address, channel, shard_pb2_grpc.ShardServiceStub(channel), self._connection.metadata
+        )
+
+    async def _announce(self) -> None:
+        await self._bucket.put(self._replica, self.me.to_bytes())
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_s / 3)
+            try:
+                await self._announce()
+            except NATS_FAILURES as error:
+                _LOGGER.warning("could not refresh this replica's shard-map entry: %s", error)
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for update in watcher:
+            if update is None:
+                continue
+            if update.operation in (KV_DEL, KV_PURGE) or not update.value:
+                self._holders.pop(update.key, None)
+                continue
+            try:
+                self._holders[update.key] = (Holder.from_bytes(update.value), time.monotonic())
+            except (ValueError, KeyError, TypeError):
+                _LOGGER.warning("shard map: ignored a malformed entry for %s", update.key)
