@@ -91,7 +91,6 @@ class Feed:
     entry: CatalogEntry
     collection: Collection
     consumer: str
-    shard: int | None = None
     # The newest sequence this replica knows the log holds (for lag).
     log_sequence: int = 0
     results: OrderedDict[int, UpsertResult | DeleteResult] = field(default_factory=OrderedDict)
@@ -273,7 +272,7 @@ class Replication:
             if local is None:
                 local = await asyncio.to_thread(self.registry.create, name, entry.settings)
                 write_json_atomic(local.directory / BINDING_FILE, {"stream": log.stream})
-            feed = Feed(log, local, self.consumer, shard)
+            feed = Feed(log, local, self.consumer)
             feed.task = asyncio.create_task(self._follow(feed), name=f"log-{name}")
             self.feeds[name] = feed
 

@@ -20,10 +20,13 @@ from grpc import aio
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from realm.channels import ConnectionOptions, aio_channel
+from realm.errors import Unavailable
 from realm.retriever.jetstream import NATS_FAILURES
 from realm.v1 import shard_pb2, shard_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
+# Tries at start-up before the replica gives up (about two minutes of waiting in all).
+START_ATTEMPTS = 30
 SHARD_SERVICE = shard_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name
 
 
@@ -96,8 +99,23 @@ class ShardMap:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self._announce()
-        watcher = await self._bucket.watchall()
+        """Announces this replica and starts following the others. A bucket that was just made
+        has no stream leader for a moment (no responders, timeouts): that is waited out."""
+        attempt = 0
+        while True:
+            try:
+                await self._announce()
+                watcher = await self._bucket.watchall()
+                break
+            except NATS_FAILURES as error:
+                attempt += 1
+                if attempt >= START_ATTEMPTS:
+                    raise Unavailable(
+                        f"the shard map in NATS did not answer after {attempt} attempts "
+                        f"({type(error).__name__}: {error})"
+                    ) from error
+                _LOGGER.warning("shard map not ready (%s), attempt %d; retrying", error, attempt)
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
         self._tasks = [
             asyncio.create_task(self._refresh(), name="shard-map-refresh"),
             asyncio.create_task(self._follow(watcher), name="shard-map-follow"),
