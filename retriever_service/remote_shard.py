@@ -8,7 +8,7 @@ is the shard's answer and is passed on with its status.
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc import aio
@@ -23,7 +23,8 @@ from realm.retriever.shard_messages import (
     statistics_message,
     statistics_value,
 )
-from realm.retriever.sharding import ShardUnreachable
+from realm.retriever.sharding import ShardUnreachable, StaleStatistics
+from realm.retriever.statistics_cache import StatisticsCache
 from realm.retriever.topk import FloatArray, IntArray
 from realm.status import received
 from realm.v1 import shard_pb2, shard_pb2_grpc
@@ -45,8 +46,19 @@ class RemoteShard:
     shard: int = 0
     # Sent with every call (the cluster's bearer token).
     metadata: tuple[tuple[str, str], ...] = ()
+    # What the shard last reported, shared by the coordinator's searches: a statistics phase it
+    # answers is not asked again while the shard stays at that sequence.
+    cache: StatisticsCache = field(default_factory=StatisticsCache)
+    # This search's use of the cache: the sequence of the statistics it took from it, which
+    # the rank phase asks the shard to confirm (empty: asked for just now).
+    borrowed: list[int] = field(default_factory=list)
 
     async def statistics(self, tokens: list[str]) -> CorpusStatistics:
+        self.borrowed.clear()
+        cached = self.cache.lookup(tokens, self.min_sequence)
+        if cached is not None:
+            self.borrowed.append(self.cache.sequence)
+            return cached
         request = shard_pb2.ShardStatisticsRequest(
             collection=self.collection,
             terms=tokens,
@@ -57,7 +69,9 @@ class RemoteShard:
             response = await self.stub.ShardStatistics(
                 request, timeout=self.timeout, metadata=self.metadata
             )
-        return statistics_value(response.statistics)
+        statistics = statistics_value(response.statistics)
+        self.cache.store(statistics, response.sequence)
+        return statistics
 
     async def rank(
         self,
@@ -76,6 +90,7 @@ class RemoteShard:
             vector=[] if vector is None else vector.tolist(),
             min_sequence=self.min_sequence,
             shard=self.shard,
+            statistics_sequence=self.borrowed[0] if self.borrowed and statistics else 0,
         )
         if statistics is not None:
             request.statistics.CopyFrom(statistics_message(statistics))
@@ -83,6 +98,9 @@ class RemoteShard:
             response = await self.stub.ShardRank(
                 request, timeout=self.timeout, metadata=self.metadata
             )
+        self.cache.seen(response.sequence)
+        if response.stale:
+            raise StaleStatistics(self.shard)
         return ranking_value(response)
 
     async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:

@@ -78,6 +78,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             else None
         )
         view = collection.snapshot()
+        if request.statistics_sequence and request.statistics_sequence != view.sequence:
+            return shard_pb2.ShardRankResponse(stale=True, sequence=view.sequence)
         ranking = await asyncio.to_thread(
             collection.searcher.rank, view, plan, terms, statistics, vector
         )

@@ -34,6 +34,7 @@ from realm.retriever.sharding import (
     ShardedHits,
     shard_of,
 )
+from realm.retriever.statistics_cache import StatisticsCache
 from realm.status import received
 from realm.v1 import retriever_pb2, retriever_pb2_grpc, shard_pb2
 
@@ -57,6 +58,8 @@ class ShardedReads:
         # One per collection incarnation (its streams), made once: loading its encoder may take
         # a while the first time, so it is done off the event loop.
         self._coordinators: dict[tuple[str, ...], Coordinator] = {}
+        # Each shard's statistics as a replica last reported them (per collection incarnation).
+        self._remembered: dict[tuple[tuple[str, ...], int], StatisticsCache] = {}
 
     async def search(
         self,
@@ -81,12 +84,21 @@ class ShardedReads:
     async def _coordinator(self, entry: CatalogEntry) -> Coordinator:
         coordinator = self._coordinators.get(entry.streams)
         if coordinator is None:
+            self._forget_deleted()
             settings = entry.settings
             registry = self.replication.registry
             encoder = await asyncio.to_thread(registry.encoder_for, settings.encoder)
             coordinator = Coordinator(Analyzer(settings.language), encoder, settings.fusion)
             self._coordinators[entry.streams] = coordinator
         return coordinator
+
+    def _forget_deleted(self) -> None:
+        """Drops what is kept of collections deleted (or made again) since."""
+        current = {entry.streams for entry in self.replication.catalog.values()}
+        for streams in [s for s in self._coordinators if s not in current]:
+            del self._coordinators[streams]
+        for key in [k for k in self._remembered if k[0] not in current]:
+            del self._remembered[key]
 
     async def _replicas(
         self,
@@ -115,6 +127,7 @@ class ShardedReads:
                     minimums[shard],
                     shard,
                     peer.metadata,
+                    self._remembered.setdefault((entry.streams, shard), StatisticsCache()),
                 )
                 for peer in self.replication.shard_map.peers(shard)
             ]

@@ -129,6 +129,11 @@ class ShardDown(Unavailable):
         self.number = number
 
 
+class StaleStatistics(Exception):
+    """A shard's statistics came from the coordinator's cache, and the shard has applied writes
+    since: it ranked nothing, and the search starts over with statistics asked for anew."""
+
+
 class _RankLost(Exception):
     """The replica that ranked a shard's candidates went away before it hydrated them: the
     handles it gave are its own, so the search starts over on another replica."""
@@ -199,6 +204,10 @@ class Coordinator:
             except _RankLost:
                 # The replica that went away stays skipped, so this ends: at the latest when
                 # a shard has no replica left and its next phase raises ShardDown.
+                continue
+            except StaleStatistics:
+                # The shard's cached statistics were dropped, so the next statistics phase
+                # asks it, and a rank after a fresh answer is never refused as stale.
                 continue
 
     async def _search(

@@ -148,7 +148,7 @@ def test_writes_spread_over_shards_and_every_replica_reads_its_own_writes(
     replica (round robin), which must see it: the write's sequence in each shard travels with
     the read. Replicas 1 and 3 hold no shard of the collection and still take every call."""
     name = "spread"
-    with cluster.client() as client:
+    with cluster.client() as client, cluster.client(0) as holder, cluster.client(1) as asker:
         info = client.create_collection(name, shards=2)
         assert (info.shards, info.documents) == (2, 0)
         for batch in range(8):
@@ -159,6 +159,15 @@ def test_writes_spread_over_shards_and_every_replica_reads_its_own_writes(
             doomed = [f"doc-{batch * 10 + 3}", "never-written"]
             assert client.delete(name, doomed) == (1, ["never-written"])
             client.upsert(name, _documents(batch * 10 + 5, 1, word="tail"))
+            # Replica 0 holds both shards; replica 1 asks replicas 0 and 2 for them and keeps
+            # their statistics between searches: after a write it must not score with the old
+            # ones, so BM25 scores stay the ones the whole collection gives.
+            for query in ("wing lift", "tail lift"):
+                expected = holder.search(name, query, k=10, mode="bm25", consistency="strong")
+                got = asker.search(name, query, k=10, mode="bm25", consistency="strong")
+                assert [h.score for h in got] == pytest.approx(
+                    [h.score for h in expected], abs=1e-6
+                ), (batch, query)
             for _ in range(len(cluster.replicas)):
                 hits = client.search(name, f"token{batch * 10 + 7}", k=1, mode="bm25")
                 assert hits[0].doc_id == f"doc-{batch * 10 + 7}"
@@ -176,14 +185,25 @@ def test_writes_spread_over_shards_and_every_replica_reads_its_own_writes(
                 stats = one.stats(name)
                 assert sorted(s.shard for s in stats) == [0, 1]
                 held[replica] = {s.shard: s.documents for s in stats}
-        expected = [0, 0]
+        per_shard = [0, 0]
         for i in range(80):
             if i % 10 != 3:
-                expected[shard_of(f"doc-{i}", 2)] += 1
-        assert held[0] == held[2] == dict(enumerate(expected))
-        assert min(expected) > 0
+                per_shard[shard_of(f"doc-{i}", 2)] += 1
+        assert held[0] == held[2] == dict(enumerate(per_shard))
+        assert min(per_shard) > 0
         with cluster.client(1) as holds_none:
             assert holds_none.stats(name) == []
+        # A reader that asks for no sequence (eventual) after the shards moved on: replica 1
+        # still keeps statistics from before the write, and the shard must refuse to rank
+        # with them rather than let the search score with stale figures.
+        asker.search(name, "wing lift", k=10, mode="bm25", consistency="eventual")
+        client.upsert(name, _documents(100, 10))
+        for holding in (0, 2):
+            with cluster.client(holding) as one:
+                one.search(name, "wing", k=1, mode="bm25", consistency="strong")
+        expected = holder.search(name, "wing lift", k=10, mode="bm25", consistency="eventual")
+        got = asker.search(name, "wing lift", k=10, mode="bm25", consistency="eventual")
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-6)
 
 
 def test_bad_shard_input_is_refused_by_name(cluster: ShardedCluster) -> None:

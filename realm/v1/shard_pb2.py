@@ -26,7 +26,7 @@ from realm.v1 import common_pb2 as realm_dot_v1_dot_common__pb2
 from realm.v1 import retriever_pb2 as realm_dot_v1_dot_retriever__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14realm/v1/shard.proto\x12\x08realm.v1\x1a\x15realm/v1/common.proto\x1a\x18realm/v1/retriever.proto\"\xc5\x01\n\x0eTermStatistics\x12\x10\n\x08passages\x18\x01 \x01(\x04\x12\x14\n\x0ctotal_length\x18\x02 \x01(\x04\x12O\n\x14\x64ocument_frequencies\x18\x03 \x03(\x0b\x32\x31.realm.v1.TermStatistics.DocumentFrequenciesEntry\x1a:\n\x18\x44ocumentFrequenciesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"`\n\x16ShardStatisticsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x03(\t\x12\x14\n\x0cmin_sequence\x18\x03 \x01(\x04\x12\r\n\x05shard\x18\x04 \x01(\r\"l\n\x17ShardStatisticsResponse\x12,\n\nstatistics\x18\x01 \x01(\x0b\x32\x18.realm.v1.TermStatistics\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tdocuments\x18\x03 \x01(\x04\"\xda\x02\n\x10ShardRankRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x03(\t\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.realm.v1.SearchMode\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\x12&\n\x06\x66usion\x18\x05 \x01(\x0e\x32\x16.realm.v1.FusionMethod\x12\x36\n\x06\x66ilter\x18\x06 \x03(\x0b\x32&.realm.v1.ShardRankRequest.FilterEntry\x12,\n\nstatistics\x18\x07 \x01(\x0b\x32\x18.realm.v1.TermStatistics\x12\x0e\n\x06vector\x18\x08 \x03(\x02\x12\x14\n\x0cmin_sequence\x18\t \x01(\x04\x12\r\n\x05shard\x18\n \x01(\r\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x11ShardRankResponse\x12\x13\n\x0bpassage_ids\x18\x01 \x03(\x04\x12\x0c\n\x04\x62m25\x18\x02 \x03(\x02\x12\r\n\x05\x64\x65nse\x18\x03 \x03(\x02\x12\x0f\n\x07in_bm25\x18\x04 \x03(\x08\x12\x10\n\x08in_dense\x18\x05 \x03(\x08\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"]\n\x13ShardHydrateRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0bpassage_ids\x18\x02 \x03(\x04\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05shard\x18\x04 \x01(\r\"N\n\x14ShardHydrateResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.realm.v1.SearchHit\x12\x13\n\x0bpassage_ids\x18\x02 \x03(\x04\"K\n\x13ShardAppliedRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\r\x12\x11\n\tsequences\x18\x03 \x03(\x04\"p\n\x14ShardAppliedResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x04\x12\x10\n\x08replaced\x18\x02 \x01(\x04\x12\x10\n\x08passages\x18\x03 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x04\x12\x11\n\tnot_found\x18\x05 \x03(\t2\xca\x02\n\x0cShardService\x12V\n\x0fShardStatistics\x12 .realm.v1.ShardStatisticsRequest\x1a!.realm.v1.ShardStatisticsResponse\x12\x44\n\tShardRank\x12\x1a.realm.v1.ShardRankRequest\x1a\x1b.realm.v1.ShardRankResponse\x12M\n\x0cShardHydrate\x12\x1d.realm.v1.ShardHydrateRequest\x1a\x1e.realm.v1.ShardHydrateResponse\x12M\n\x0cShardApplied\x12\x1d.realm.v1.ShardAppliedRequest\x1a\x1e.realm.v1.ShardAppliedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14realm/v1/shard.proto\x12\x08realm.v1\x1a\x15realm/v1/common.proto\x1a\x18realm/v1/retriever.proto\"\xc5\x01\n\x0eTermStatistics\x12\x10\n\x08passages\x18\x01 \x01(\x04\x12\x14\n\x0ctotal_length\x18\x02 \x01(\x04\x12O\n\x14\x64ocument_frequencies\x18\x03 \x03(\x0b\x32\x31.realm.v1.TermStatistics.DocumentFrequenciesEntry\x1a:\n\x18\x44ocumentFrequenciesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"`\n\x16ShardStatisticsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x03(\t\x12\x14\n\x0cmin_sequence\x18\x03 \x01(\x04\x12\r\n\x05shard\x18\x04 \x01(\r\"l\n\x17ShardStatisticsResponse\x12,\n\nstatistics\x18\x01 \x01(\x0b\x32\x18.realm.v1.TermStatistics\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tdocuments\x18\x03 \x01(\x04\"\xf7\x02\n\x10ShardRankRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x03(\t\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.realm.v1.SearchMode\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\x12&\n\x06\x66usion\x18\x05 \x01(\x0e\x32\x16.realm.v1.FusionMethod\x12\x36\n\x06\x66ilter\x18\x06 \x03(\x0b\x32&.realm.v1.ShardRankRequest.FilterEntry\x12,\n\nstatistics\x18\x07 \x01(\x0b\x32\x18.realm.v1.TermStatistics\x12\x0e\n\x06vector\x18\x08 \x03(\x02\x12\x14\n\x0cmin_sequence\x18\t \x01(\x04\x12\r\n\x05shard\x18\n \x01(\r\x12\x1b\n\x13statistics_sequence\x18\x0b \x01(\x04\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\x11ShardRankResponse\x12\x13\n\x0bpassage_ids\x18\x01 \x03(\x04\x12\x0c\n\x04\x62m25\x18\x02 \x03(\x02\x12\r\n\x05\x64\x65nse\x18\x03 \x03(\x02\x12\x0f\n\x07in_bm25\x18\x04 \x03(\x08\x12\x10\n\x08in_dense\x18\x05 \x03(\x08\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\r\n\x05stale\x18\x07 \x01(\x08\"]\n\x13ShardHydrateRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0bpassage_ids\x18\x02 \x03(\x04\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05shard\x18\x04 \x01(\r\"N\n\x14ShardHydrateResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.realm.v1.SearchHit\x12\x13\n\x0bpassage_ids\x18\x02 \x03(\x04\"K\n\x13ShardAppliedRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\r\x12\x11\n\tsequences\x18\x03 \x03(\x04\"p\n\x14ShardAppliedResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x04\x12\x10\n\x08replaced\x18\x02 \x01(\x04\x12\x10\n\x08passages\x18\x03 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x04\x12\x11\n\tnot_found\x18\x05 \x03(\t2\xca\x02\n\x0cShardService\x12V\n\x0fShardStatistics\x12 .realm.v1.ShardStatisticsRequest\x1a!.realm.v1.ShardStatisticsResponse\x12\x44\n\tShardRank\x12\x1a.realm.v1.ShardRankRequest\x1a\x1b.realm.v1.ShardRankResponse\x12M\n\x0cShardHydrate\x12\x1d.realm.v1.ShardHydrateRequest\x1a\x1e.realm.v1.ShardHydrateResponse\x12M\n\x0cShardApplied\x12\x1d.realm.v1.ShardAppliedRequest\x1a\x1e.realm.v1.ShardAppliedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,19 +46,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDSTATISTICSRESPONSE']._serialized_start=381
   _globals['_SHARDSTATISTICSRESPONSE']._serialized_end=489
   _globals['_SHARDRANKREQUEST']._serialized_start=492
-  _globals['_SHARDRANKREQUEST']._serialized_end=838
-  _globals['_SHARDRANKREQUEST_FILTERENTRY']._serialized_start=793
-  _globals['_SHARDRANKREQUEST_FILTERENTRY']._serialized_end=838
-  _globals['_SHARDRANKRESPONSE']._serialized_start=840
-  _globals['_SHARDRANKRESPONSE']._serialized_end=962
-  _globals['_SHARDHYDRATEREQUEST']._serialized_start=964
-  _globals['_SHARDHYDRATEREQUEST']._serialized_end=1057
-  _globals['_SHARDHYDRATERESPONSE']._serialized_start=1059
-  _globals['_SHARDHYDRATERESPONSE']._serialized_end=1137
-  _globals['_SHARDAPPLIEDREQUEST']._serialized_start=1139
-  _globals['_SHARDAPPLIEDREQUEST']._serialized_end=1214
-  _globals['_SHARDAPPLIEDRESPONSE']._serialized_start=1216
-  _globals['_SHARDAPPLIEDRESPONSE']._serialized_end=1328
-  _globals['_SHARDSERVICE']._serialized_start=1331
-  _globals['_SHARDSERVICE']._serialized_end=1661
+  _globals['_SHARDRANKREQUEST']._serialized_end=867
+  _globals['_SHARDRANKREQUEST_FILTERENTRY']._serialized_start=822
+  _globals['_SHARDRANKREQUEST_FILTERENTRY']._serialized_end=867
+  _globals['_SHARDRANKRESPONSE']._serialized_start=870
+  _globals['_SHARDRANKRESPONSE']._serialized_end=1007
+  _globals['_SHARDHYDRATEREQUEST']._serialized_start=1009
+  _globals['_SHARDHYDRATEREQUEST']._serialized_end=1102
+  _globals['_SHARDHYDRATERESPONSE']._serialized_start=1104
+  _globals['_SHARDHYDRATERESPONSE']._serialized_end=1182
+  _globals['_SHARDAPPLIEDREQUEST']._serialized_start=1184
+  _globals['_SHARDAPPLIEDREQUEST']._serialized_end=1259
+  _globals['_SHARDAPPLIEDRESPONSE']._serialized_start=1261
+  _globals['_SHARDAPPLIEDRESPONSE']._serialized_end=1373
+  _globals['_SHARDSERVICE']._serialized_start=1376
+  _globals['_SHARDSERVICE']._serialized_end=1706
 # @@protoc_insertion_point(module_scope)

@@ -179,6 +179,7 @@ class ShardRankRequest(_message.Message):
     VECTOR_FIELD_NUMBER: _builtins.int
     MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
     SHARD_FIELD_NUMBER: _builtins.int
+    STATISTICS_SEQUENCE_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """The collection this replica holds the shard of."""
     mode: _common_pb2.SearchMode.ValueType
@@ -191,6 +192,11 @@ class ShardRankRequest(_message.Message):
     """Read-your-writes, as in SearchRequest.min_sequence."""
     shard: _builtins.int
     """Which of the collection's shards (0 for an unsharded collection)."""
+    statistics_sequence: _builtins.int
+    """When the coordinator took this shard's part of the statistics from its cache: the sequence
+    the shard reported them at. A shard that has moved on answers `stale` instead of ranking
+    with figures that are no longer its own. 0: no check (statistics asked for just now).
+    """
     @_builtins.property
     def terms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The query's analysed terms, repeats kept (a repeated term counts again)."""
@@ -222,10 +228,11 @@ class ShardRankRequest(_message.Message):
         vector: _abc.Iterable[_builtins.float] | None = ...,
         min_sequence: _builtins.int = ...,
         shard: _builtins.int = ...,
+        statistics_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "depth", b"depth", "filter", b"filter", "fusion", b"fusion", "min_sequence", b"min_sequence", "mode", b"mode", "shard", b"shard", "statistics", b"statistics", "terms", b"terms", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "depth", b"depth", "filter", b"filter", "fusion", b"fusion", "min_sequence", b"min_sequence", "mode", b"mode", "shard", b"shard", "statistics", b"statistics", "statistics_sequence", b"statistics_sequence", "terms", b"terms", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,8 +250,13 @@ class ShardRankResponse(_message.Message):
     IN_BM25_FIELD_NUMBER: _builtins.int
     IN_DENSE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The write-ahead-log sequence the answer reflects."""
+    stale: _builtins.bool
+    """The statistics_sequence asked about is not this shard's sequence any more: nothing was
+    ranked; ask for the statistics again.
+    """
     @_builtins.property
     def passage_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The shard's ids of its candidate passages (ShardHydrate takes them back)."""
@@ -274,10 +286,11 @@ class ShardRankResponse(_message.Message):
         in_bm25: _abc.Iterable[_builtins.bool] | None = ...,
         in_dense: _abc.Iterable[_builtins.bool] | None = ...,
         sequence: _builtins.int = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bm25", b"bm25", "dense", b"dense", "in_bm25", b"in_bm25", "in_dense", b"in_dense", "passage_ids", b"passage_ids", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bm25", b"bm25", "dense", b"dense", "in_bm25", b"in_bm25", "in_dense", b"in_dense", "passage_ids", b"passage_ids", "sequence", b"sequence", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
