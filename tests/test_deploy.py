@@ -31,7 +31,12 @@ def _serve_envvars(service: str) -> set[str]:
 
 
 def test_there_is_a_manifest_per_service_and_for_the_log() -> None:
-    assert [p.name for p in MANIFESTS] == ["generator.yaml", "nats.yaml", "retriever.yaml"]
+    assert [p.name for p in MANIFESTS] == [
+        "generator.yaml",
+        "nats.yaml",
+        "retriever-sharded.yaml",
+        "retriever.yaml",
+    ]
 
 
 def _workloads() -> list[tuple[str, dict[str, Any]]]:
@@ -57,29 +62,39 @@ def test_probes_and_services_use_the_container_port() -> None:
     well_known = {"retriever": RETRIEVER_PORT, "generator": GENERATOR_PORT}
     for path in REALM_MANIFESTS:
         documents = _documents(path)
-        [workload] = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
+        workloads = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
         [service] = [d for d in documents if d["kind"] == "Service"]
-        [container] = workload["spec"]["template"]["spec"]["containers"]
-        port, metrics = container["ports"]
-        assert port["containerPort"] == well_known[container["args"][1]]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            command = container[probe]["exec"]["command"]
-            assert command[:3] == ["realm", "health", "--target"]
-            assert command[3] == f"localhost:{port['containerPort']}"
-        assert service["spec"]["clusterIP"] == "None", "clients balance per call over pods"
-        assert service["spec"]["ports"][0]["targetPort"] == port["name"]
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["REALM_PORT"] == str(port["containerPort"])
-        # The metrics port: the variable, the container port, the scrape annotations, and the
-        # one port besides gRPC that the NetworkPolicy lets Prometheus reach.
-        assert metrics["name"] == "metrics"
-        assert env["REALM_METRICS_PORT"] == str(metrics["containerPort"])
-        annotations = workload["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
-        [policy] = [d for d in documents if d["kind"] == "NetworkPolicy"]
-        allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-        assert allowed == {port["containerPort"], metrics["containerPort"]}
+        for workload in workloads:
+            _check_ports(documents, workload, service, well_known)
+
+
+def _check_ports(
+    documents: list[dict[str, Any]],
+    workload: dict[str, Any],
+    service: dict[str, Any],
+    well_known: dict[str, int],
+) -> None:
+    [container] = workload["spec"]["template"]["spec"]["containers"]
+    port, metrics = container["ports"]
+    assert port["containerPort"] == well_known[container["args"][1]]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:3] == ["realm", "health", "--target"]
+        assert command[3] == f"localhost:{port['containerPort']}"
+    assert service["spec"]["clusterIP"] == "None", "clients balance per call over pods"
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["REALM_PORT"] == str(port["containerPort"])
+    # The metrics port: the variable, the container port, the scrape annotations, and the
+    # one port besides gRPC that the NetworkPolicy lets Prometheus reach.
+    assert metrics["name"] == "metrics"
+    assert env["REALM_METRICS_PORT"] == str(metrics["containerPort"])
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
+    [policy] = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {port["containerPort"], metrics["containerPort"]}
 
 
 def test_pods_run_locked_down_with_tls_a_required_token_and_cpu_limits() -> None:
@@ -110,24 +125,26 @@ def test_pods_run_locked_down_with_tls_a_required_token_and_cpu_limits() -> None
 
 def test_a_network_policy_admits_only_the_callers_of_each_service() -> None:
     prometheus = [{"app.kubernetes.io/name": "prometheus"}]  # the metrics port only
+    callers = [{"app": "realm-generator"}, {"realm-client": "true"}]
     allowed = {
-        "realm-retriever": [[{"app": "realm-generator"}, {"realm-client": "true"}], prometheus],
-        "realm-generator": [[{"realm-client": "true"}], prometheus],
+        "retriever.yaml": [callers, prometheus],
+        # Replicas of a sharded collection ask each other for their shards.
+        "retriever-sharded.yaml": [[*callers, {"app": "realm-retriever"}], prometheus],
+        "generator.yaml": [[{"realm-client": "true"}], prometheus],
         # Retriever replicas reach NATS; the NATS servers reach each other.
-        "realm-nats": [[{"app": "realm-retriever"}], [{"app": "realm-nats"}]],
+        "nats.yaml": [[{"app": "realm-retriever"}], [{"app": "realm-nats"}]],
     }
     policies = {
-        d["metadata"]["name"]: d
-        for path in MANIFESTS
-        for d in _documents(path)
-        if d["kind"] == "NetworkPolicy"
+        path.name: d for path in MANIFESTS for d in _documents(path) if d["kind"] == "NetworkPolicy"
     }
     assert set(policies) == set(allowed)
-    for name, policy in policies.items():
+    for manifest, policy in policies.items():
+        name = policy["metadata"]["name"]
+        assert manifest.startswith(name.removeprefix("realm-")), manifest
         assert policy["spec"]["podSelector"]["matchLabels"] == {"app": name}
         rules = policy["spec"]["ingress"]
         peers = [[peer["podSelector"]["matchLabels"] for peer in rule["from"]] for rule in rules]
-        assert peers == allowed[name]
+        assert peers == allowed[manifest]
 
 
 def test_the_retrievers_follow_a_three_server_jetstream_cluster_on_volumes() -> None:
@@ -142,11 +159,40 @@ def test_the_retrievers_follow_a_three_server_jetstream_cluster_on_volumes() -> 
     assert "store_dir: /data/jetstream" in config
     pods = [f"realm-nats-{i}.realm-nats" for i in range(3)]
     assert all(f"nats://{pod}:6222" in config for pod in pods)
-    [(_, retriever)] = [w for w in _workloads() if w[1]["kind"] == "StatefulSet"]
-    [container] = retriever["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["REALM_NATS_URL"].split(",") == [f"nats://{pod}:4222" for pod in pods]
-    assert env["REALM_NATS_REPLICAS"] == "3"
+    retrievers = [w for _, w in _workloads() if w["kind"] == "StatefulSet"]
+    assert len(retrievers) == 3  # retriever.yaml's, and retriever-sharded.yaml's two groups
+    for retriever in retrievers:
+        [container] = retriever["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["REALM_NATS_URL"].split(",") == [f"nats://{pod}:4222" for pod in pods]
+        assert env["REALM_NATS_REPLICAS"] == "3"
+
+
+def test_the_sharded_layout_keeps_two_replicas_of_every_shard_through_a_drain() -> None:
+    """retriever-sharded.yaml: every shard of a 4-shard collection is held by two replicas,
+    each group of replicas has a PodDisruptionBudget that lets one go at a time, and the
+    replicas call each other over TLS at the names their Service gives them."""
+    documents = _documents(REPO / "deploy" / "kubernetes" / "retriever-sharded.yaml")
+    groups = [d for d in documents if d["kind"] == "StatefulSet"]
+    budgets = {d["metadata"]["name"]: d for d in documents if d["kind"] == "PodDisruptionBudget"}
+    [service] = [d for d in documents if d["kind"] == "Service"]
+    holders = dict.fromkeys(range(4), 0)
+    for group in groups:
+        spec = group["spec"]
+        [container] = spec["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        for shard in env["REALM_SERVE_SHARDS"].split(","):
+            holders[int(shard)] += spec["replicas"]
+        assert env["REALM_PEER_TLS_CA"] == "/etc/realm/tls/ca.crt"
+        assert env["REALM_HOST"] == "0.0.0.0"  # advertises the pod's DNS name
+        assert spec["serviceName"] == service["metadata"]["name"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+        budget = budgets[group["metadata"]["name"]]
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["selector"]["matchLabels"] == labels
+        assert spec["replicas"] >= 2
+    assert holders == dict.fromkeys(range(4), 2)
 
 
 def test_the_manifests_match_the_kubernetes_schemas() -> None:
