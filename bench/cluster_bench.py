@@ -7,18 +7,20 @@ with streams kept three times, R3, for the production shape). Writes go through 
 library's ``upsert``; replication lag is the time from a write's acknowledgement until every
 other replica answers a search carrying its sequence (``min_sequence``: the replica waits for
 the record, so the wait is the lag). On a machine with few cores the replicas share them: more
-replicas there measure overhead, not the capacity that more machines would add.
+replicas there measure overhead, not the capacity that more machines would add. The sharded
+rows (``cluster_shards``) search one corpus as 1, 2 and 4 shards over two replicas.
 """
 
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench.bm25_bench import zipfian
+from bench.cluster_shards import HOLDINGS, sharded_rows
 from bench.common import Row
 from bench.nats_cluster import NatsCluster
 from realm.app.supervisor import ServiceProcess
@@ -29,8 +31,11 @@ COLLECTION = "bench"
 
 
 @contextmanager
-def retriever_processes(root: Path, count: int, *extra: str) -> Iterator[list[ServiceProcess]]:
-    """``count`` retriever processes (started together: their model loads overlap)."""
+def retriever_processes(
+    root: Path, count: int, *extra: str, each: Sequence[Sequence[str]] = ()
+) -> Iterator[list[ServiceProcess]]:
+    """``count`` retriever processes (started together: their model loads overlap), process
+    ``i`` with ``extra`` and ``each[i]`` as its arguments."""
     with ExitStack() as stack:
         processes = [
             ServiceProcess(
@@ -39,6 +44,7 @@ def retriever_processes(root: Path, count: int, *extra: str) -> Iterator[list[Se
                 "--data-dir",
                 str(root / f"replica-{i}"),
                 *extra,
+                *(each[i] if each else ()),
             )
             for i in range(count)
         ]
@@ -141,6 +147,19 @@ def run(quick: bool) -> list[Row]:
                 _search_qps(targets[:count], queries, search_seconds, threads=4)
                 for count in (1, 2, 3)
             ]
+        with (
+            NatsCluster(root / "nats-shards", 1) as nats,
+            retriever_processes(
+                root / "shards",
+                len(HOLDINGS),
+                "--nats",
+                nats.urls,
+                "--nats-replicas",
+                "1",
+                each=[("--serve-shards", holding) for holding in HOLDINGS],
+            ) as holders,
+        ):
+            rows += sharded_rows(holders[0].target, texts, queries, quick)
     rows += [
         Row(
             "write docs/s, cluster (1 replica, NATS R1)",
