@@ -13,7 +13,6 @@ rows (``cluster_shards``) search one corpus as 1, 2 and 4 shards over two replic
 
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -23,6 +22,7 @@ from bench.bm25_bench import zipfian
 from bench.cluster_shards import HOLDINGS, sharded_rows
 from bench.common import Row
 from bench.nats_cluster import NatsCluster
+from bench.search_load import search_qps
 from realm.app.supervisor import ServiceProcess
 from realm.client import Document, RetrieverClient
 
@@ -89,28 +89,6 @@ def _lag_ms(writer: str, others: list[str], texts: list[str]) -> tuple[list[floa
     return acks, lags
 
 
-def _search_qps(targets: list[str], queries: list[str], seconds: float, threads: int) -> float:
-    """BM25 searches per second from ``threads`` client threads balancing over ``targets``."""
-    done = [0] * threads
-    stop = time.perf_counter() + seconds
-
-    def work(slot: int) -> None:
-        with RetrieverClient(targets, timeout=60, consistency="eventual") as client:
-            i = slot
-            while time.perf_counter() < stop:
-                client.search(COLLECTION, queries[i % len(queries)], k=10, mode="bm25")
-                done[slot] += 1
-                i += threads
-
-    workers = [threading.Thread(target=work, args=(slot,)) for slot in range(threads)]
-    started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return sum(done) / (time.perf_counter() - started)
-
-
 def _percentile(values: list[float], share: float) -> float:
     return sorted(values)[min(len(values) - 1, int(share * len(values)))]
 
@@ -144,7 +122,7 @@ def run(quick: bool) -> list[Row]:
             r3_rate = _write_rate(targets, texts)
             acks, lags = _lag_ms(targets[0], targets[1:], texts[:lag_writes])
             qps = [
-                _search_qps(targets[:count], queries, search_seconds, threads=4)
+                search_qps(targets[:count], COLLECTION, queries, search_seconds, threads=4)
                 for count in (1, 2, 3)
             ]
         with (

@@ -17,10 +17,10 @@ for n >= 2, extrapolated to 16 and 64 shards.
 """
 
 import statistics
-import threading
 import time
 
 from bench.common import Row
+from bench.search_load import search_qps
 from realm.client import Document, Mode, RetrieverClient
 
 SHARD_COUNTS = (1, 2, 4)
@@ -43,29 +43,6 @@ def _latencies_ms(target: str, collection: str, queries: list[str], mode: Mode) 
             client.search(collection, query, k=10, mode=mode)
             latencies.append((time.perf_counter() - started) * 1000)
     return latencies
-
-
-def _qps(target: str, collection: str, queries: list[str], seconds: float) -> float:
-    """BM25 searches per second from 4 client threads, all coordinated by ``target``."""
-    threads = 4
-    done = [0] * threads
-    stop = time.perf_counter() + seconds
-
-    def work(slot: int) -> None:
-        with RetrieverClient(target, timeout=60, consistency="eventual") as client:
-            i = slot
-            while time.perf_counter() < stop:
-                client.search(collection, queries[i % len(queries)], k=10, mode="bm25")
-                done[slot] += 1
-                i += threads
-
-    workers = [threading.Thread(target=work, args=(slot,)) for slot in range(threads)]
-    started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return sum(done) / (time.perf_counter() - started)
 
 
 def _costs(medians: dict[int, float]) -> tuple[float, float]:
@@ -94,7 +71,7 @@ def sharded_rows(coordinator: str, texts: list[str], queries: list[str], quick: 
             p50[mode][shards] = statistics.median(measured)
             if mode == "bm25":
                 p99[shards] = sorted(measured)[int(0.99 * (len(measured) - 1))]
-        qps[shards] = _qps(coordinator, _collection(shards), queries, seconds)
+        qps[shards] = search_qps([coordinator], _collection(shards), queries, seconds, threads=4)
     size = f"{len(texts):,} documents in all"
     rows: list[Row] = []
     for shards in SHARD_COUNTS[1:]:

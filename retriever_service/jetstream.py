@@ -147,9 +147,13 @@ class JetStreamLog:
                     error_cb=_log_nats_error,
                 )
                 stream_api = client.jetstream(timeout=REQUEST_TIMEOUT_S)
-                catalog = await _catalog(stream_api, options)
+                catalog = await _key_value(stream_api, options, CATALOG_BUCKET)
                 snapshots = await _snapshot_store(stream_api, options)
-                shard_map = await _shard_map(stream_api, options)
+                # Entries of replicas that never deleted theirs go after a day; whether a
+                # replica is alive is judged by ShardMap from its refreshes, not by this age.
+                shard_map = await _key_value(
+                    stream_api, options, SHARD_MAP_BUCKET, SHARD_MAP_MAX_AGE_S
+                )
                 break
             except NATS_FAILURES as error:
                 if client is not None:  # connected, but JetStream was not ready: start over
@@ -359,30 +363,22 @@ async def _snapshot_store(stream_api: JetStreamContext, options: ClusterOptions)
         )
 
 
-async def _catalog(stream_api: JetStreamContext, options: ClusterOptions) -> KeyValue:
+async def _key_value(
+    stream_api: JetStreamContext,
+    options: ClusterOptions,
+    bucket: str,
+    max_age_s: float | None = None,
+) -> KeyValue:
+    """The bucket, made (one value per key, on ``nats_replicas`` servers) if it is not there."""
     try:
-        return await stream_api.key_value(CATALOG_BUCKET)
+        return await stream_api.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         return await stream_api.create_key_value(
-            bucket=CATALOG_BUCKET,
+            bucket=bucket,
             history=1,
             replicas=options.nats_replicas,
             storage=api.StorageType.FILE,
-        )
-
-
-async def _shard_map(stream_api: JetStreamContext, options: ClusterOptions) -> KeyValue:
-    try:
-        return await stream_api.key_value(SHARD_MAP_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        return await stream_api.create_key_value(
-            bucket=SHARD_MAP_BUCKET,
-            history=1,
-            replicas=options.nats_replicas,
-            storage=api.StorageType.FILE,
-            # Entries of replicas that never deleted theirs are cleared eventually; staleness
-            # itself is judged by ShardMap from refreshes, not by this age.
-            ttl=SHARD_MAP_MAX_AGE_S,
+            ttl=max_age_s,
         )
 
 

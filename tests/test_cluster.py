@@ -95,7 +95,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 replica.stop()
 
 
-def _documents(first: int, count: int, word: str = "wing") -> list[Document]:
+def aircraft_documents(first: int, count: int, word: str = "wing") -> list[Document]:
     return [
         Document(
             f"doc-{i}",
@@ -117,13 +117,13 @@ def test_writes_through_any_replica_are_read_everywhere_and_replicas_agree(
         client.create_collection(name)
         single.create_collection(name)
         for batch in range(10):
-            documents = _documents(batch * 20, 20)
+            documents = aircraft_documents(batch * 20, 20)
             client.upsert(name, documents)
             single.upsert(name, documents)
             doomed = [f"doc-{batch * 20 + 3}", "never-written"]
             assert client.delete(name, doomed) == (1, ["never-written"])
             single.delete(name, doomed)
-            replaced = _documents(batch * 20 + 5, 1, word="tail")
+            replaced = aircraft_documents(batch * 20 + 5, 1, word="tail")
             client.upsert(name, replaced)
             single.upsert(name, replaced)
             for attempt in range(REPLICAS):  # round robin: each read on another replica
@@ -178,7 +178,7 @@ def test_a_collection_made_through_one_replica_is_written_at_once_through_anothe
     first, second, third = (RetrieverClient(t, timeout=30) for t in cluster.targets)
     with first, second, third:
         first.create_collection("made-elsewhere")
-        second.upsert("made-elsewhere", _documents(0, 5))
+        second.upsert("made-elsewhere", aircraft_documents(0, 5))
         hits = third.search("made-elsewhere", "token3", k=1, mode="bm25", consistency="strong")
         assert [h.doc_id for h in hits] == ["doc-3"]
         with pytest.raises(NotFound, match="does not exist"):
@@ -221,13 +221,13 @@ def test_a_replica_killed_during_writes_catches_up_on_restart(cluster: Cluster) 
     victim = cluster.replicas[2]
     with cluster.client() as client:
         client.create_collection(name)
-        client.upsert(name, _documents(0, 30))
+        client.upsert(name, aircraft_documents(0, 30))
     acknowledged: list[int] = []
 
     def write() -> None:
         with RetrieverClient(cluster.targets[:2], timeout=30) as survivors:
             for batch in range(1, 11):
-                survivors.upsert(name, _documents(batch * 30, 30))
+                survivors.upsert(name, aircraft_documents(batch * 30, 30))
                 survivors.delete(name, [f"doc-{batch}"])
                 acknowledged.append(batch)
 
@@ -253,7 +253,7 @@ def test_a_replica_started_after_the_log_was_trimmed_boots_from_a_snapshot(
     with cluster.client() as client:
         client.create_collection(name)
         for batch in range(6):  # generations are sealed (threshold 40) and snapshots stored
-            client.upsert(name, _documents(batch * 20, 20))
+            client.upsert(name, aircraft_documents(batch * 20, 20))
         client.delete(name, ["doc-3"])
     digests = cluster.settled(name)
     deadline = time.monotonic() + 60
@@ -276,11 +276,11 @@ def test_losing_the_nats_quorum_fails_writes_fast_and_reads_go_on(cluster: Clust
     name = "quorum"
     with cluster.client() as client:
         client.create_collection(name)
-        client.upsert(name, _documents(0, 10))
+        client.upsert(name, aircraft_documents(0, 10))
         cluster.nats.servers[0].kill()
         # One of three down: writes go on once the streams the lost server led have elected a
         # new leader (a few seconds; meanwhile writes fail with UNAVAILABLE, never hang).
-        _write_when_available(client, name, _documents(10, 10))
+        _write_when_available(client, name, aircraft_documents(10, 10))
         cluster.settled(name)  # every replica has applied it before the quorum goes
         cluster.nats.servers[1].kill()
         request = retriever_pb2.UpsertRequest(
@@ -303,7 +303,7 @@ def test_losing_the_nats_quorum_fails_writes_fast_and_reads_go_on(cluster: Clust
         cluster.nats.servers[0].start()
         cluster.nats.servers[1].start()
         cluster.nats.wait_ready()
-        _write_when_available(client, name, _documents(20, 10))
+        _write_when_available(client, name, aircraft_documents(20, 10))
         # A replica whose NATS connection came back late may still be applying the log; the
         # resend below waits only 5 s for its own write to be applied there.
         cluster.settled(name)

@@ -35,6 +35,7 @@ from realm.client import (
 from realm.retriever.sharding import shard_of
 from realm.v1 import retriever_pb2, retriever_pb2_grpc
 from tests.servers import RetrieverProcess
+from tests.test_cluster import aircraft_documents
 from tests.test_sharding import Ranked, assert_ranked_alike
 
 pytestmark = pytest.mark.timeout(900)
@@ -129,18 +130,6 @@ def test_cranfield_over_2_and_4_shards_scores_and_ranks_as_one_index(
                 assert figures == pytest.approx(expected_figures[mode], abs=1e-9), (shards, mode)
 
 
-def _documents(first: int, count: int, word: str = "wing") -> list[Document]:
-    return [
-        Document(
-            f"doc-{i}",
-            f"Token{i} describes the {word} of aircraft number {i} and its lift at low speed.",
-            title=f"Aircraft {i}",
-            metadata={"parity": str(i % 2)},
-        )
-        for i in range(first, first + count)
-    ]
-
-
 def test_writes_spread_over_shards_and_every_replica_reads_its_own_writes(
     cluster: ShardedCluster,
 ) -> None:
@@ -152,13 +141,13 @@ def test_writes_spread_over_shards_and_every_replica_reads_its_own_writes(
         info = client.create_collection(name, shards=2)
         assert (info.shards, info.documents) == (2, 0)
         for batch in range(8):
-            documents = _documents(batch * 10, 10)
+            documents = aircraft_documents(batch * 10, 10)
             summary = client.upsert(name, documents)
             assert (summary.inserted, summary.sequence) == (10, 0)
             assert len(summary.shard_sequences) == 2
             doomed = [f"doc-{batch * 10 + 3}", "never-written"]
             assert client.delete(name, doomed) == (1, ["never-written"])
-            client.upsert(name, _documents(batch * 10 + 5, 1, word="tail"))
+            client.upsert(name, aircraft_documents(batch * 10 + 5, 1, word="tail"))
             # Replica 0 holds both shards; replica 1 asks replicas 0 and 2 for them and keeps
             # their statistics between searches: after a write it must not score with the old
             # ones, so BM25 scores stay the ones the whole collection gives.
@@ -197,7 +186,7 @@ def test_writes_spread_over_shards_and_every_replica_reads_its_own_writes(
         # still keeps statistics from before the write, and the shard must refuse to rank
         # with them rather than let the search score with stale figures.
         asker.search(name, "wing lift", k=10, mode="bm25", consistency="eventual")
-        client.upsert(name, _documents(100, 10))
+        client.upsert(name, aircraft_documents(100, 10))
         for holding in (0, 2):
             with cluster.client(holding) as one:
                 one.search(name, "wing", k=1, mode="bm25", consistency="strong")
@@ -252,7 +241,7 @@ def test_a_killed_replica_is_replaced_and_a_lost_shard_is_named(cluster: Sharded
     replica left, so a search fails UNAVAILABLE naming one, or with allow_partial answers from
     shards 0 and 1 and lists 2 and 3 as missing."""
     name = "failover"
-    documents = _documents(0, 200)
+    documents = aircraft_documents(0, 200)
     with cluster.client(0) as client:
         client.create_collection(name, shards=4)
         client.ingest(name, documents)
