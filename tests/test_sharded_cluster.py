@@ -11,6 +11,7 @@ left must fail the search by name or be reported missing, never be dropped silen
 replicas require a bearer token, so every call between them must carry it too.
 """
 
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,7 +35,9 @@ from realm.client import (
 )
 from realm.retriever.sharding import shard_of
 from realm.v1 import retriever_pb2, retriever_pb2_grpc
+from tests.conftest import FIXTURES
 from tests.servers import RetrieverProcess
+from tests.test_cli import realm
 from tests.test_cluster import aircraft_documents
 from tests.test_sharding import Ranked, assert_ranked_alike
 
@@ -224,6 +227,22 @@ def test_a_single_node_refuses_a_sharded_collection(retriever: RetrieverProcess)
         pytest.raises(FailedPrecondition, match=r"config\.shards=2: a single node"),
     ):
         client.create_collection("sharded-alone", shards=2)
+
+
+def test_the_command_line_makes_a_sharded_collection_and_shows_each_shard(
+    cluster: ShardedCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REALM_TOKEN", TOKEN)
+    target = ("--target", cluster.replicas[0].target)
+    ingested = realm(
+        "ingest", str(FIXTURES / "texts"), "-c", "cli-sharded", "--shards", "2", *target
+    )
+    assert "2 inserted" in ingested.stdout, ingested.stderr
+    shown = realm("stats", "-c", "cli-sharded", "--json", *target)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert set(rows) == {"cli-sharded shard 0/2", "cli-sharded shard 1/2"}
+    assert sum(row["documents"] for row in rows.values()) == 2
 
 
 def _search(target: str, collection: str, allow_partial: bool) -> retriever_pb2.SearchResponse:

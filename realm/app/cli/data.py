@@ -253,16 +253,22 @@ def stats(
     far this replica is behind the collection's log."""
     with client_errors(), RetrieverClient(target, options=connection(30.0)) as client:
         collections = client.stats(collection, digest=digest)
-    rows = {c.name: {f: int(getattr(c, f)) for f in STATS_FIELDS} for c in collections}
+    rows = {_label(c): {f: int(getattr(c, f)) for f in STATS_FIELDS} for c in collections}
     if as_json:
         # The digest tells whether replicas at the same sequence serve the same content.
-        print_json({c.name: {**rows[c.name], **_model_json(c)} for c in collections})
+        print_json({_label(c): {**rows[_label(c)], **_model_json(c)} for c in collections})
         return
     console.print(counts_table(f"collections on {target}", rows, STATS_FIELDS))
     for c in collections:
-        console.print(f"{c.name}: model {c.embedding_model} ({c.embedding_backend}){_reindex(c)}")
+        label = _label(c)
+        console.print(f"{label}: model {c.embedding_model} ({c.embedding_backend}){_reindex(c)}")
         if digest:
-            console.print(f"{c.name}: state digest {c.state_digest}")
+            console.print(f"{label}: state digest {c.state_digest}")
+
+
+def _label(stats: CollectionStats) -> str:
+    """A row's name: each shard a replica holds of a sharded collection is a row of its own."""
+    return f"{stats.name} shard {stats.shard}/{stats.shards}" if stats.shards else stats.name
 
 
 def _model_json(stats: CollectionStats) -> dict[str, object]:
