@@ -6,6 +6,7 @@ with the caller's remaining deadline. A replica that cannot be reached (UNAVAILA
 is the shard's answer and is passed on with its status.
 """
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc import aio
 
+from realm.errors import DeadlineExceeded
 from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.search import Hit, Plan, ShardRanking
 from realm.retriever.shard_messages import (
@@ -38,7 +40,9 @@ class RemoteShard:
     address: str
     stub: "shard_pb2_grpc.ShardServiceAsyncStub"  # a typing-only name: quoted
     collection: str
-    # Seconds each call may take (the search's remaining deadline); None: no deadline.
+    # Seconds the search has left from when this was made (its remaining deadline), shared by
+    # every call to this replica: a call made after another took its share gets the rest.
+    # None: no deadline.
     timeout: float | None = None
     # Read-your-writes: the shard's sequence the caller last wrote, waited for by every phase.
     min_sequence: int = 0
@@ -49,6 +53,8 @@ class RemoteShard:
     # What the shard last reported, shared by the coordinator's searches: a statistics phase it
     # answers is not asked again while the shard stays at that sequence.
     cache: StatisticsCache = field(default_factory=StatisticsCache)
+    # When this was made (time.monotonic()): where ``timeout`` counts from.
+    made: float = field(default_factory=time.monotonic)
     # This search's use of the cache: the sequence of the statistics it took from it, which
     # the rank phase asks the shard to confirm (empty: asked for just now).
     borrowed: list[int] = field(default_factory=list)
@@ -67,7 +73,7 @@ class RemoteShard:
         )
         async with self._reaching():
             response = await self.stub.ShardStatistics(
-                request, timeout=self.timeout, metadata=self.metadata
+                request, timeout=self._remaining(), metadata=self.metadata
             )
         statistics = statistics_value(response.statistics)
         self.cache.store(statistics, response.sequence)
@@ -96,7 +102,7 @@ class RemoteShard:
             request.statistics.CopyFrom(statistics_message(statistics))
         async with self._reaching():
             response = await self.stub.ShardRank(
-                request, timeout=self.timeout, metadata=self.metadata
+                request, timeout=self._remaining(), metadata=self.metadata
             )
         self.cache.seen(response.sequence)
         if response.stale:
@@ -112,12 +118,23 @@ class RemoteShard:
         )
         async with self._reaching():
             response = await self.stub.ShardHydrate(
-                request, timeout=self.timeout, metadata=self.metadata
+                request, timeout=self._remaining(), metadata=self.metadata
             )
         return [
             hit_value(pid, message)
             for pid, message in zip(response.passage_ids, response.hits, strict=True)
         ]
+
+    def _remaining(self) -> float | None:
+        if self.timeout is None:
+            return None
+        left = self.timeout - (time.monotonic() - self.made)
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"the search's deadline passed before shard {self.shard} was asked at "
+                f"{self.address}"
+            )
+        return left
 
     @asynccontextmanager
     async def _reaching(self) -> AsyncIterator[None]:

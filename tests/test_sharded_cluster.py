@@ -14,6 +14,7 @@ replicas require a bearer token, so every call between them must carry it too.
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,6 +220,27 @@ def test_bad_shard_input_is_refused_by_name(cluster: ShardedCluster) -> None:
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert message in (caught.value.details() or "")
     channel.close()
+
+
+def test_a_search_s_deadline_goes_with_it_to_every_shard(cluster: ShardedCluster) -> None:
+    """Replica 1 holds neither shard of the collection; each shard is asked to wait for a
+    sequence it will never reach. Told the caller's deadline, the shards give up just before
+    it and the search fails UNAVAILABLE in time, naming a shard; a shard left waiting for its
+    own --read-wait-seconds (5 s) would leave the caller with DEADLINE_EXCEEDED instead."""
+    with cluster.client(0) as client:
+        client.create_collection("deadline", shards=2)
+        client.upsert("deadline", aircraft_documents(0, 10))
+    request = retriever_pb2.SearchRequest(
+        collection="deadline", query="wing", min_shard_sequences=[10**9, 10**9]
+    )
+    with grpc.insecure_channel(cluster.replicas[1].target) as channel:
+        stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Search(request, timeout=2.0, metadata=AUTHORIZED)
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    assert "is unavailable" in (caught.value.details() or "")
+    assert time.monotonic() - started < 2.0
 
 
 def test_a_single_node_refuses_a_sharded_collection(retriever: RetrieverProcess) -> None:
