@@ -24,6 +24,9 @@ from tests.servers import GeneratorProcess, StubRetriever
 
 pytestmark = pytest.mark.slow
 QUESTION = "When was the Eiffel Tower completed?"
+# How far a deadline passed through gRPC hops may overshoot the caller's (a deadline not
+# passed on would be the generator's own --retrieval-timeout, 10 s).
+DEADLINE_SLACK_S = 0.05
 
 
 def _ask_once_the_retriever_is_back(client: GeneratorClient) -> Answer:
@@ -72,7 +75,10 @@ def test_caller_deadline_reaches_the_retriever_and_expires_promptly(
             assert time.monotonic() - started < 2.0
         seen = stub.deadlines_seen()
         assert seen, "the retriever was never called"
-        assert all(0 < remaining <= 1.0 for remaining in seen), seen
+        # Each hop re-reads the deadline from a relative grpc-timeout header against its own
+        # clock, so the stub may see a few ms more than the caller's 1 s (1.009 s once, on a
+        # loaded CI machine).
+        assert all(0 < remaining <= 1.0 + DEADLINE_SLACK_S for remaining in seen), seen
     finally:
         stub.kill()
 
