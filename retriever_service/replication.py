@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
-from grpc import aio
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from realm import tracing
@@ -50,7 +48,7 @@ from realm.retriever.jetstream import NATS_FAILURES, CatalogEntry, JetStreamLog,
 from realm.retriever.log_records import encode_delete
 from realm.retriever.registry import Registry
 from realm.retriever.settings import ClusterOptions, CollectionSettings
-from realm.retriever.shard_map import Holder, ShardMap, peer_options
+from realm.retriever.shard_map import Holder, Peer, ShardMap, first_answer, peer_options
 from realm.retriever.sharding import public_name, shard_name, shard_of
 from realm.retriever.store import StoredDocument
 from realm.v1 import shard_pb2
@@ -644,27 +642,25 @@ class Replication:
         request = shard_pb2.ShardAppliedRequest(
             collection=entry.name, shard=shard, sequences=sequences
         )
-        failures = []
-        for peer in self.shard_map.peers(shard):
-            try:
-                response = await peer.stub.ShardApplied(
-                    request, timeout=self.options.read_wait_s, metadata=peer.metadata
-                )
-            except aio.AioRpcError as error:
-                if error.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise
-                failures.append(f"{peer.address}: {error.details()}")
-                continue
-            return [
-                UpsertResult(response.inserted, response.replaced, response.passages, 0, 0),
-                DeleteResult(response.deleted, list(response.not_found), 0),
-            ]
-        raise Unavailable(
-            f"collection {entry.name!r}: the write is stored in shard {shard}'s log as "
-            f"sequence {max(sequences)}, but no replica of the shard reported it applied "
-            f"({'; '.join(failures) or 'none is in the shard map'}); it will be, search with "
-            "min_shard_sequences"
-        )
+
+        def applied(peer: Peer) -> Awaitable[shard_pb2.ShardAppliedResponse]:
+            return peer.stub.ShardApplied(
+                request, timeout=self.options.read_wait_s, metadata=peer.metadata
+            )
+
+        def none_answered(failures: list[str]) -> Unavailable:
+            return Unavailable(
+                f"collection {entry.name!r}: the write is stored in shard {shard}'s log as "
+                f"sequence {max(sequences)}, but no replica of the shard reported it applied "
+                f"({'; '.join(failures) or 'none is in the shard map'}); it will be, search "
+                "with min_shard_sequences"
+            )
+
+        response = await first_answer(self.shard_map.peers(shard), applied, none_answered)
+        return [
+            UpsertResult(response.inserted, response.replaced, response.passages, 0, 0),
+            DeleteResult(response.deleted, list(response.not_found), 0),
+        ]
 
     async def _feed(self, name: str) -> Feed:
         await self.collection(name)

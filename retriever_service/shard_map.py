@@ -14,20 +14,27 @@ import json
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import grpc
 from grpc import aio
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from realm.channels import ConnectionOptions, aio_channel
 from realm.errors import Unavailable
 from realm.retriever.jetstream import NATS_FAILURES
+from realm.status import received
 from realm.v1 import shard_pb2, shard_pb2_grpc
 
 _LOGGER = logging.getLogger(__name__)
 # Tries at start-up before the replica gives up (about two minutes of waiting in all).
 START_ATTEMPTS = 30
 SHARD_SERVICE = shard_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name
+# Seconds calls still in flight to a replica that left the map get before its channel closes.
+PEER_CLOSE_GRACE_S = 5.0
+Answer = TypeVar("Answer")
 
 
 def peer_options(tls_ca: bytes | None, token: str | None) -> ConnectionOptions:
@@ -76,6 +83,28 @@ class Peer:
     metadata: tuple[tuple[str, str], ...] = ()
 
 
+async def first_answer(
+    peers: Sequence[Peer],
+    call: Callable[[Peer], Awaitable[Answer]],
+    none_answered: Callable[[list[str]], Exception],
+) -> Answer:
+    """The answer of the first of ``peers`` that gives one, trying them in order.
+
+    Only UNAVAILABLE moves on: the replica is down or unreachable, and another replica of the
+    shard holds the same data. Any other status is the answer (a bad request or a missing
+    document would be the same everywhere) and is raised as its domain error. When none
+    answers, ``none_answered`` gets one ``address: details`` line per replica tried."""
+    failures: list[str] = []
+    for peer in peers:
+        try:
+            return await call(peer)
+        except aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise received(error.code(), error.details() or "") from error
+            failures.append(f"{peer.address}: {error.details()}")
+    raise none_answered(failures)
+
+
 class ShardMap:
     """This replica's entry in the bucket, kept fresh, and every other live replica's."""
 
@@ -119,6 +148,7 @@ class ShardMap:
         self._tasks = [
             asyncio.create_task(self._refresh(), name="shard-map-refresh"),
             asyncio.create_task(self._follow(watcher), name="shard-map-follow"),
+            asyncio.create_task(self._close_departed(), name="shard-map-close-departed"),
         ]
 
     async def close(self) -> None:
@@ -129,6 +159,12 @@ class ShardMap:
             await self._bucket.delete(self._replica)
         for channel in self._channels.values():
             await channel.close(None)
+
+    @property
+    def connected(self) -> frozenset[str]:
+        """The addresses this replica holds a channel to (peers it has called and that are
+        still in the map)."""
+        return frozenset(self._channels)
 
     def peers(self, shard: int) -> list[Peer]:
         """The other live replicas that hold ``shard``, in random order so that searches spread
@@ -161,6 +197,23 @@ class ShardMap:
                 await self._announce()
             except NATS_FAILURES as error:
                 _LOGGER.warning("could not refresh this replica's shard-map entry: %s", error)
+
+    async def _close_departed(self) -> None:
+        """Closes the channels to addresses no live entry names (a replica that stopped, died
+        or moved), once a TTL, so a cluster whose replicas come and go does not collect open
+        connections. Calls still in flight on one get ``PEER_CLOSE_GRACE_S`` to finish."""
+        while True:
+            await asyncio.sleep(self._ttl_s)
+            now = time.monotonic()
+            live = {
+                holder.address
+                for holder, seen in self._holders.values()
+                if now - seen < self._ttl_s
+            }
+            for address in [address for address in self._channels if address not in live]:
+                channel = self._channels.pop(address)
+                _LOGGER.info("closing the channel to %s: no live replica is there", address)
+                await channel.close(PEER_CLOSE_GRACE_S)
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         async for update in watcher:

@@ -9,10 +9,9 @@ waits for the caller's sequence in it (read-your-writes, one sequence per shard)
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-
-import grpc
-from grpc import aio
+from functools import partial
 
 from realm import tracing
 from realm.errors import NotFound
@@ -26,6 +25,7 @@ from realm.retriever.replication import Replication
 from realm.retriever.response_budget import ResponseBudget
 from realm.retriever.search import SearchQuery
 from realm.retriever.servicer import Context, add_hits, document_response, fresh_enough
+from realm.retriever.shard_map import Peer, first_answer
 from realm.retriever.sharding import (
     Coordinator,
     LocalShard,
@@ -35,7 +35,6 @@ from realm.retriever.sharding import (
     shard_of,
 )
 from realm.retriever.statistics_cache import StatisticsCache
-from realm.status import received
 from realm.v1 import retriever_pb2, retriever_pb2_grpc, shard_pb2
 
 # Metadata that marks a GetDocument one replica passed on to another holding the shard: that
@@ -190,21 +189,19 @@ class ShardedReads:
         context: Context,
     ) -> retriever_pb2.GetDocumentResponse:
         metadata = dict(context.invocation_metadata() or ())
-        failures: list[str] = []
-        if FORWARDED_KEY not in metadata:
-            for peer in self.replication.shard_map.peers(shard):
-                stub = retriever_pb2_grpc.RetrieverServiceStub(peer.channel)
-                try:
-                    return await stub.GetDocument(
-                        request,
-                        metadata=[*peer.metadata, (FORWARDED_KEY, "1")],
-                        timeout=context.time_remaining(),
-                    )
-                except aio.AioRpcError as error:
-                    if error.code() is not grpc.StatusCode.UNAVAILABLE:
-                        raise received(error.code(), error.details() or "") from error
-                    failures.append(f"{peer.address}: {error.details()}")
-        raise ShardDown(shard, failures)
+        if FORWARDED_KEY in metadata:
+            raise ShardDown(shard, [])
+
+        def get(peer: Peer) -> Awaitable[retriever_pb2.GetDocumentResponse]:
+            return retriever_pb2_grpc.RetrieverServiceStub(peer.channel).GetDocument(
+                request,
+                metadata=[*peer.metadata, (FORWARDED_KEY, "1")],
+                timeout=context.time_remaining(),
+            )
+
+        return await first_answer(
+            self.replication.shard_map.peers(shard), get, partial(ShardDown, shard)
+        )
 
     async def totals(self, entry: CatalogEntry) -> Totals:
         """Live documents and passages over every shard (one replica of each)."""
@@ -225,14 +222,12 @@ class ShardedReads:
         self, entry: CatalogEntry, shard: int
     ) -> shard_pb2.ShardStatisticsResponse:
         request = shard_pb2.ShardStatisticsRequest(collection=entry.name, shard=shard)
-        failures: list[str] = []
-        for peer in self.replication.shard_map.peers(shard):
-            try:
-                return await peer.stub.ShardStatistics(
-                    request, timeout=self.read_wait_s, metadata=peer.metadata
-                )
-            except aio.AioRpcError as error:
-                if error.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise received(error.code(), error.details() or "") from error
-                failures.append(f"{peer.address}: {error.details()}")
-        raise ShardDown(shard, failures)
+
+        def statistics(peer: Peer) -> Awaitable[shard_pb2.ShardStatisticsResponse]:
+            return peer.stub.ShardStatistics(
+                request, timeout=self.read_wait_s, metadata=peer.metadata
+            )
+
+        return await first_answer(
+            self.replication.shard_map.peers(shard), statistics, partial(ShardDown, shard)
+        )
