@@ -182,6 +182,7 @@ def collection_info(info: retriever_pb2.CollectionInfo) -> CollectionInfo:
         embedding_model=info.config.embedding_model,
         embedding_backend=info.config.embedding_backend,
         shards=int(info.config.shards) or 1,
+        missing_shards=tuple(int(shard) for shard in info.missing_shards),
     )
 
 

@@ -85,6 +85,8 @@ class CollectionInfo:
     embedding_backend: str
     # Shards it is split over (1: unsharded).
     shards: int = 1
+    # Shards no replica answered for: documents and passages count only the others.
+    missing_shards: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

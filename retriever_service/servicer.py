@@ -202,6 +202,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         if not empty:
             totals = await self.sharded.totals(entry)
             info.documents, info.passages = totals.documents, totals.passages
+            info.missing_shards.extend(totals.missing)
         return info
 
     async def _sharded(self, name: str) -> "CatalogEntry | None":
@@ -240,8 +241,16 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteCollectionRequest, context: Context
     ) -> retriever_pb2.DeleteCollectionResponse:
         name = validation.collection_name(request.name, "name")
-        deleted = await self.writes.delete_collection(name)
-        return retriever_pb2.DeleteCollectionResponse(documents_deleted=deleted)
+        entry = await self._sharded(name)
+        if entry is None:
+            deleted = await self.writes.delete_collection(name)
+            return retriever_pb2.DeleteCollectionResponse(documents_deleted=deleted)
+        # This replica may hold none of the shards: the count is every shard's, taken just
+        # before the deletion (shards without a replica answering count as none).
+        assert self.sharded is not None
+        totals = await self.sharded.totals(entry)
+        await self.writes.delete_collection(name)
+        return retriever_pb2.DeleteCollectionResponse(documents_deleted=totals.documents)
 
     async def Upsert(  # noqa: N802
         self, request_iterator: AsyncIterator[retriever_pb2.UpsertRequest], context: Context

@@ -46,6 +46,8 @@ FORWARDED_KEY = "x-realm-shard-forwarded"
 class Totals:
     documents: int
     passages: int
+    # Shards no replica answered for: the figures count only the others.
+    missing: list[int]
 
 
 class ShardedReads:
@@ -204,8 +206,10 @@ class ShardedReads:
         )
 
     async def totals(self, entry: CatalogEntry) -> Totals:
-        """Live documents and passages over every shard (one replica of each)."""
+        """Live documents and passages over every shard (one replica of each), and the shards
+        no replica answered for (a listing still lists, a deletion still counts what it can)."""
         documents = passages = 0
+        missing: list[int] = []
         for shard in range(entry.settings.shards):
             local = self.replication.held(entry.name, shard)
             if local is not None:
@@ -213,10 +217,14 @@ class ShardedReads:
                 documents += view.documents
                 passages += view.passages
                 continue
-            response = await self._statistics(entry, shard)
+            try:
+                response = await self._statistics(entry, shard)
+            except ShardDown:
+                missing.append(shard)
+                continue
             documents += response.documents
             passages += response.statistics.passages
-        return Totals(documents, passages)
+        return Totals(documents, passages, missing)
 
     async def _statistics(
         self, entry: CatalogEntry, shard: int

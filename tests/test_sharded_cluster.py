@@ -197,6 +197,10 @@ def test_writes_spread_over_shards_and_every_replica_reads_its_own_writes(
         expected = holder.search(name, "wing lift", k=10, mode="bm25", consistency="eventual")
         got = asker.search(name, "wing lift", k=10, mode="bm25", consistency="eventual")
         assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-6)
+    # Deleted through a replica that holds none of its shards: the count is every shard's.
+    with cluster.client(1) as holds_none:
+        assert holds_none.delete_collection(name) == 72 + 10
+        assert name not in {c.name for c in holds_none.list_collections()}
 
 
 def test_bad_shard_input_is_refused_by_name(cluster: ShardedCluster) -> None:
@@ -319,6 +323,10 @@ def test_a_killed_replica_is_replaced_and_a_lost_shard_is_named(cluster: Sharded
         cluster.replicas[3].process.wait(30)  # type: ignore[union-attr]
         with pytest.raises(Unavailable, match=r"shard [23] is unavailable"):
             client.search(name, "wing lift", k=50)
+        # The listing still lists the collection, counting the shards that answered.
+        info = {c.name: c for c in client.list_collections()}[name]
+        assert info.missing_shards == (2, 3)
+        assert info.documents == sum(shard_of(d.id, 4) in (0, 1) for d in documents)
     partial = _search(cluster.replicas[0].target, name, allow_partial=True)
     assert list(partial.missing_shards) == [2, 3]
     kept = [h.passage.doc_id for h in partial.hits]

@@ -144,6 +144,7 @@ class CollectionInfo(_message.Message):
     DOCUMENTS_FIELD_NUMBER: _builtins.int
     PASSAGES_FIELD_NUMBER: _builtins.int
     DIMENSION_FIELD_NUMBER: _builtins.int
+    MISSING_SHARDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Collection name: 1..64 characters of [A-Za-z0-9_-]."""
     documents: _builtins.int
@@ -156,6 +157,12 @@ class CollectionInfo(_message.Message):
     def config(self) -> Global___CollectionConfig:
         """The effective settings, defaults filled in."""
 
+    @_builtins.property
+    def missing_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Shards of a sharded collection that no replica answered for, ascending: documents and
+        passages then count only the other shards. Empty when every shard answered.
+        """
+
     def __init__(
         self,
         *,
@@ -164,10 +171,11 @@ class CollectionInfo(_message.Message):
         documents: _builtins.int = ...,
         passages: _builtins.int = ...,
         dimension: _builtins.int = ...,
+        missing_shards: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dimension", b"dimension", "documents", b"documents", "name", b"name", "passages", b"passages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dimension", b"dimension", "documents", b"documents", "missing_shards", b"missing_shards", "name", b"name", "passages", b"passages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
