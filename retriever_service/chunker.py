@@ -12,6 +12,13 @@ from dataclasses import dataclass
 _UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|\w+", re.UNICODE)
 # Sentence ends: Latin terminators followed by space, or CJK terminators, or blank lines.
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[。！？；]|\n\s*\n")
+# The word a full stop closes, when it is an initial ("J. R. R. Tolkien", "the U.S. economy")
+# or a title that precedes a name ("Dr. Watson"): such a stop ends no sentence. The price: a
+# sentence that really ends on a capital letter ("vitamin C.") runs on into the next.
+_WORD_BEFORE_STOP = re.compile(r"(?<!\w)(\w+)\.$")
+_TITLES = frozenset(
+    "mr mrs ms dr prof st mt jr sr gen col capt lt sgt rev fr vs no nos fig".split()
+)
 
 
 MAX_CHUNK_WORDS = 2048
@@ -55,7 +62,7 @@ def chunk(text: str, config: ChunkerConfig) -> list[ChunkSpan]:
     if len(units) <= config.words:
         stripped_start = len(text) - len(text.lstrip())
         return [ChunkSpan(stripped_start, len(text.rstrip()))] if text.strip() else []
-    sentence_ends = {m.end() for m in _SENTENCE_END.finditer(text)}
+    sentence_ends = set(sentence_end_offsets(text))
     spans: list[ChunkSpan] = []
     first = 0
     while first < len(units):
@@ -69,6 +76,24 @@ def chunk(text: str, config: ChunkerConfig) -> list[ChunkSpan]:
             units, max(first + 1, last - config.overlap), last, sentence_ends
         )
     return spans
+
+
+def sentence_end_offsets(text: str) -> list[int]:
+    """Offsets just past each sentence's terminator, in order. A full stop after an initial or
+    a title is not one: "J. R. R. Tolkien wrote it." is one sentence, not four."""
+    return [
+        m.end()
+        for m in _SENTENCE_END.finditer(text)
+        if m.group() != "." or not _abbreviation_before(text, m.end())
+    ]
+
+
+def _abbreviation_before(text: str, stop_end: int) -> bool:
+    closed = _WORD_BEFORE_STOP.search(text, max(0, stop_end - 8), stop_end)
+    if closed is None:
+        return False
+    word = closed.group(1)
+    return (len(word) == 1 and word.isupper()) or word.casefold() in _TITLES
 
 
 def _starts_sentence(units: list[tuple[int, int]], index: int, sentence_ends: set[int]) -> bool:

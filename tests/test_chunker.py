@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from realm.retriever.chunker import ChunkerConfig, chunk
+from realm.retriever.chunker import ChunkerConfig, chunk, sentence_end_offsets
 
 WORD = re.compile(r"\w+")
 
@@ -72,3 +72,21 @@ def test_chinese_counts_characters_and_cuts_at_chinese_full_stops() -> None:
 def test_nonsense_settings_are_refused(words: int, overlap: int) -> None:
     with pytest.raises(ValueError, match="chunk_"):
         ChunkerConfig(words=words, overlap=overlap)
+
+
+def test_initials_and_titles_end_no_sentence() -> None:
+    text = "J. R. R. Tolkien met Dr. Watson. The U.S. economy grew! Next."
+    ends = [text[:end] for end in sentence_end_offsets(text)]
+    assert ends == [
+        "J. R. R. Tolkien met Dr. Watson.",
+        "J. R. R. Tolkien met Dr. Watson. The U.S. economy grew!",
+        text,
+    ]
+
+
+def test_a_window_is_not_cut_between_initials() -> None:
+    text = "Dr. J. R. Tolkien wrote a book. " * 40  # 7 words a sentence
+    for span in chunk(text, ChunkerConfig(words=40, overlap=8)):
+        passage = text[span.start : span.end]
+        assert passage.startswith("Dr. J. R. Tolkien"), passage
+        assert passage.endswith("book."), passage

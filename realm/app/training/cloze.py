@@ -15,8 +15,10 @@ generator to pick the span that fills the question's gap and to stop after it.
 import re
 from dataclasses import dataclass
 
-# A sentence ends at . ! or ? followed by a space and a capital, a digit or a quote.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+from realm.retriever.chunker import sentence_end_offsets
+
+# What may open a sentence: a capital, a digit or a quote.
+_SENTENCE_START = re.compile(r"\s+[A-Z0-9\"'(]")
 # A name: capitalised words, possibly joined by "of", "the", "de"... ("Bank of England").
 _NAME = re.compile(
     r"\b[A-Z][\w'’-]*[a-z0-9][\w'’-]*"
@@ -50,7 +52,12 @@ class ClozeQuestion:
 
 
 def sentences(text: str) -> list[str]:
-    return [part.strip() for part in _SENTENCE_END.split(" ".join(text.split())) if part.strip()]
+    """The passage's sentences, split where the chunker sees a sentence end (initials and
+    titles do not end one) and the next sentence opens as one does."""
+    flat = " ".join(text.split())
+    cuts = [end for end in sentence_end_offsets(flat) if _SENTENCE_START.match(flat, end)]
+    parts = [flat[start:end] for start, end in zip([0, *cuts], [*cuts, len(flat)], strict=True)]
+    return [part.strip() for part in parts if part.strip()]
 
 
 def cloze_questions(title: str, text: str) -> list[ClozeQuestion]:
