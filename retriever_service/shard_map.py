@@ -162,8 +162,8 @@ class ShardMap:
 
     @property
     def connected(self) -> frozenset[str]:
-        """The addresses this replica holds a channel to (peers it has called and that are
-        still in the map)."""
+        """The addresses this replica holds a channel to: every peer ``peers`` has returned
+        since the last sweep, less those no live entry names any more."""
         return frozenset(self._channels)
 
     def peers(self, shard: int) -> list[Peer]:
