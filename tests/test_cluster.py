@@ -256,13 +256,22 @@ def test_a_replica_started_after_the_log_was_trimmed_boots_from_a_snapshot(
             client.upsert(name, aircraft_documents(batch * 20, 20))
         client.delete(name, ["doc-3"])
     digests = cluster.settled(name)
+    last_sequence = cluster.stats(0, name).last_sequence
     deadline = time.monotonic() + 60
     while log_first_sequence(cluster.nats.urls, name) <= 1:
         assert time.monotonic() < deadline, "the log was never trimmed below a snapshot"
         time.sleep(0.2)
     with _replica(tmp_path / "late" / "data", cluster.nats) as late:
         with RetrieverClient(late.target, timeout=30) as client:
-            stats = client.stats(name, digest=True)[0]
+            # Serving starts once the snapshot is restored; the log's records after it (the
+            # delete among them) are applied while it serves.
+            deadline = time.monotonic() + 60
+            while True:
+                stats = client.stats(name, digest=True)[0]
+                if stats.last_sequence == last_sequence and stats.lag == 0:
+                    break
+                assert time.monotonic() < deadline, f"the late replica did not catch up: {stats}"
+                time.sleep(0.2)
             assert stats.state_digest == digests[0]
             assert stats.documents == 119
             assert stats.generation >= 1
