@@ -110,6 +110,7 @@ def test_labelled_training_makes_a_version_that_the_server_offers(
     assert record["examples"]["method"] == "labelled"
     assert record["training"]["steps"] == 3  # 48 examples, 16 a step, one epoch
     assert record["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert record["options"]["merge_weight"] == 0.5
     trained = load_sentence_transformer(str(version))
     base = load_sentence_transformer(record["base_model"])
     assert weights_fingerprint(trained) != weights_fingerprint(base)
@@ -167,6 +168,31 @@ def test_the_same_seed_makes_the_same_model(
     np.testing.assert_array_equal(vectors[0], vectors[1])
 
 
+def test_the_saved_model_is_halfway_between_the_base_and_the_fine_tuned_one(
+    retriever: RetrieverProcess, labelled: tuple[str, Path]
+) -> None:
+    collection, labels = labelled
+    before = set(trained_versions(retriever.data_dir))
+    for merge_weight in ("0.5", "1"):
+        done = _train(retriever, collection, labels, "--seed", "3", "--merge-weight", merge_weight)
+        assert done.returncode == 0, done.stderr
+    halfway, fine_tuned = sorted(
+        (n for n in set(trained_versions(retriever.data_dir)) - before),
+        key=lambda n: int(n.rsplit("-v", 1)[1]),
+    )
+    root = models_root(retriever.data_dir)
+    merged = load_sentence_transformer(str(root / halfway)).state_dict()
+    alone = load_sentence_transformer(str(root / fine_tuned)).state_dict()
+    base = load_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2").state_dict()
+    moved = 0
+    for name, weights in merged.items():
+        if weights.is_floating_point():
+            expected = (base[name] + alone[name]) / 2
+            np.testing.assert_allclose(weights.numpy(), expected.numpy(), atol=1e-6, err_msg=name)
+            moved += not np.array_equal(alone[name].numpy(), base[name].numpy())
+    assert moved > 0  # the fine-tuned model is not the base
+
+
 def test_an_interrupted_training_resumes_from_its_checkpoint(
     retriever: RetrieverProcess, labelled: tuple[str, Path]
 ) -> None:
@@ -209,6 +235,10 @@ def test_bad_training_input_exits_2_naming_it(
     assert "only 5 (query, relevant passage) pairs" in too_few.stderr
     # Nothing is left behind to be resumed or to take a version number.
     assert not list(models_root(retriever.data_dir).glob(".training-*"))
+
+    no_merge = _train(retriever, collection, labels, "--merge-weight", "0")
+    assert no_merge.returncode == 2
+    assert "--merge-weight 0.0 must be in (0, 1]" in no_merge.stderr
 
     nothing = _train(retriever, collection, labels, "--resume")
     assert nothing.returncode == 2

@@ -71,6 +71,13 @@ def train_retriever(
     max_seq_length: Annotated[
         int, typer.Option(help="Tokens per passage while training.")
     ] = _DEFAULTS.max_seq_length,
+    merge_weight: Annotated[
+        float,
+        typer.Option(
+            help="The fine-tuned weights' share of the saved model, the rest the base "
+            "model's (WiSE-FT); 1 saves the fine-tuned model alone."
+        ),
+    ] = _DEFAULTS.merge_weight,
     seed: Annotated[int, typer.Option(help="Same seed, same examples and same model.")] = 0,
     checkpoint_steps: Annotated[
         int, typer.Option(min=1, help="Steps between checkpoints (what --resume continues from).")
@@ -88,7 +95,7 @@ def train_retriever(
         fail("give either --queries and --qrels (labelled) or --synthetic (no labels)", code=2)
     try:
         options = TrainingOptions(
-            epochs, batch_size, learning_rate, max_seq_length, seed, checkpoint_steps
+            epochs, batch_size, learning_rate, max_seq_length, seed, checkpoint_steps, merge_weight
         )
         require_training_packages()
         passages = CollectionPassages.read(data_dir, collection)

@@ -26,6 +26,7 @@ from realm.app.training.staging import (
     trainer_arguments,
     training_outcome,
 )
+from realm.app.training.weight_merge import DEFAULT_MERGE_WEIGHT, merge_into, snapshot
 from realm.files import make_durable_dir
 from realm.retriever.embedder import load_sentence_transformer
 from realm.retriever.settings import CollectionSettings
@@ -47,9 +48,17 @@ class TrainingOptions:
     max_seq_length: int = 128
     seed: int = 0
     checkpoint_steps: int = 10
+    # The fine-tuned weights' share of the saved model; the rest is the base model's (WiSE-FT,
+    # realm.app.training.weight_merge). 1 saves the fine-tuned model alone.
+    merge_weight: float = DEFAULT_MERGE_WEIGHT
 
     def __post_init__(self) -> None:
         check_schedule(self.epochs, self.learning_rate)
+        if not 0 < self.merge_weight <= 1:
+            raise TrainingInputError(
+                f"--merge-weight {self.merge_weight} must be in (0, 1]: the fine-tuned "
+                "weights' share of the saved model (1 keeps them alone)"
+            )
         if not 2 <= self.batch_size <= 4096:
             raise TrainingInputError(
                 f"--batch-size {self.batch_size} must be in [2, 4096]: in-batch negatives "
@@ -159,10 +168,13 @@ class VersionBuilder(StagedModel[Triplet]):
             loss=MultipleNegativesRankingLoss(model),
         )
         resume_from = last_checkpoint(checkpoints)
+        # Taken before train(), which loads a checkpoint's weights when it resumes.
+        base_weights = snapshot(model)
         started = time.monotonic()
         result = trainer.train(
             resume_from_checkpoint=None if resume_from is None else str(resume_from)
         )
+        merge_into(model, base_weights, options.merge_weight)
         model.max_seq_length = encoding_limit
         model.save(str(self.staging))
         return training_outcome(result, started, str(model.device), resume_from)
