@@ -51,6 +51,17 @@ def _peer(address: str) -> Peer:
     return Peer(address, channel, shard_pb2_grpc.ShardServiceStub(channel))
 
 
+@contextlib.asynccontextmanager
+async def _peers(*addresses: str) -> AsyncIterator[list[Peer]]:
+    """Peers as the shard map makes them, their channels closed at the end."""
+    peers = [_peer(address) for address in addresses]
+    try:
+        yield peers
+    finally:
+        for peer in peers:
+            await peer.channel.close(None)
+
+
 def _statistics(peer: Peer) -> Awaitable[shard_pb2.ShardStatisticsResponse]:
     return peer.stub.ShardStatistics(
         shard_pb2.ShardStatisticsRequest(collection="c", shard=0), timeout=5.0
@@ -72,20 +83,23 @@ async def test_first_answer_skips_a_replica_that_is_down_and_passes_any_other_st
     # Only ShardStatistics is served: the other methods stay unimplemented.
     answering = _Statistics(7)  # type: ignore[abstract]
     refusing = _Statistics(None)  # type: ignore[abstract]
-    async with _servers([answering, refusing]) as (answers, refuses):
-        await _first_answers(answering, refusing, answers, refuses)
+    async with (
+        _servers([answering, refusing]) as (answers, refuses),
+        # Nothing listens on the first address.
+        _peers(f"127.0.0.1:{free_port()}", answers, refuses) as (down, good, refuser),
+    ):
+        await _first_answers(answering, refusing, down, good, refuser)
 
 
 async def _first_answers(
-    answering: _Statistics, refusing: _Statistics, answers: str, refuses: str
+    answering: _Statistics, refusing: _Statistics, down: Peer, good: Peer, refuser: Peer
 ) -> None:
-    down = _peer(f"127.0.0.1:{free_port()}")  # nothing listens there
-    answer = await first_answer([down, _peer(answers)], _statistics, Unavailable)
+    answer = await first_answer([down, good], _statistics, Unavailable)
     assert answer.documents == 7
 
     # NOT_FOUND is the shard's answer, the same on every replica: the next is not asked.
     with pytest.raises(NotFound, match="no collection 'c'"):
-        await first_answer([_peer(refuses), _peer(answers)], _statistics, Unavailable)
+        await first_answer([refuser, good], _statistics, Unavailable)
     assert (answering.calls, refusing.calls) == (1, 1)
 
     told: list[list[str]] = []
