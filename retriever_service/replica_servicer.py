@@ -19,8 +19,8 @@ from realm.metrics import RELAYED_KEY
 from realm.retriever import validation
 from realm.retriever.replica import Replicas
 from realm.retriever.response_budget import ResponseBudget
+from realm.retriever.search import runs_inline
 from realm.retriever.servicer import (
-    INLINE_BM25_MAX_PASSAGES,
     Context,
     search_response,
 )
@@ -97,7 +97,7 @@ class ReplicaServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         replica, view = serving
         query = validation.search_query(request, self.limits, "")
         budget = ResponseBudget(self.limits)
-        if query.mode == "bm25" and view.passages <= INLINE_BM25_MAX_PASSAGES:
+        if runs_inline(query.mode, view.passages):
             return search_response(replica, query, budget, view)
         return await asyncio.to_thread(search_response, replica, query, budget, view)
 

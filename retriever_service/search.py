@@ -119,6 +119,18 @@ class Merged:
     scores: FloatArray
 
 
+# BM25 over a collection this size takes less than handing the call to a worker thread and back
+# costs under load (figures in docs/benchmarks.md), so such searches run inline. Larger
+# collections, and dense or hybrid searches (whose model call releases the GIL), go to a thread
+# so that one long search does not hold up the event loop.
+INLINE_BM25_MAX_PASSAGES = 200_000
+
+
+def runs_inline(mode: SearchMode, passages: int) -> bool:
+    """Whether a search over ``passages`` runs on the event loop rather than a worker thread."""
+    return mode == "bm25" and passages <= INLINE_BM25_MAX_PASSAGES
+
+
 def encode_query(encoder: Encoder, text: str) -> FloatArray:
     """The query's vector, encoded once per search however many shards it goes to (they share
     the collection's encoder)."""

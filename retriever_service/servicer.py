@@ -21,7 +21,7 @@ from realm.retriever.metrics import SEARCH_BY_MODE
 from realm.retriever.registry import Registry
 from realm.retriever.reindex import ReindexProgress
 from realm.retriever.response_budget import ResponseBudget
-from realm.retriever.search import Hit, SearchQuery
+from realm.retriever.search import Hit, SearchQuery, runs_inline
 from realm.retriever.settings import CollectionSettings, Limits
 from realm.retriever.sharding import public_name
 from realm.retriever.store import PassageRecord, StoredDocument
@@ -120,13 +120,6 @@ def search_response(
     add_hits(response, hits)
     SEARCH_BY_MODE[query.mode].observe(time.perf_counter() - started)
     return response
-
-
-# BM25 over a collection this size takes less than handing the call to a worker thread and back
-# costs under load (figures in docs/benchmarks.md), so such searches run inline. Larger
-# collections, and dense or hybrid searches (whose model call releases the GIL), go to a thread
-# so that one long search does not hold up the event loop.
-INLINE_BM25_MAX_PASSAGES = 200_000
 
 
 async def fresh_enough(
@@ -331,7 +324,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             assert self.sharded is not None
             return await self.sharded.search(target, query, request, context, budget)
         await self._fresh(target, request, context)
-        if query.mode == "bm25" and target.snapshot().passages <= INLINE_BM25_MAX_PASSAGES:
+        if runs_inline(query.mode, target.snapshot().passages):
             return search_response(target, query, budget)
         return await asyncio.to_thread(search_response, target, query, budget)
 

@@ -42,6 +42,7 @@ from realm.retriever.search import (
     ShardRanking,
     encode_query,
     merge,
+    runs_inline,
 )
 from realm.retriever.topk import FloatArray, IntArray
 
@@ -91,8 +92,11 @@ class Shard(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LocalShard:
-    """A shard served by this process: one consistent view of one collection, ranked on the
-    caller's thread."""
+    """A shard served by this process: one consistent view of one collection. It ranks where
+    an unsharded search of the same mode and size runs (``runs_inline``): a dense or large
+    ranking on the event loop would hold up every other call this process serves (remote
+    shards' answers, writes, the shard map) and serialise searches numpy could run side by
+    side. Hydrating reads only the final hits, so it stays on the loop, as in an inline search."""
 
     searcher: Searcher
     view: View
@@ -107,7 +111,11 @@ class LocalShard:
         statistics: CorpusStatistics | None,
         vector: FloatArray | None,
     ) -> ShardRanking:
-        return self.searcher.rank(self.view, plan, tokens, statistics, vector)
+        if runs_inline(plan.mode, self.view.passages):
+            return self.searcher.rank(self.view, plan, tokens, statistics, vector)
+        return await asyncio.to_thread(
+            self.searcher.rank, self.view, plan, tokens, statistics, vector
+        )
 
     async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:
         return self.searcher.hydrate(self.view, handles, scores)
@@ -239,7 +247,9 @@ class Coordinator:
         if plan.uses_bm25 and len(shards) > 1:
             parts = await each(lambda s: s.ask(lambda r: r.statistics(tokens)), list(alive))
             statistics = CorpusStatistics.combined(list(parts.values()))
-        vector = encode_query(self.encoder, query.text) if plan.uses_vector else None
+        vector = None
+        if plan.uses_vector:  # off the event loop: the model takes milliseconds per query
+            vector = await asyncio.to_thread(encode_query, self.encoder, query.text)
         rankings = await each(
             lambda s: s.ask(lambda r: r.rank(plan, tokens, statistics, vector)), list(alive)
         )

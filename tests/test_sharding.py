@@ -8,9 +8,11 @@ dense and hybrid top 10 must be the same passages in the same order, ties aside.
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from realm.app.retrieval_metrics import evaluate
 from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.collection import Collection
 from realm.retriever.embedder import SentenceTransformerEncoder
-from realm.retriever.search import Hit, SearchMode, SearchQuery
+from realm.retriever.search import Hit, Searcher, SearchMode, SearchQuery
 from realm.retriever.settings import CollectionSettings
 from realm.retriever.sharding import Coordinator, LocalShard, shard_of
 from realm.retriever.store import StoredDocument
@@ -222,6 +224,60 @@ def test_an_empty_shard_and_an_empty_collection_answer_nothing_rather_than_fail(
     split.write([StoredDocument(only, "river stone lamp")])
     for mode in ("bm25", "dense", "hybrid"):
         assert [p for p, _ in split.ranked("river", 10, mode)] == [f"{only}#0"]
+    split.close()
+
+
+class ThreadRecorder:
+    """Passes every call on to a real object, noting the thread that made each watched one."""
+
+    def __init__(self, inner: object, watched: set[str]) -> None:
+        self.inner = inner
+        self.watched = watched
+        self.calls: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name not in self.watched:
+            return attribute
+
+        def recorded(*args: object, **kwargs: object) -> object:
+            self.calls.append((name, threading.get_ident()))
+            return attribute(*args, **kwargs)
+
+        return recorded
+
+
+def test_the_coordinator_encodes_and_ranks_local_shards_where_an_unsharded_search_would_run(
+    tmp_path: Path, encoder: SentenceTransformerEncoder
+) -> None:
+    """The model and a dense ranking go to worker threads: on the event loop they would stall
+    every other call the replica serves (remote shards' answers, writes). BM25 over a small
+    shard stays on the loop, where it is faster than the hop to a thread (runs_inline)."""
+    split = _layout(tmp_path, 2, CachingEncoder(encoder))
+    split.write([StoredDocument(f"d{i}", f"river stone lamp {WORDS[i]}") for i in range(8)])
+    first = split.collections[0]
+
+    async def search(mode: SearchMode) -> tuple[int, list[tuple[str, int]]]:
+        recording_encoder = ThreadRecorder(first.encoder, {"encode_queries"})
+        searchers = [ThreadRecorder(c.searcher, {"rank"}) for c in split.collections]
+        coordinator = Coordinator(
+            first.analyzer, cast(Any, recording_encoder), first.settings.fusion
+        )
+        shards = [
+            [LocalShard(cast(Searcher, searcher), collection.snapshot())]
+            for searcher, collection in zip(searchers, split.collections, strict=True)
+        ]
+        found = await coordinator.search(shards, SearchQuery("river", 10, mode))
+        assert len(found.hits) == 8
+        return threading.get_ident(), recording_encoder.calls + [
+            call for searcher in searchers for call in searcher.calls
+        ]
+
+    loop_thread, calls = asyncio.run(search("hybrid"))
+    assert sorted(name for name, _ in calls) == ["encode_queries", "rank", "rank"]
+    assert all(thread != loop_thread for _, thread in calls), calls
+    loop_thread, calls = asyncio.run(search("bm25"))
+    assert calls == [("rank", loop_thread), ("rank", loop_thread)]
     split.close()
 
 
