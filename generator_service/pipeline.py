@@ -33,9 +33,10 @@ from realm.generator.retrieval import RetrieverGateway, SearchSpec
 from realm.generator.scheduler import GenerationEngine
 from realm.generator.spans import (
     REFUSAL,
-    expects_number,
+    answers_kind,
     is_refusal,
     opening_rule,
+    shares_subject,
     short_answer,
 )
 
@@ -210,7 +211,13 @@ class Pipeline:
         )
         runs: list[_Run] = []
         text, citations, answered = NOT_FOUND, [], False
+        # The sources are the passages up to the last one read (citations number them).
+        sources = 1
         for number, passage in enumerate(passages[:SHORT_ANSWER_READS], start=1):
+            # The best-ranked passage is always read; a later one only if it is on the subject.
+            if number > 1 and not shares_subject(passage.text, request.question):
+                continue
+            sources = number
             span, run = await self._read(request, passage, params, runs)
             if run is None or span is None:
                 continue
@@ -226,7 +233,7 @@ class Pipeline:
         now = time.perf_counter()
         yield Answer(
             text=text,
-            passages=passages[: len(runs)],
+            passages=passages[:sources],
             citations=citations,
             finish_reason=last.reason,
             prompt_tokens=sum(run.prompt_tokens for run in runs),
@@ -249,9 +256,11 @@ class Pipeline:
         runs: list[_Run],
     ) -> tuple[tuple[int, int] | None, _Run | None]:
         """One passage's short answer: the fact's span in the run's text, or None when the
-        model says the passage does not answer. A strict answer that only repeats the question
-        ("Chad is the capital of Chad"), or has no number where the question asks for one, is
-        read again, made to open with a new word (or a number)."""
+        model says the passage does not answer, or its fact is not the kind the question asks
+        for (``answers_kind``: no date for "when"). A strict answer that only repeats the
+        question ("Chad is the capital of Chad"), or is of the wrong kind, is read again, made
+        to open with a new word (or a number); if that is still not an answer, the passage
+        does not hold one."""
         for opening in (False, True) if request.grounding == "strict" else (False,):
             run: _Run | None = None
             async for item in self._generate(request, [passage], params, opening=opening):
@@ -262,7 +271,7 @@ class Pipeline:
             if is_refusal(run.text):
                 return None, None
             span = short_answer(run.text, request.question)
-            if span is not None and (opening or not _lacks_number(request.question, run, span)):
+            if span is not None and answers_kind(request.question, run.text[span[0] : span[1]]):
                 return span, run
         return None, None
 
@@ -393,11 +402,6 @@ def _observe(done: Finished) -> None:
         "prefill", done.prefill_started_at, done.first_token_at, tokens=done.prompt_tokens
     )
     tracing.record("decode", done.first_token_at, done.finished_at, tokens=done.completion_tokens)
-
-
-def _lacks_number(question: str, run: _Run, span: tuple[int, int]) -> bool:
-    """Whether the fact has no digit though the question asks how many, how much or when."""
-    return expects_number(question) and not any(c.isdigit() for c in run.text[span[0] : span[1]])
 
 
 def _ms(start: float, end: float) -> float:

@@ -28,7 +28,9 @@ _REFUSAL = re.compile(
     r"not (?:mentioned|stated|given|provided)|no information)\b",
     re.IGNORECASE,
 )
-_WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+# A number keeps its separators ("50,000", "3.14"): cut at the comma, "50,000 spectators" would
+# answer "50". A word keeps its apostrophes ("N'Djamena").
+_WORD = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:['’]\w+)*|[^\w\s]")
 _CLAUSE_END = frozenset('.,;:!?()[]"')
 # Words that say nothing new: the connecting words strict decoding may write, and a few more.
 FUNCTION_WORDS = frozenset(word for word in CONNECTORS if word.isalpha()) | frozenset(
@@ -49,15 +51,58 @@ class SourceSpan:
     source_end: int
 
 
+_DATE_QUESTION = re.compile(r"^\W*(?:when|(?:in )?(?:what|which) year)\b", re.IGNORECASE)
 _NUMBER_QUESTION = re.compile(
-    r"^\W*(?:how (?:many|much|long|old|far|tall|high|big|large)|when|(?:what|which) year)\b",
+    r"^\W*how (?:many|much|long|old|far|tall|high|big|large)\b|" + _DATE_QUESTION.pattern,
     re.IGNORECASE,
+)
+# Capitalised, as in a date: lower case, "may" and "march" are a verb.
+_MONTHS = frozenset(
+    "January February March April May June July August September October November December".split()
+)
+# What a date says: a year or a decade ("1889", "1980s", not the "000" of "50,000"), a day of a
+# month ("2nd"), a month, a century or an era.
+_DATE = re.compile(
+    r"(?<![\w.,])\d{3,4}s?(?!\w|[.,]\d)|\b\d{1,2}(?:st|nd|rd|th)\b|\b[Cc]entur(?:y|ies)\b|\b(?:"
+    + "|".join(sorted(_MONTHS))
+    + r"|BC|BCE|AD|CE)\b"
 )
 
 
 def expects_number(question: str) -> bool:
     """Whether the question asks for a count, an amount or a date: its fact has a digit."""
     return _NUMBER_QUESTION.search(question) is not None
+
+
+def answers_kind(question: str, fact: str) -> bool:
+    """Whether ``fact`` is what the question asks for, where that can be told: a date after
+    "when" or "what year", a number after "how many" or "how much". A passage that only yields
+    another kind of fact ("60 to 75 million" for when a war ended) does not answer."""
+    if _DATE_QUESTION.search(question) is not None:
+        return _DATE.search(fact) is not None
+    return not expects_number(question) or any(char.isdigit() for char in fact)
+
+
+def shares_subject(passage: str, question: str) -> bool:
+    """Whether ``passage`` is about what ``question`` asks about: it has every name the
+    question gives (its capitalised words past the first: "Francis" and "Assisi"), or, for a
+    question without names, one of its content words; derivations count ("Latvian" for
+    "Latvia"). A fact read from another passage answers another question ("1515", from Francis
+    I of France, for when Francis of Assisi was born). Always true for a question not written
+    with spaces between its words (Chinese, Japanese, Thai), whose words this cannot tell
+    apart."""
+    tokens = [m.group() for m in words(question) if m.group()[0].isalnum()]
+    if len(tokens) < 2:
+        return True
+    content = [t for t in tokens if t.casefold() not in FUNCTION_WORDS]
+    names = [t for t in tokens[1:] if t[0].isupper() and t.casefold() not in FUNCTION_WORDS]
+    said = {stem(m.group()) for m in words(passage) if m.group()[0].isalnum()}
+
+    def found(word: str) -> bool:
+        wanted = stem(word)
+        return any(_derived(wanted, other) for other in said)
+
+    return all(found(name) for name in names) if names else any(map(found, content))
 
 
 def is_refusal(text: str) -> bool:
@@ -135,15 +180,20 @@ def opening_rule(question: str) -> Callable[[bytes, int], bool]:
     """Where a short answer may start (``CopyConstraint.may_open``): at a word that is new to
     the question, or at a name that grows out of one of its words ("Mexico City", "Andorra la
     Vella" for a question about Mexico or Andorra), never at a repeat of the question; at a
-    number when the question asks for one."""
+    number (or a month, for a date) when the question asks for one."""
     asked = _asked(question)
     number = expects_number(question)
+    date = _DATE_QUESTION.search(question) is not None
 
     def may_open(blob: bytes, at: int) -> bool:
         window = blob[at : at + 160].split(b"\x00", 1)[0].decode("utf-8", "ignore")
         following = [m.group() for m in words(window)[:4]]
         if not following or not following[0][0].isalnum() or number:
-            return bool(following) and number and following[0][0].isdigit()
+            return (
+                bool(following)
+                and number
+                and (following[0][0].isdigit() or (date and following[0] in _MONTHS))
+            )
         if _is_new(following[0], asked):
             return True
         if not following[0][0].isupper() or stem(following[0]) not in asked:

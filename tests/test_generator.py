@@ -73,6 +73,24 @@ def test_a_short_answer_arrives_in_one_piece_and_every_grounding_cites_alike(
     assert not any(c.origin == "span" for c in free.citations)  # free: the model's markers only
 
 
+def test_a_question_the_documents_do_not_answer_is_not_found_rather_than_answered_from_another(
+    generator_client: GeneratorClient, answer_collection: str
+) -> None:
+    """The Colosseum's passage gives its size, not its date; the Eiffel Tower's date (ranked
+    next) answers another question. Before, the answer was "50" (cut out of "50,000")."""
+    answer = generator_client.ask("When was the Colosseum built?", answer_collection, k=3)
+    assert answer.text == "Not found in the documents."
+    assert not answer.answered
+    assert not answer.citations
+    assert [s.doc_id for s in answer.sources] == ["colosseum"]  # the only passage read
+    size = generator_client.ask(
+        "How many spectators could the Colosseum hold?", answer_collection, k=3
+    )
+    assert size.answered
+    assert "50,000" in size.text
+    assert {s.doc_id for s in size.cited_sources} == {"colosseum"}
+
+
 def test_streamed_deltas_join_to_the_unary_answer(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:

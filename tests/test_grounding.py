@@ -12,7 +12,14 @@ from realm.generator.grounding import CONNECTORS, CopyConstraint, Vocabulary, to
 from realm.generator.models import LoadedModel
 from realm.generator.prompts import PromptBuilder, RetrievedPassage
 from realm.generator.scheduler import GenerationEngine
-from realm.generator.spans import expects_number, locate, opening_rule, short_answer
+from realm.generator.spans import (
+    answers_kind,
+    expects_number,
+    locate,
+    opening_rule,
+    shares_subject,
+    short_answer,
+)
 
 PASSAGE = RetrievedPassage(
     "lisbon",
@@ -169,3 +176,50 @@ def test_a_question_for_a_count_or_a_date_opens_its_answer_at_a_number() -> None
     blob = b"Staff get 25 days of paid leave."
     word_starts = [0, *(at + 1 for at, byte in enumerate(blob) if byte == 0x20)]
     assert [at for at in word_starts if may_open(blob, at)] == [blob.index(b"25")]
+
+
+def test_a_number_is_one_word_so_a_short_answer_keeps_it_whole() -> None:
+    text = "It could hold between 50,000 and 80,000 spectators. It is 3.5 km long."
+    span = short_answer(text, "How many spectators could the Colosseum hold?")
+    assert span is not None
+    assert text[span[0] : span[1]] == "50,000 and 80,000"
+
+
+def test_a_when_question_is_answered_by_a_date_and_a_how_many_question_by_a_number() -> None:
+    when = "When did the Second World War end?"
+    for date in ("1945", "2 September 1945", "September", "the late 1980s", "the 14th century"):
+        assert answers_kind(when, date), date
+    for other in ("60 to 75 million", "50,000", "the Allied victory", "it may march on"):
+        assert not answers_kind(when, other), other
+    assert answers_kind("In what year did it end?", "1945")
+    assert not answers_kind("In what year did it end?", "60 to 75 million")
+    assert answers_kind("How many spectators could it hold?", "50,000")
+    assert not answers_kind("How many spectators could it hold?", "a great many")
+    assert answers_kind("Who painted the Mona Lisa?", "Leonardo da Vinci")
+    may_open = opening_rule(when)
+    blob = b"It ended on 2 September 1945 in Tokyo Bay."
+    word_starts = [0, *(at + 1 for at, byte in enumerate(blob) if byte == 0x20)]
+    assert [blob[at:].split()[0] for at in word_starts if may_open(blob, at)] == [
+        b"2",
+        b"September",
+        b"1945",
+    ]
+
+
+def test_a_passage_shares_the_subject_of_a_question_only_through_its_content_words() -> None:
+    eiffel = "The Eiffel Tower was completed in 1889 for the World's Fair."
+    assert not shares_subject(eiffel, "When was the Colosseum built?")
+    assert shares_subject(eiffel, "When was the Eiffel Tower completed?")
+    # Derived forms count; the question's function words do not.
+    assert shares_subject("Riga is a Latvian port.", "What is the capital of Latvia?")
+    assert not shares_subject("What was it? When was it?", "When was the Colosseum built?")
+    # A question that names its subject needs all of the name, not a word of it.
+    francis = "Francis I was King of France from 1515."
+    assert not shares_subject(francis, "When was Francis of Assisi born?")
+    assert shares_subject(
+        "Francis of Assisi was an Italian friar.", "When was Francis of Assisi born?"
+    )
+    # Without a name, any content word will do.
+    assert shares_subject("Lava escapes from a magma chamber.", "what does lava escape from?")
+    # A question written without spaces between words cannot be checked this way.
+    assert shares_subject("The Great Wall is long.", "长城有多长？")
