@@ -74,11 +74,16 @@ def expects_number(question: str) -> bool:
     return _NUMBER_QUESTION.search(question) is not None
 
 
+def expects_date(question: str) -> bool:
+    """Whether the question asks when: its fact is a date."""
+    return _DATE_QUESTION.search(question) is not None
+
+
 def answers_kind(question: str, fact: str) -> bool:
     """Whether ``fact`` is what the question asks for, where that can be told: a date after
     "when" or "what year", a number after "how many" or "how much". A passage that only yields
     another kind of fact ("60 to 75 million" for when a war ended) does not answer."""
-    if _DATE_QUESTION.search(question) is not None:
+    if expects_date(question):
         return _DATE.search(fact) is not None
     return not expects_number(question) or any(char.isdigit() for char in fact)
 
@@ -183,7 +188,7 @@ def opening_rule(question: str) -> Callable[[bytes, int], bool]:
     number (or a month, for a date) when the question asks for one."""
     asked = _asked(question)
     number = expects_number(question)
-    date = _DATE_QUESTION.search(question) is not None
+    date = expects_date(question)
 
     def may_open(blob: bytes, at: int) -> bool:
         window = blob[at : at + 160].split(b"\x00", 1)[0].decode("utf-8", "ignore")
