@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from realm import errors, tracing
+from realm.generator.answer_types import AnswerTypes, packaged_wordnet
 from realm.generator.citations import Citation, find_citations, span_citations
 from realm.generator.decoding import Delta, Finished, FinishReason, SamplingParams
 from realm.generator.extraction import Field, parse_fields, to_json
@@ -34,10 +35,13 @@ from realm.generator.scheduler import GenerationEngine
 from realm.generator.spans import (
     REFUSAL,
     answers_kind,
+    expects_number,
     is_refusal,
+    new_names,
     opening_rule,
     shares_subject,
     short_answer,
+    typed_opening,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,10 +111,12 @@ class Pipeline:
         gateway: RetrieverGateway,
         engine: GenerationEngine,
         prompts: PromptBuilder,
+        answer_types: AnswerTypes | None = None,
     ) -> None:
         self.gateway = gateway
         self.engine = engine
         self.prompts = prompts
+        self.answer_types = answer_types or AnswerTypes(packaged_wordnet())
         self.vocabulary = Vocabulary(engine.loaded.tokenizer, engine.loaded.eos_token_ids)
 
     async def run(
@@ -261,19 +267,64 @@ class Pipeline:
         question ("Chad is the capital of Chad"), or is of the wrong kind, is read again, made
         to open with a new word (or a number); if that is still not an answer, the passage
         does not hold one."""
-        for opening in (False, True) if request.grounding == "strict" else (False,):
-            run: _Run | None = None
-            async for item in self._generate(request, [passage], params, opening=opening):
-                if isinstance(item, _Run):
-                    run = item
-            assert run is not None
+        strict = request.grounding == "strict"
+        for may_open in (None, opening_rule(request.question)) if strict else (None,):
+            run = await self._run(request, passage, params, may_open)
             runs.append(run)
             if is_refusal(run.text):
                 return None, None
             span = short_answer(run.text, request.question)
             if span is not None and answers_kind(request.question, run.text[span[0] : span[1]]):
+                if strict:
+                    return await self._of_type(request, passage, params, runs, (span, run))
                 return span, run
         return None, None
+
+    async def _of_type(
+        self,
+        request: AnswerRequest,
+        passage: RetrievedPassage,
+        params: SamplingParams,
+        runs: list[_Run],
+        read: tuple[tuple[int, int], _Run],
+    ) -> tuple[tuple[int, int], _Run]:
+        """The strict answer ``read``, or, when the question asks for a kind of thing that
+        WordNet names (a continent, a capital: ``answer_types``) and the answer names none
+        while the passage does, the passage read once more, made to open at one of those
+        names; the answer is then that name. "Which continent is Albania located in?" is
+        answered "Mediterranean Sea" from "a country in Southeast Europe ... within the
+        Mediterranean Sea", and "Europe" when read again. A second read that still names
+        none keeps the first answer: WordNet does not know every name ("Kyiv")."""
+        question = request.question
+        (span, run) = read
+        if expects_number(question):
+            return read
+        names = await asyncio.to_thread(self.answer_types.names_for, question)
+        if (
+            names is None
+            or new_names(run.text[span[0] : span[1]], question, names)
+            or not new_names(f"{passage.title}: {passage.text}", question, names)
+        ):
+            return read
+        typed = await self._run(request, passage, params, typed_opening(question, names))
+        runs.append(typed)
+        found = new_names(typed.text, question, names)
+        return (found[0], typed) if found and not is_refusal(typed.text) else read
+
+    async def _run(
+        self,
+        request: AnswerRequest,
+        passage: RetrievedPassage,
+        params: SamplingParams,
+        may_open: Callable[[bytes, int], bool] | None,
+    ) -> _Run:
+        """One generation over one passage, run to its end."""
+        run: _Run | None = None
+        async for item in self._generate(request, [passage], params, may_open=may_open):
+            if isinstance(item, _Run):
+                run = item
+        assert run is not None
+        return run
 
     async def _generate(
         self,
@@ -281,12 +332,12 @@ class Pipeline:
         passages: list[RetrievedPassage],
         params: SamplingParams,
         field_name: str = "",
-        opening: bool = False,
+        may_open: Callable[[bytes, int], bool] | None = None,
     ) -> AsyncIterator[str | _Run]:
         """Streams one generation's text, then its ``_Run``. Extraction asks for one field,
         and the answer is forced to start with ``field_name:``. A strict answer is decoded
         under a ``CopyConstraint`` over the question and the passages in its prompt (and the
-        words that say it does not know); with ``opening``, it starts with a new word."""
+        words that say it does not know); with ``may_open``, it starts where that allows."""
         prefix = f"{field_name}:" if field_name else ""
         kind: PromptKind = request.style if request.task == "answer" else request.task
         with tracing.span("pack_prompt", passages=len(passages)):
@@ -310,7 +361,7 @@ class Pipeline:
                 CopyConstraint,
                 self.vocabulary,
                 sources,
-                opening_rule(request.question) if opening else None,
+                may_open,
             )
         async for event in self.engine.generate(prompt.token_ids, params, constraint):
             if isinstance(event, Delta):

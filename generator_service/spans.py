@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from realm.generator.answer_types import typed_names
 from realm.generator.grounding import CONNECTORS
 from realm.generator.prompts import RetrievedPassage
 
@@ -209,6 +210,29 @@ def opening_rule(question: str) -> Callable[[bytes, int], bool]:
             if not (word[0].isupper() or (word.islower() and len(word) <= 3)):
                 return False
         return False
+
+    return may_open
+
+
+def new_names(text: str, question: str, names: frozenset[str]) -> list[tuple[int, int]]:
+    """The spans of ``text`` that are one of ``names`` (``answer_types``) and say something the
+    question did not: "Kuwait City" for the capital of Kuwait, not "Kuwait"."""
+    asked = _asked(question)
+    return [
+        (start, end)
+        for start, end in typed_names(text, names)
+        if any(_is_new(m.group(), asked) for m in words(text[start:end]))
+    ]
+
+
+def typed_opening(question: str, names: frozenset[str]) -> Callable[[bytes, int], bool]:
+    """Where an answer of the question's type may start (``CopyConstraint.may_open``): at one
+    of ``names`` that is new to the question, "Europe" in "a country in Southeast Europe"."""
+
+    def may_open(blob: bytes, at: int) -> bool:
+        window = blob[at : at + 96].split(b"\x00", 1)[0].decode("utf-8", "ignore")
+        found = new_names(window, question, names)
+        return bool(found) and found[0][0] == 0
 
     return may_open
 

@@ -15,7 +15,14 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from realm.client import Answer, AskOptions, GeneratorClient, InvalidArgument
+from realm.client import (
+    Answer,
+    AskOptions,
+    Document,
+    GeneratorClient,
+    InvalidArgument,
+    RetrieverClient,
+)
 from realm.generator.decoding import Finished, SamplingParams
 from realm.generator.models import LoadedModel, load_model
 from realm.generator.prompts import PromptBuilder, RetrievedPassage
@@ -89,6 +96,41 @@ def test_a_question_the_documents_do_not_answer_is_not_found_rather_than_answere
     assert size.answered
     assert "50,000" in size.text
     assert {s.doc_id for s in size.cited_sources} == {"colosseum"}
+
+
+def test_a_which_question_is_answered_by_a_name_of_the_kind_it_asks_for(
+    generator_client: GeneratorClient, client: RetrieverClient, collection_name: str
+) -> None:
+    """The packaged model's first answer to the sea question is "river of central and
+    south" (the words new to the question); WordNet lists the Black Sea as a sea, so the
+    passage is read again, opening at it. A first answer that already names a continent is
+    kept."""
+    client.create_collection(collection_name)
+    client.upsert(
+        collection_name,
+        [
+            Document(
+                "danube",
+                "The Danube is a long river of central and south-eastern Europe. It rises in the "
+                "Black Forest in Germany and runs east through ten countries before it reaches the "
+                "Black Sea in Romania.",
+                "Danube",
+            ),
+            Document(
+                "andes",
+                "The Andes are the longest mountain range on land. They run along the western "
+                "edge of South America, through seven countries.",
+                "Andes",
+            ),
+        ],
+    )
+    sea = generator_client.ask("Which sea does the Danube flow into?", collection_name, k=2)
+    assert sea.text == "Black Sea"
+    (cited,) = sea.citations
+    assert (cited.start, cited.origin) == (0, "span")
+    assert {s.doc_id for s in sea.cited_sources} == {"danube"}
+    continent = generator_client.ask("Which continent are the Andes in?", collection_name, k=2)
+    assert continent.text == "South America"
 
 
 def test_streamed_deltas_join_to_the_unary_answer(
