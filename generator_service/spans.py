@@ -38,6 +38,9 @@ FUNCTION_WORDS = frozenset(word for word in CONNECTORS if word.isalpha()) | froz
     "being do does did these those they through via within what when where why how".split()
 )
 _SUFFIXES = ("ing", "ed", "es", "s")
+# A verb after the fact begins what is said about it: "Sicily is one of ..." answers "Where is
+# Mount Etna?" with "Sicily".
+_PREDICATE = frozenset("is are was were has have had".split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,8 @@ def short_answer(text: str, question: str) -> tuple[int, int] | None:
     for i in range(first + 1, len(tokens)):
         word = tokens[i].group()
         if word in _CLAUSE_END or "\n" in text[tokens[i - 1].end() : tokens[i].start()]:
+            break
+        if word.casefold() in _PREDICATE:
             break
         if not _is_new(word, asked) and word.casefold() not in FUNCTION_WORDS:
             break

@@ -144,6 +144,12 @@ async def test_strict_answers_copy_every_word_from_the_passage_or_the_question(
             "sudden release of energy",
         ),
         ("Amman is the capital of Jordan.", "What is the capital of Jordan?", "Amman"),
+        # A verb after the fact starts what is said about it, even where nothing repeats.
+        (
+            "Sicily is one of the most active volcanoes in the world",
+            "Where is Mount Etna?",
+            "Sicily",
+        ),
     ],
 )
 def test_the_short_answer_is_what_the_question_did_not_already_say(
