@@ -1,9 +1,10 @@
 """A shard held by another replica, reached over gRPC (``realm.v1.ShardService``).
 
 The coordinator's ``Shard`` for the shards it does not hold itself: each phase is one call,
-with the caller's remaining deadline. A replica that cannot be reached (UNAVAILABLE) raises
-``ShardUnreachable``, so the coordinator asks another replica of the shard; any other error
-is the shard's answer and is passed on with its status.
+with the caller's remaining deadline, less a reserve for the coordinator's own answer. A
+replica that cannot be reached (UNAVAILABLE) raises ``ShardUnreachable``, so the coordinator
+asks another replica of the shard; any other error is the shard's answer and is passed on with
+its status.
 """
 
 import time
@@ -30,6 +31,14 @@ from realm.retriever.statistics_cache import StatisticsCache
 from realm.retriever.topk import FloatArray, IntArray
 from realm.status import received
 from realm.v1 import shard_pb2, shard_pb2_grpc
+
+# What every call to a shard leaves of the search's deadline, so that when the shard's replicas
+# give up (waiting for a sequence they do not reach), the coordinator still answers the caller
+# with the shard it could not search (UNAVAILABLE) before the caller's own deadline turns the
+# search into DEADLINE_EXCEEDED: at most this many seconds, and at most this share of the
+# deadline, so a short deadline is not spent on the reserve.
+REPLY_RESERVE_S = 0.25
+REPLY_RESERVE_SHARE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +137,8 @@ class RemoteShard:
     def _remaining(self) -> float | None:
         if self.timeout is None:
             return None
-        left = self.timeout - (time.monotonic() - self.made)
+        reserve = min(REPLY_RESERVE_S, REPLY_RESERVE_SHARE * self.timeout)
+        left = self.timeout - (time.monotonic() - self.made) - reserve
         if left <= 0:
             raise DeadlineExceeded(
                 f"the search's deadline passed before shard {self.shard} was asked at "

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from realm.errors import Unavailable
+from realm.errors import DeadlineExceeded, Unavailable
 from realm.retriever.analyzer import Analyzer
 from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.embedder import Encoder
@@ -159,12 +159,21 @@ class _ReplicatedShard:
         self.failures: list[str] = []
 
     async def ask(self, phase: Callable[[Shard], Awaitable[T]]) -> T:
+        """The phase's answer from the first replica that gives one. The search's deadline
+        running out on a replica after another failed ends the shard as down, with why each
+        failed: a replica that waited out the deadline for a sequence it never reached is the
+        reason to report, not the deadline the next one was left with."""
         while self.current < len(self.replicas):
             try:
                 return await phase(self.replicas[self.current])
             except ShardUnreachable as error:
                 self.failures.append(str(error))
                 self.current += 1
+            except DeadlineExceeded as error:
+                if not self.failures:
+                    raise
+                self.failures.append(str(error))
+                break
         raise ShardDown(self.number, self.failures)
 
     async def hydrate(self, handles: IntArray, scores: FloatArray) -> list[Hit]:

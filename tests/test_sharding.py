@@ -19,12 +19,13 @@ import pytest
 
 from realm.app.beir import read_corpus, read_qrels, read_queries
 from realm.app.retrieval_metrics import evaluate
+from realm.errors import DeadlineExceeded
 from realm.retriever.bm25 import CorpusStatistics
 from realm.retriever.collection import Collection
 from realm.retriever.embedder import SentenceTransformerEncoder
 from realm.retriever.search import Hit, Searcher, SearchMode, SearchQuery
 from realm.retriever.settings import CollectionSettings
-from realm.retriever.sharding import Coordinator, LocalShard, shard_of
+from realm.retriever.sharding import Coordinator, LocalShard, ShardDown, ShardUnreachable, shard_of
 from realm.retriever.store import StoredDocument
 from realm.retriever.topk import FloatArray
 from tests.test_live_index import QUERIES, WORDS
@@ -278,6 +279,46 @@ def test_the_coordinator_encodes_and_ranks_local_shards_where_an_unsharded_searc
     assert all(thread != loop_thread for _, thread in calls), calls
     loop_thread, calls = asyncio.run(search("bm25"))
     assert calls == [("rank", loop_thread), ("rank", loop_thread)]
+    split.close()
+
+
+class FailingReplica:
+    """A replica of a shard whose every phase fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def statistics(self, tokens: list[str]) -> CorpusStatistics:
+        raise self.error
+
+    async def rank(self, *args: object) -> object:
+        raise self.error
+
+    async def hydrate(self, *args: object) -> list[Hit]:
+        raise self.error
+
+
+def test_a_deadline_run_out_after_a_replica_failed_reports_the_shard_down_with_why(
+    tmp_path: Path, encoder: SentenceTransformerEncoder
+) -> None:
+    """The first replica waited out the search's time for a sequence it never reached; the
+    deadline then ran out on the next. The caller hears the shard is down and why
+    (UNAVAILABLE), not DEADLINE_EXCEEDED. A deadline run out on the first replica asked is the
+    caller's own and stays DEADLINE_EXCEEDED."""
+    split = _layout(tmp_path, 1, CachingEncoder(encoder))
+    first = split.collections[0]
+    coordinator = Coordinator(first.analyzer, first.encoder, first.settings.fusion)
+    behind = ShardUnreachable("replica-a: not yet min_sequence=9 after waiting 1.6 s")
+    late = DeadlineExceeded("the search's deadline passed before shard 0 was asked")
+    query = SearchQuery("river", 10, "bm25")
+
+    def search(*replicas: FailingReplica) -> object:
+        return asyncio.run(coordinator.search([cast(Any, replicas)], query))
+
+    with pytest.raises(ShardDown, match=r"shard 0 is unavailable.*min_sequence=9.*deadline"):
+        search(FailingReplica(behind), FailingReplica(late), FailingReplica(late))
+    with pytest.raises(DeadlineExceeded):
+        search(FailingReplica(late), FailingReplica(behind))
     split.close()
 
 
