@@ -177,6 +177,12 @@ def _is_new(word: str, asked: set[str]) -> bool:
     return not any(_derived(stemmed, a) for a in asked)
 
 
+def _continues_name(word: str, following: str) -> bool:
+    """Whether ``following`` goes on with a name that ``word`` is part of: both are capitalised,
+    as in "Black Sea"."""
+    return word[0].isupper() and following[0].isupper()
+
+
 def _derived(one: str, other: str) -> bool:
     """The same word, or one derived from the other: "Latvian" and "Latvia", "Argentine" and
     "Argentina" share all but their last letters."""
@@ -279,7 +285,8 @@ def locate(
     within: tuple[int, int] | None = None,
 ) -> list[SourceSpan]:
     """The exact passage spans behind ``answer`` (or its ``within`` part): each maximal run of
-    words that starts with a new content word and occurs verbatim in a passage. Where several
+    words that starts with a new content word, occurs verbatim in a passage and ends on a new
+    content word or on the last word of a name ("Black Sea" for a sea question). Where several
     passages contain a run, the one that also names most of the question's words wins (then the
     better-ranked one): "Africa" is cited to the passage about the country asked for."""
     start, end = within or (0, len(answer))
@@ -314,6 +321,8 @@ def locate(
         last, number, source_start, source_end = found
         while last > i and not _is_new(tokens[last].group(), asked):
             last -= 1  # a span ends on content, not on "is the"
+        while last < found[0] and _continues_name(tokens[last].group(), tokens[last + 1].group()):
+            last += 1  # but a name ends where it ends: "Black Sea", though "sea" was asked
         if last != found[0]:
             needle = _normal(answer[tokens[i].start() : tokens[last].end()])
             where = searchable[number - 1].find(needle)

@@ -127,7 +127,7 @@ def test_a_which_question_is_answered_by_a_name_of_the_kind_it_asks_for(
     sea = generator_client.ask("Which sea does the Danube flow into?", collection_name, k=2)
     assert sea.text == "Black Sea"
     (cited,) = sea.citations
-    assert (cited.start, cited.origin) == (0, "span")
+    assert (cited.start, cited.end, cited.origin) == (0, len("Black Sea"), "span")
     assert {s.doc_id for s in sea.cited_sources} == {"danube"}
     continent = generator_client.ask("Which continent are the Andes in?", collection_name, k=2)
     assert continent.text == "South America"

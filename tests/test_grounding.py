@@ -229,3 +229,15 @@ def test_a_passage_shares_the_subject_of_a_question_only_through_its_content_wor
     assert shares_subject("Lava escapes from a magma chamber.", "what does lava escape from?")
     # A question written without spaces between words cannot be checked this way.
     assert shares_subject("The Great Wall is long.", "长城有多长？")
+
+
+def test_a_cited_name_is_whole_though_the_question_asked_its_last_word() -> None:
+    question = "Which sea does the Danube flow into?"
+    text = "It reaches the Black Sea in Romania, past the black sea grass."
+    danube = RetrievedPassage("danube", "danube#0", text, 0, len(text), 1.0, "Danube")
+    (name,) = locate("Black Sea", [danube], question)
+    assert (name.start, name.end) == (0, 9)
+    assert text[name.source_start : name.source_end] == "Black Sea"
+    # Words that are not a name still end on what the question did not say.
+    (plain,) = locate("black sea", [danube], question)
+    assert (plain.start, plain.end) == (0, 5)
