@@ -37,6 +37,11 @@ _TYPED_QUESTION = re.compile(
     r"(?:(?:is|are|was|were)\s+)?(?:(?:the|a|an)\s+)?(?P<rest>.*)$",
     re.IGNORECASE,
 )
+# "Where is the Eiffel Tower?", "From where ...": a question for a place, whose type is
+# PLACE_NOUN: WordNet files some 3,100 named places under it (countries, cities, regions,
+# islands, rivers), so "Paris" answers where "lattice" (the tower's kind) does not.
+_WHERE_QUESTION = re.compile(r"^\W*(?:from\s+)?where\b", re.IGNORECASE)
+PLACE_NOUN = "location"
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 # Words that end the noun phrase the type is read from.
 _PHRASE_END = frozenset(
@@ -200,7 +205,10 @@ class AnswerTypes:
 def type_noun(question: str, wordnet: WordNet) -> str | None:
     """The noun a which/what question asks for: "capital" in "What is the capital of Peru?",
     "continent" in "Which continent is Chad in?", "river" in "Which longest river ...?"; the
-    first word of the phrase after which/what that WordNet knows as a noun."""
+    first word of the phrase after which/what that WordNet knows as a noun. A where-question
+    asks for a ``PLACE_NOUN``."""
+    if _WHERE_QUESTION.match(question):
+        return PLACE_NOUN if wordnet.synsets(PLACE_NOUN) else None
     match = _TYPED_QUESTION.match(question)
     if match is None:
         return None

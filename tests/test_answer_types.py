@@ -56,6 +56,22 @@ def test_a_type_is_the_names_wordnet_lists_below_it(answer_types: AnswerTypes) -
     assert AnswerTypes(None).names_for("Which continent is Chad in?") is None
 
 
+def test_a_where_question_asks_for_a_named_place(
+    wordnet: WordNet, answer_types: AnswerTypes
+) -> None:
+    assert type_noun("Where is the Eiffel Tower?", wordnet) == "location"
+    assert type_noun("From where did the Vikings sail?", wordnet) == "location"
+    assert type_noun("Whereas it rained, who won?", wordnet) is None
+    places = answer_types.names_for("Where is the Eiffel Tower?")
+    assert places is not None
+    assert {"Paris", "France", "Sicily", "Tanzania", "Siberia"} <= places
+    text = "The Eiffel Tower is a lattice tower on the Champ de Mars in Paris, France."
+    assert [text[a:b] for a, b in new_names(text, "Where is the Eiffel Tower?", places)] == [
+        "Paris",
+        "France",
+    ]
+
+
 def test_a_type_broader_than_the_limit_is_no_type(wordnet: WordNet) -> None:
     (continent,) = wordnet.synsets("continent")[:1]
     assert wordnet.names_under([continent], limit=3) is None

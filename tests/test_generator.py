@@ -133,6 +133,22 @@ def test_a_which_question_is_answered_by_a_name_of_the_kind_it_asks_for(
     assert continent.text == "South America"
 
 
+def test_a_where_question_is_answered_by_a_place(
+    generator_client: GeneratorClient, client: RetrieverClient, collection_name: str
+) -> None:
+    """Read as it comes, the tower's passage answers "wrought" (of "wrought-iron lattice"); a
+    where-question asks for a place, and WordNet names Paris as one."""
+    client.create_collection(collection_name)
+    tower = (
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+        "It is named after the engineer Gustave Eiffel, whose company designed and built it."
+    )
+    client.upsert(collection_name, [Document("eiffel", tower, "Eiffel Tower")])
+    where = generator_client.ask("Where is the Eiffel Tower?", collection_name, k=1)
+    assert where.text == "Paris"
+    assert {s.doc_id for s in where.cited_sources} == {"eiffel"}
+
+
 def test_streamed_deltas_join_to_the_unary_answer(
     generator_client: GeneratorClient, answer_collection: str
 ) -> None:
