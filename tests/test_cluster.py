@@ -7,6 +7,7 @@ whichever replica answers, a re-sent write is applied once, a killed replica cat
 losing the NATS quorum fails writes fast while searches keep answering.
 """
 
+import asyncio
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ from realm.client import (
     Unavailable,
 )
 from realm.retriever.embedder import MULTILINGUAL_MODEL
+from realm.retriever.replication import stop_task
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.servers import RetrieverProcess
 
@@ -335,3 +337,24 @@ def _write_when_available(client: RetrieverClient, name: str, documents: list[Do
         except Unavailable:
             assert time.monotonic() < deadline, "writes did not resume"
             time.sleep(0.5)
+
+
+async def test_a_follower_that_dropped_its_cancellation_is_stopped_all_the_same() -> None:
+    """On Python 3.11, asyncio.wait_for returns a result that arrives together with the
+    cancellation and drops the cancellation (CPython gh-86296). A collection's follower is
+    cancelled just as the deletion of its stream ends its pending fetch; it must still stop, or
+    the catalog, which waits for it, stops applying changes on that replica."""
+    loop = asyncio.get_running_loop()
+    first_fetch: asyncio.Future[str] = loop.create_future()
+
+    async def follower() -> None:
+        fetch = first_fetch
+        while True:
+            await asyncio.wait_for(fetch, timeout=60)
+            fetch = loop.create_future()  # the next fetch waits for records that never come
+
+    task = asyncio.create_task(follower())
+    await asyncio.sleep(0)  # the follower waits in its first fetch
+    first_fetch.set_result("the stream's deletion")
+    await asyncio.wait_for(stop_task(task), timeout=10)
+    assert task.cancelled()
