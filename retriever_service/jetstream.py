@@ -20,6 +20,7 @@ duplicate, so it is applied once either way — never in part.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -54,6 +55,26 @@ DUPLICATE_WINDOW_S = 120.0
 REQUEST_TIMEOUT_S = 5.0
 T = TypeVar("T")
 NATS_FAILURES = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
+
+# How long a task that is being stopped gets to end before it is cancelled again.
+_CANCEL_AGAIN_S = 0.1
+
+
+async def stop_task(task: "asyncio.Task[None]") -> None:
+    """Cancels ``task`` and waits until it has ended, cancelling it again while it runs on.
+
+    One cancellation is not always enough on Python 3.11: asyncio.wait_for, which nats-py waits
+    in (a fetch, a watcher's next update), returns a result that arrives together with the
+    cancellation and drops the cancellation (CPython gh-86296, fixed in 3.12). A collection
+    deleted from the cluster did just that to its follower: the stream's deletion ended the
+    pending fetch as the catalog's delete cancelled the follower, which then ran on, retrying the
+    gone stream, while the catalog waited for it to end and stopped applying every later change
+    on that replica. So every task that waits in nats-py is stopped with this."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_CANCEL_AGAIN_S)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()  # retrieved, so that asyncio does not log it as never retrieved
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,13 @@ from realm.retriever.collection import (
     UpsertResult,
     prepare,
 )
-from realm.retriever.jetstream import NATS_FAILURES, CatalogEntry, JetStreamLog, bounded
+from realm.retriever.jetstream import (
+    NATS_FAILURES,
+    CatalogEntry,
+    JetStreamLog,
+    bounded,
+    stop_task,
+)
 from realm.retriever.log_records import encode_delete
 from realm.retriever.registry import Registry
 from realm.retriever.settings import ClusterOptions, CollectionSettings
@@ -124,26 +130,6 @@ class Feed:
         for task in (self.task, self.snapshotting):
             if task is not None:
                 await stop_task(task)
-
-
-# How long a task that is being stopped gets to end before it is cancelled again.
-_CANCEL_AGAIN_S = 0.1
-
-
-async def stop_task(task: "asyncio.Task[None]") -> None:
-    """Cancels ``task`` and waits until it has ended, cancelling it again while it runs on.
-
-    One cancellation is not always enough on Python 3.11: asyncio.wait_for, which nats-py's
-    fetch waits in, returns a result that arrives together with the cancellation and drops the
-    cancellation (CPython gh-86296, fixed in 3.12). A collection deleted from the cluster does
-    just that to its follower: the stream's deletion ends the pending fetch as the catalog's
-    delete cancels the follower, which then ran on, retrying the gone stream, while the catalog
-    waited for it to end and stopped applying every later change on that replica."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=_CANCEL_AGAIN_S)
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.result()  # retrieved, so that asyncio does not log it as never retrieved
 
 
 class Replication:

@@ -24,7 +24,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from realm.channels import ConnectionOptions, aio_channel
 from realm.errors import Unavailable
-from realm.retriever.jetstream import NATS_FAILURES
+from realm.retriever.jetstream import NATS_FAILURES, stop_task
 from realm.status import received
 from realm.v1 import shard_pb2, shard_pb2_grpc
 
@@ -153,8 +153,7 @@ class ShardMap:
 
     async def close(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await stop_task(task)
         with contextlib.suppress(*NATS_FAILURES):
             await self._bucket.delete(self._replica)
         for channel in self._channels.values():

@@ -29,7 +29,7 @@ from realm.client import (
     Unavailable,
 )
 from realm.retriever.embedder import MULTILINGUAL_MODEL
-from realm.retriever.replication import stop_task
+from realm.retriever.jetstream import stop_task
 from realm.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from tests.servers import RetrieverProcess
 
